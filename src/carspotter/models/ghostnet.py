@@ -1,0 +1,309 @@
+"""GhostNet (Han et al., CVPR 2020, https://arxiv.org/abs/1911.11907): carspotter's own implementation.
+
+One backbone, two heads:
+
+- ``paper``: the official Huawei code. Hard-sigmoid SE gate with ``make_divisible(c/4, 4)`` channels, and after pooling
+  a 1x1 ``conv_head`` (960 -> 1280, bias) + ReLU + dropout + linear classifier. Parameter names and shapes match timm's
+  ``ghostnet_*``, so timm state dicts load with ``strict=True`` (``ghostnet_050/100/130``).
+- ``thesis``: the early ``iamhankai/ghostnet.pytorch`` version the 2020 thesis trained. SE gate ``clamp(0, 1)`` with
+  ``c // 4`` channels, and after pooling ``Linear(960 -> hidden, no bias) - BN1d - ReLU - Dropout - Linear``
+  (``ghostnet_thesis``; ``hidden_channels`` was the thesis's ``out_channels``, 320 in its best run).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from carspotter.models._registry import register_model
+
+__all__ = ["GhostNet", "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnet_thesis"]
+
+Head = Literal["paper", "thesis"]
+
+# Per stage, per block: (depthwise kernel k, expansion channels, output channels, SE?, stride).
+# The 16 bottlenecks of the paper's Table 1; stages split where timm splits them so the parameter names match.
+_CFGS: list[list[tuple[int, int, int, bool, int]]] = [
+    [(3, 16, 16, False, 1)],
+    [(3, 48, 24, False, 2)],
+    [(3, 72, 24, False, 1)],
+    [(5, 72, 40, True, 2)],
+    [(5, 120, 40, True, 1)],
+    [(3, 240, 80, False, 2)],
+    [
+        (3, 200, 80, False, 1),
+        (3, 184, 80, False, 1),
+        (3, 184, 80, False, 1),
+        (3, 480, 112, True, 1),
+        (3, 672, 112, True, 1),
+    ],
+    [(5, 672, 160, True, 2)],
+    [(5, 960, 160, False, 1), (5, 960, 160, True, 1), (5, 960, 160, False, 1), (5, 960, 160, True, 1)],
+]
+
+
+def make_divisible(value: float, divisor: int = 4, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` without dropping more than 10% (MobileNet's rule)."""
+    min_value = min_value or divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < round_limit * value:
+        new_value += divisor
+    return new_value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class GhostModule(nn.Module):
+    """A 1x1 "primary" conv makes half the channels; a cheap depthwise 3x3 conv makes the other half from them."""
+
+    def __init__(self, in_chs: int, out_chs: int, ratio: int = 2, dw_size: int = 3, use_act: bool = True) -> None:
+        super().__init__()
+        self.out_chs = out_chs
+        init_chs = math.ceil(out_chs / ratio)
+        new_chs = init_chs * (ratio - 1)
+        self.primary_conv = nn.Sequential(
+            nn.Conv2d(in_chs, init_chs, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(init_chs),
+            nn.ReLU(inplace=True) if use_act else nn.Identity(),
+        )
+        self.cheap_operation = nn.Sequential(
+            nn.Conv2d(init_chs, new_chs, dw_size, 1, dw_size // 2, groups=init_chs, bias=False),
+            nn.BatchNorm2d(new_chs),
+            nn.ReLU(inplace=True) if use_act else nn.Identity(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary_conv(x)
+        x2 = self.cheap_operation(x1)
+        return torch.cat([x1, x2], dim=1)[:, : self.out_chs]
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention. 1x1 convs on the pooled vector (the same parameters as the thesis's two Linear layers)."""
+
+    def __init__(self, chs: int, rd_chs: int, gate: nn.Module) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_se = x.mean((2, 3), keepdim=True)
+        x_se = self.conv_expand(self.act1(self.conv_reduce(x_se)))
+        return x * self.gate(x_se)
+
+
+class GhostBottleneck(nn.Module):
+    """Ghost expansion -> (depthwise kxk stride 2) -> (SE) -> linear Ghost projection, plus a shortcut."""
+
+    def __init__(
+        self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int, stride: int, se: nn.Module | None
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.ghost1 = GhostModule(in_chs, mid_chs, use_act=True)
+        if stride > 1:
+            pad = (dw_kernel_size - 1) // 2
+            self.conv_dw = nn.Conv2d(mid_chs, mid_chs, dw_kernel_size, stride, pad, groups=mid_chs, bias=False)
+            self.bn_dw = nn.BatchNorm2d(mid_chs)
+        else:
+            self.conv_dw = None
+            self.bn_dw = None
+        self.se = se
+        self.ghost2 = GhostModule(mid_chs, out_chs, use_act=False)
+        if in_chs == out_chs and stride == 1:
+            self.shortcut = nn.Sequential()
+        else:
+            pad = (dw_kernel_size - 1) // 2
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride, pad, groups=in_chs, bias=False),
+                nn.BatchNorm2d(in_chs),
+                nn.Conv2d(in_chs, out_chs, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(out_chs),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.ghost1(x)
+        if self.conv_dw is not None:
+            x = self.bn_dw(self.conv_dw(x))
+        if self.se is not None:
+            x = self.se(x)
+        x = self.ghost2(x)
+        return x + self.shortcut(shortcut)
+
+
+class ConvBnAct(nn.Module):
+    """1x1 conv + BN + ReLU (named ``conv``/``bn1`` like timm's, so state dicts line up)."""
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, 1, 0, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn1(self.conv(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class GhostNet(nn.Module):
+    """GhostNet backbone with the ``paper`` or the ``thesis`` head (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfgs: list[list[tuple[int, int, int, bool, int]]] = _CFGS,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width: float = 1.0,
+        drop_rate: float = 0.2,
+        head: Head = "paper",
+        hidden_channels: int = 1280,
+    ) -> None:
+        super().__init__()
+        if head not in ("paper", "thesis"):
+            raise ValueError(f"head must be 'paper' or 'thesis', got {head!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.head = head
+
+        stem_chs = make_divisible(16 * width, 4)
+        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_chs)
+        self.act1 = nn.ReLU(inplace=True)
+
+        prev_chs = stem_chs
+        exp_size = 16
+        stages: list[nn.Module] = []
+        for cfg in cfgs:
+            layers = []
+            for k, exp_size, c, use_se, s in cfg:
+                out_chs = make_divisible(c * width, 4)
+                mid_chs = make_divisible(exp_size * width, 4)
+                se = self._make_se(mid_chs) if use_se else None
+                layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, k, s, se))
+                prev_chs = out_chs
+            stages.append(nn.Sequential(*layers))
+        out_chs = make_divisible(exp_size * width, 4)
+        stages.append(nn.Sequential(ConvBnAct(prev_chs, out_chs)))
+        self.blocks = nn.Sequential(*stages)
+        self.num_features = out_chs
+
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        if head == "paper":
+            self.head_hidden_size = 1280
+            self.conv_head = nn.Conv2d(out_chs, self.head_hidden_size, 1, 1, 0, bias=True)
+            self.act2 = nn.ReLU(inplace=True)
+        else:
+            self.head_hidden_size = hidden_channels
+            self.head_fc = nn.Linear(out_chs, hidden_channels, bias=False)
+            self.head_bn = nn.BatchNorm1d(hidden_channels)
+            self.act2 = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = self._make_classifier(num_classes)
+        self._init_weights()
+
+    def _make_se(self, chs: int) -> SqueezeExcite:
+        if self.head == "paper":
+            return SqueezeExcite(chs, make_divisible(chs / 4, 4), nn.Hardsigmoid())
+        # The thesis's gate: torch.clamp(x, 0, 1) (gradient zero outside [0, 1]); Hardtanh(0, 1) computes exactly that.
+        return SqueezeExcite(chs, chs // 4, nn.Hardtanh(0.0, 1.0))
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _init_weights(self) -> None:
+        # The thesis's init (kept for both heads): Kaiming-normal convs, BN2d at (1, 0); Linear/BN1d keep defaults.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh final layer for ``num_classes`` (0 = none: the model returns the pre-logits features)."""
+        ref = self.head_fc.weight if self.head == "thesis" else self.conv_head.weight
+        self.num_classes = num_classes
+        self.classifier = self._make_classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
+        self.classifier.train(self.training)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> final feature map (``num_features`` channels, stride 32)."""
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        return self.blocks(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits (or the ``head_hidden_size`` vector fed to the classifier, when ``pre_logits``)."""
+        x = self.global_pool(x)
+        if self.head == "paper":
+            x = self.flatten(self.act2(self.conv_head(x)))
+        else:
+            x = self.act2(self.head_bn(self.head_fc(self.flatten(x))))
+        x = self.dropout(x)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _create_ghostnet(width: float = 1.0, **kwargs) -> GhostNet:
+    return GhostNet(_CFGS, width=width, **kwargs)
+
+
+@register_model
+def ghostnet_050(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> GhostNet:
+    """GhostNet 0.5x, paper head (timm-compatible weights)."""
+    return _create_ghostnet(0.5, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper")
+
+
+@register_model
+def ghostnet_100(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> GhostNet:
+    """GhostNet 1.0x, paper head (timm-compatible weights); 5,182,508 parameters at 1000 classes."""
+    return _create_ghostnet(1.0, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper")
+
+
+@register_model
+def ghostnet_130(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> GhostNet:
+    """GhostNet 1.3x, paper head (timm-compatible weights)."""
+    return _create_ghostnet(1.3, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper")
+
+
+@register_model
+def ghostnet_thesis(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float = 0.2,
+    hidden_channels: int = 1280,
+    width: float = 1.0,
+) -> GhostNet:
+    """The thesis's GhostNet: clamp-gated SE and a BN1d hidden-layer classifier (3,041,412 params at 320/196)."""
+    return _create_ghostnet(
+        width,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        head="thesis",
+        hidden_channels=hidden_channels,
+    )
