@@ -1,0 +1,343 @@
+"""The training configuration: YAML → typed, validated objects at load time.
+
+Unknown keys, wrong types and unknown names (model, transform, optimizer, scheduler, loss) are `UserError`s naming
+the key path and the allowed values, so a typo fails in seconds instead of hours into a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from carspotter.errors import UserError
+from carspotter.preprocessing import THESIS_MEAN_RGB, THESIS_STD_RGB
+
+THESIS_MEAN_GRAY = (0.4627,)
+THESIS_STD_GRAY = (0.2545,)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _close(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=4, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def _check_params(kind: str, name: str, target: Any, params: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Reject keyword arguments that ``target``'s constructor does not take, listing the ones it does."""
+    sig = inspect.signature(target)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = [p for p in sig.parameters if p not in ("self", *skip)]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"{kind} {name!r} has no parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def transform_names() -> list[str]:
+    from torchvision.transforms import v2
+
+    return sorted(
+        n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform)
+    )
+
+
+class Transform(_Section):
+    """One augmentation from ``torchvision.transforms.v2``, by class name, with its keyword arguments."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        # Accept the thesis's compact form ``{RandomHorizontalFlip: {p: 0.5}}`` as well as ``{name:, params:}``.
+        if isinstance(value, dict) and len(value) == 1 and "name" not in value:
+            (name, params), = value.items()
+            return {"name": name, "params": params or {}}
+        if isinstance(value, str):
+            return {"name": value, "params": {}}
+        return value
+
+    @model_validator(mode="after")
+    def _known(self) -> Transform:
+        from torchvision.transforms import v2
+
+        names = transform_names()
+        if self.name not in names:
+            raise ValueError(f"unknown transform {self.name!r}.{_close(self.name, names)} Allowed: torchvision.transforms.v2 classes")
+        _check_params("transform", self.name, getattr(v2, self.name), self.params)
+        return self
+
+
+class DataConfig(_Section):
+    path: Path = Path("data/stanford")
+    image_size: tuple[int, int] = (227, 227)
+    grayscale: bool = False
+    normalize: bool = True
+    mean: tuple[float, ...] | None = None  # None: the thesis's statistics for RGB or grayscale
+    std: tuple[float, ...] | None = None
+    crop_to_bbox: bool = False
+    erase_background: bool = False
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    validate_on_test: bool = False
+    num_workers: int = Field(2, ge=0)
+    image_augmentations: list[Transform] = Field(default_factory=list)
+    tensor_augmentations: list[Transform] = Field(default_factory=list)
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, value: Any) -> Any:
+        return (value, value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.crop_to_bbox and self.erase_background:
+            raise ValueError(
+                "crop_to_bbox and erase_background are alternatives: crop keeps only the box; erase keeps the whole "
+                "frame and paints everything outside the box white. Set one of them."
+            )
+        channels = 1 if self.grayscale else 3
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != channels:
+                raise ValueError(f"{key} needs {channels} value(s) for {'grayscale' if self.grayscale else 'RGB'}")
+        return self
+
+    @property
+    def resolved_mean(self) -> tuple[float, ...]:
+        return self.mean or (THESIS_MEAN_GRAY if self.grayscale else THESIS_MEAN_RGB)
+
+    @property
+    def resolved_std(self) -> tuple[float, ...]:
+        return self.std or (THESIS_STD_GRAY if self.grayscale else THESIS_STD_RGB)
+
+
+class ModelConfig(_Section):
+    name: str = "ghostnet_thesis"
+    args: dict[str, Any] = Field(default_factory=dict)
+    pretrained: Path | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        from carspotter.models import list_models, model_arg_names
+
+        if not self.name.startswith("timm/") and self.name not in list_models():
+            raise ValueError(f"unknown model {self.name!r}.{_close(self.name, list_models())} See `carspotter models`")
+        allowed = model_arg_names(self.name)
+        if allowed is not None:
+            unknown = sorted(set(self.args) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"model {self.name!r} has no argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)} "
+                    "(num_classes and in_chans come from the data)"
+                )
+        return self
+
+
+class LossConfig(_Section):
+    name: str = "CrossEntropyLoss"
+    params: dict[str, Any] = Field(default_factory=lambda: {"label_smoothing": 0.1})
+
+    @model_validator(mode="after")
+    def _known(self) -> LossConfig:
+        import torch.nn as nn
+
+        names = sorted(n for n in dir(nn) if n.endswith("Loss") and isinstance(getattr(nn, n), type))
+        if self.name not in names:
+            raise ValueError(f"unknown loss {self.name!r}.{_close(self.name, names)} Allowed: {', '.join(names)}")
+        _check_params("loss", self.name, getattr(nn, self.name), self.params)
+        return self
+
+
+class OptimizerConfig(_Section):
+    name: str = "AdamW"
+    params: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-3, "weight_decay": 0.6})
+
+    @model_validator(mode="after")
+    def _known(self) -> OptimizerConfig:
+        import torch.optim as optim
+
+        names = sorted(
+            n for n in dir(optim)
+            if isinstance(getattr(optim, n), type) and issubclass(getattr(optim, n), optim.Optimizer)
+            and n != "Optimizer"
+        )
+        if self.name not in names:
+            raise ValueError(f"unknown optimizer {self.name!r}.{_close(self.name, names)} Allowed: {', '.join(names)}")
+        _check_params("optimizer", self.name, getattr(optim, self.name), self.params, skip=("params",))
+        return self
+
+
+class SchedulerConfig(_Section):
+    name: str | None = "MultiStepLR"  # None: constant learning rate
+    params: dict[str, Any] = Field(default_factory=lambda: {"milestones": [67, 82, 95, 107], "gamma": 0.1})
+    interval: Literal["epoch", "step"] = "epoch"
+    monitor: str = "val/loss"  # only ReduceLROnPlateau reads it
+
+    @model_validator(mode="after")
+    def _known(self) -> SchedulerConfig:
+        from torch.optim import lr_scheduler
+
+        if self.name is None:
+            return self
+        names = scheduler_names()
+        if self.name not in names:
+            raise ValueError(f"unknown scheduler {self.name!r}.{_close(self.name, names)} Allowed: {', '.join(names)}")
+        _check_params("scheduler", self.name, getattr(lr_scheduler, self.name), self.params, skip=("optimizer",))
+        return self
+
+
+def scheduler_names() -> list[str]:
+    from torch.optim import lr_scheduler
+
+    # LambdaLR and friends take Python callables; the seed built them with eval() of YAML strings. Never again.
+    excluded = {"LambdaLR", "MultiplicativeLR", "LRScheduler", "SequentialLR", "ChainedScheduler"}
+    return sorted(
+        n for n in dir(lr_scheduler)
+        if isinstance(getattr(lr_scheduler, n), type) and not n.startswith("_") and n not in excluded
+        and (issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler) or n == "ReduceLROnPlateau")
+    )
+
+
+class EarlyStoppingConfig(_Section):
+    monitor: Literal["val/loss", "val/top1"] = "val/top1"
+    patience: int = Field(15, ge=1)
+    min_delta: float = 0.0
+
+
+class TrainerConfig(_Section):
+    max_epochs: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 42
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str = 1
+    early_stopping: EarlyStoppingConfig | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    gradient_clip_val: float | None = None
+
+
+class OutputConfig(_Section):
+    runs_dir: Path = Path("runs")
+    run_name: str | None = None  # default: <model>-<timestamp>; an existing folder is never overwritten
+    tags: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict; every problem is reported with its key path."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{source}: invalid configuration\n" + _format_errors(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: the top level must be a mapping of sections (data, model, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return parse_config(raw, source)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) in place; list items are addressed by index (``a.0.b``)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected key=value, e.g. trainer.max_epochs=2")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    set_by_path(raw, key.strip(), value)
+
+
+def set_by_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[_index(node, part, key)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list[Any], part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise UserError(f"--set {key}: {part!r} is not an index of a list with {len(node)} item(s)")
+    return int(part)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key{_allowed_keys(err['loc'])}"
+        lines.append(f"  {loc or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> str:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        for candidate in getattr(ann, "__args__", (ann,)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return ""
+    keys = list(getattr(model, "model_fields", {}))
+    bad = str(loc[-1])
+    return f" {bad!r}.{_close(bad, keys)} Allowed: {', '.join(keys)}" if keys else ""
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: raw Stanford Cars layouts and user folders → prepared dataset → tensors. Needs no model code."""

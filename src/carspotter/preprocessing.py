@@ -1,0 +1,107 @@
+"""How a photo becomes the network's input, in NumPy and PIL only.
+
+Training, evaluation, `predict` on a checkpoint, ONNX export and the web server all call these functions, so a model
+sees exactly the same pixels wherever it runs. No torch import here: the ONNX serving path must not need PyTorch.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from carspotter.errors import UserError
+
+# The thesis's statistics of the Stanford Cars training images at 227x227 (original_repo.md §1).
+THESIS_MEAN_RGB = (0.4707, 0.4602, 0.4550)
+THESIS_STD_RGB = (0.2594, 0.2585, 0.2635)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything needed to turn an image into a model input; stored in every checkpoint and exported model."""
+
+    image_size: tuple[int, int] = (227, 227)  # (height, width)
+    grayscale: bool = False
+    mean: tuple[float, ...] = THESIS_MEAN_RGB
+    std: tuple[float, ...] = THESIS_STD_RGB
+    normalize: bool = True
+    resize: str = "stretch"  # resize to exactly image_size, ignoring the aspect ratio (the thesis's rule)
+    interpolation: str = "bilinear"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        d = dict(d)
+        d["image_size"] = tuple(d["image_size"])
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**d)
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Decode an image fully and convert it to RGB; a missing, non-image or truncated file is a `UserError`."""
+    name = "upload" if isinstance(source, bytes) else str(source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"{name}: no such file") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{name}: image has too many pixels (limit {Image.MAX_IMAGE_PIXELS})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{name}: not a readable image ({exc})") from None
+
+
+def resize_image(img: Image.Image, prep: Preprocessing) -> Image.Image:
+    """Resize (and convert to grayscale if configured) as the model was trained."""
+    if prep.resize != "stretch":
+        raise ValueError(f"unknown resize rule {prep.resize!r}")
+    height, width = prep.image_size
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[prep.interpolation]
+    img = img.resize((width, height), resample)
+    return img.convert("L") if prep.grayscale else img
+
+
+def normalize_array(chw: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """Scale a C×H×W float32 array in [0, 1] by the model's mean and std."""
+    if not prep.normalize:
+        return chw
+    mean = np.asarray(prep.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(prep.std, dtype=np.float32).reshape(-1, 1, 1)
+    return (chw - mean) / std
+
+
+def image_to_array(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """A decoded RGB image → the model's C×H×W float32 input (resized, scaled to [0, 1], normalised)."""
+    arr = np.asarray(resize_image(img, prep), dtype=np.float32) / 255.0
+    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(normalize_array(chw, prep), dtype=np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k_predictions(probs: np.ndarray, class_names: list[str], k: int) -> list[dict[str, Any]]:
+    """One image's probabilities → ``[{"class_id", "class_name", "probability"}, ...]``, most likely first."""
+    order = np.argsort(-probs)[: max(1, min(k, len(class_names)))]
+    return [{"class_id": int(i), "class_name": class_names[i], "probability": float(probs[i])} for i in order]
