@@ -44,9 +44,7 @@ def _check_params(kind: str, name: str, target: Any, params: dict[str, Any], ski
 def transform_names() -> list[str]:
     from torchvision.transforms import v2
 
-    return sorted(
-        n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform)
-    )
+    return sorted(n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform))
 
 
 class Transform(_Section):
@@ -60,7 +58,7 @@ class Transform(_Section):
     def _short_form(cls, value: Any) -> Any:
         # Accept the thesis's compact form ``{RandomHorizontalFlip: {p: 0.5}}`` as well as ``{name:, params:}``.
         if isinstance(value, dict) and len(value) == 1 and "name" not in value:
-            (name, params), = value.items()
+            ((name, params),) = value.items()
             return {"name": name, "params": params or {}}
         if isinstance(value, str):
             return {"name": value, "params": {}}
@@ -72,7 +70,9 @@ class Transform(_Section):
 
         names = transform_names()
         if self.name not in names:
-            raise ValueError(f"unknown transform {self.name!r}.{_close(self.name, names)} Allowed: torchvision.transforms.v2 classes")
+            raise ValueError(
+                f"unknown transform {self.name!r}.{_close(self.name, names)} Allowed: torchvision.transforms.v2 classes"
+            )
         _check_params("transform", self.name, getattr(v2, self.name), self.params)
         return self
 
@@ -166,8 +166,10 @@ class OptimizerConfig(_Section):
         import torch.optim as optim
 
         names = sorted(
-            n for n in dir(optim)
-            if isinstance(getattr(optim, n), type) and issubclass(getattr(optim, n), optim.Optimizer)
+            n
+            for n in dir(optim)
+            if isinstance(getattr(optim, n), type)
+            and issubclass(getattr(optim, n), optim.Optimizer)
             and n != "Optimizer"
         )
         if self.name not in names:
@@ -201,8 +203,11 @@ def scheduler_names() -> list[str]:
     # LambdaLR and friends take Python callables; the seed built them with eval() of YAML strings. Never again.
     excluded = {"LambdaLR", "MultiplicativeLR", "LRScheduler", "SequentialLR", "ChainedScheduler"}
     return sorted(
-        n for n in dir(lr_scheduler)
-        if isinstance(getattr(lr_scheduler, n), type) and not n.startswith("_") and n not in excluded
+        n
+        for n in dir(lr_scheduler)
+        if isinstance(getattr(lr_scheduler, n), type)
+        and not n.startswith("_")
+        and n not in excluded
         and (issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler) or n == "ReduceLROnPlateau")
     )
 

@@ -1,0 +1,156 @@
+"""The `carspotter` command: parses arguments and dispatches to library functions. No work lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from carspotter.errors import UserError
+
+app = typer.Typer(
+    name="carspotter",
+    help="Train, compare and ship small, fast car make/model/year recognisers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set trainer.max_epochs=2")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its folder.")] = None,
+) -> None:
+    """Train a model; writes a run folder with checkpoints, metrics.csv and summary.json."""
+    from carspotter.config import load_config
+    from carspotter.training.run import load_run_config
+    from carspotter.training.run import train as run_training
+
+    _quiet_lightning()
+
+    if resume is not None:
+        cfg = load_run_config(resume, set_)
+    else:
+        if config is None:
+            raise UserError("train needs --config FILE (e.g. configs/stanford_ghostnet.yaml) or --resume RUN_DIR")
+        cfg = load_config(config, set_)
+    result = run_training(cfg, resume=resume)
+    s = result.summary
+    console.print(f"run folder: {result.run_dir}")
+    console.print(
+        f"best epoch {s['best_epoch']}: val top-1 {_pct(s['val_top1'])}; test top-1 {_pct(s['test_top1'])}"
+        f" (top-5 {_pct(s['test_top5'])}, n={s['test_n']})"
+    )
+
+
+@app.command()
+def evaluate(
+    ckpt: Annotated[Path, typer.Argument(help="A carspotter checkpoint (.ckpt).")],
+    data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the checkpoint).")] = None,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n} as JSON.")] = False,
+) -> None:
+    """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a checkpoint on a prepared split."""
+    from carspotter.evaluation.metrics import evaluate_checkpoint, write_report
+
+    result = evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=not as_json)
+    paths = write_report(result, out or ckpt.parent / f"eval-{ckpt.stem}-{split}")
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    console.print(f"{split}: top-1 {_pct(result.top1)}, top-5 {_pct(result.top5)} on {result.n} images")
+    for name, path in paths.items():
+        console.print(f"  {name}: {path}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt) or an exported model (.onnx).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image, as a list.")] = False,
+) -> None:
+    """Car make/model/year with probabilities for each image."""
+    from carspotter.predict import load_classifier, predict_images
+
+    results = predict_images(load_classifier(model), images, top_k=top_k)
+    failed = sum("error" in r for r in results)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                err_console.print(f"[red]error[/red]: {r['error']}")
+                continue
+            console.print(f"[bold]{r['image']}[/bold]")
+            for p in r["predictions"]:
+                console.print(f"  {p['probability']:7.2%}  {p['class_name']}")
+    if failed:
+        raise typer.Exit(1 if failed < len(results) else 2)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data and runs.")] = Path("demo_out"),
+    config: Annotated[Path | None, typer.Option(help="Training config (default: configs/demo.yaml).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
+) -> None:
+    """Synthesise a small dataset, prepare it, train briefly on the CPU, evaluate and predict one image."""
+    from carspotter.demo import run_demo
+
+    _quiet_lightning()
+
+    result = run_demo(workdir, config, set_ or [], echo=console.print)
+    console.print(
+        f"\n[bold green]demo test top-1: {_pct(result.test_top1)}[/bold green] (chance {_pct(1 / result.num_classes)})"
+    )
+
+
+def _quiet_lightning() -> None:
+    """Lightning sets its own INFO level on import; its start-up chatter would drown the progress line."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

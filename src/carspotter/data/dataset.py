@@ -1,0 +1,111 @@
+"""Torch datasets over a prepared folder, and the Lightning data module that splits it honestly.
+
+The validation split is carved from train (stratified, seeded), so the test split is only ever evaluated once, with
+the checkpoint the validation split selected. ``validate_on_test`` reproduces the thesis's protocol on request.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from carspotter.config import DataConfig
+from carspotter.data.prepared import PreparedDataset, load_prepared, stratified_split
+from carspotter.data.transforms import EvalTransform, ImageTransform, TrainTransform, preprocessing_from_config
+from carspotter.errors import UserError
+from carspotter.preprocessing import open_image
+
+log = logging.getLogger(__name__)
+
+BOX_COLUMNS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
+
+
+class CarImages(Dataset):
+    """Rows of a prepared split → ``(image tensor, class_id)``. The box is looked up in the same row as the file."""
+
+    def __init__(self, root: Path, frame: pd.DataFrame, transform: ImageTransform) -> None:
+        self.root = Path(root)
+        self.fnames = frame["fname"].astype(str).tolist()
+        self.labels = frame["class_id"].to_numpy(dtype=np.int64)
+        self.boxes = _boxes(frame)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.fnames)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+        img = open_image(self.root / self.fnames[idx])
+        box = None if self.boxes is None else tuple(self.boxes[idx])
+        return self.transform(img, box), int(self.labels[idx])
+
+
+def _boxes(frame: pd.DataFrame) -> np.ndarray | None:
+    values = frame[BOX_COLUMNS].replace("", np.nan).astype(float).to_numpy()
+    return None if np.isnan(values).all() else values
+
+
+class CarsDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dataset: PreparedDataset = load_prepared(cfg.path)
+        self.preprocessing = preprocessing_from_config(cfg)
+        self.train_frame, self.val_frame = self._split()
+        if len(self.train_frame) == 0:
+            raise UserError(f"{cfg.path}: the training split is empty")
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset.classes
+
+    def _split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        train = self.dataset.train
+        if self.cfg.validate_on_test:
+            log.warning(
+                "data.validate_on_test is set: the test split selects the checkpoint (the thesis's protocol), "
+                "so its test accuracy is optimistic"
+            )
+            return train, self.dataset.test
+        keep, held = stratified_split(train["class_id"].to_numpy(), self.cfg.val_fraction, self.seed)
+        return train.iloc[keep].reset_index(drop=True), train.iloc[held].reset_index(drop=True)
+
+    def _loader(self, frame: pd.DataFrame, transform: ImageTransform, shuffle: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            CarImages(self.dataset.root, frame, transform),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_frame, TrainTransform(self.cfg), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_frame, EvalTransform(self.preprocessing), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset.test, EvalTransform(self.preprocessing), shuffle=False)
+
+
+def eval_loader(
+    dataset: PreparedDataset, split: str, preprocessing, batch_size: int = 64, workers: int = 2
+) -> DataLoader:
+    """A loader over a whole split with the deployed preprocessing (for `evaluate`)."""
+    return DataLoader(
+        CarImages(dataset.root, dataset.split(split), EvalTransform(preprocessing)),
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=False,
+    )

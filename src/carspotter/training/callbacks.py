@@ -1,0 +1,135 @@
+"""Callbacks that make a run folder readable: a per-epoch metrics CSV and an images/s meter."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+
+EPOCH_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr",
+    "epoch_time_s",
+    "img_s",
+]
+_KEYS = {
+    "train_loss": "train/loss_epoch",
+    "train_top1": "train/top1",
+    "val_loss": "val/loss",
+    "val_top1": "val/top1",
+    "val_top5": "val/top5",
+    "lr": "lr",
+}
+
+
+class EpochMetricsCSV(L.Callback):
+    """Appends one row per finished epoch to ``metrics.csv`` (flushed at once, so a crash loses nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._start = 0.0
+        self._images = 0
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a resume, drop rows of epochs that the restored checkpoint does not contain (they will be re-run).
+        rows = read_epoch_metrics(self.path)
+        kept = [r for r in rows if int(r["epoch"]) < trainer.current_epoch]
+        if len(kept) != len(rows):
+            _write_rows(self.path, kept)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._images = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._images += len(batch[1])
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        elapsed = time.perf_counter() - self._start
+        metrics = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for col, key in _KEYS.items():
+            value = metrics.get(key)
+            row[col] = "" if value is None else f"{float(value):.6g}"
+        row["epoch_time_s"] = f"{elapsed:.3f}"
+        row["img_s"] = f"{self._images / elapsed:.1f}" if elapsed > 0 else ""
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class Throughput(L.Callback):
+    """Logs training images/s (shown in the progress bar), smoothed over recent batches."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self._t0 = 0.0
+        self._rate = math.nan
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        dt = time.perf_counter() - self._t0
+        if dt <= 0:
+            return
+        rate = len(batch[1]) * trainer.world_size / dt
+        self._rate = rate if math.isnan(self._rate) else self.momentum * self._rate + (1 - self.momentum) * rate
+        pl_module.log("img_s", self._rate, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+
+
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_epoch_metrics(path: Path) -> list[dict[str, str]]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class DenseProgressBar(TQDMProgressBar):
+    """One dense line per epoch: loss, top-1, validation top-1, learning rate and images/s."""
+
+    _SHOWN = {
+        "train/loss_step": "loss",
+        "train/top1": "top1",
+        "val/loss": "val_loss",
+        "val/top1": "val_top1",
+        "img_s": "img/s",
+    }
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        shown: dict[str, Any] = {new: metrics[old] for old, new in self._SHOWN.items() if old in metrics}
+        if trainer.optimizers:
+            shown["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.2g}"
+        return shown

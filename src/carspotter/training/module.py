@@ -1,0 +1,77 @@
+"""The Lightning module: one network, its loss, optimizer and scheduler as configured, and namespaced metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.optim as optim
+from torch.optim import lr_scheduler
+from torchmetrics.classification import MulticlassAccuracy
+
+from carspotter.config import Config
+from carspotter.training.checkpoint import CheckpointInfo
+
+
+def build_loss(cfg: Config) -> nn.Module:
+    return getattr(nn, cfg.loss.name)(**cfg.loss.params)
+
+
+def build_optimizer(cfg: Config, params: Any) -> optim.Optimizer:
+    return getattr(optim, cfg.optimizer.name)(params, **cfg.optimizer.params)
+
+
+def build_scheduler(cfg: Config, optimizer: optim.Optimizer) -> dict[str, Any] | None:
+    if cfg.scheduler.name is None:
+        return None
+    scheduler = getattr(lr_scheduler, cfg.scheduler.name)(optimizer, **cfg.scheduler.params)
+    return {"scheduler": scheduler, "interval": cfg.scheduler.interval, "monitor": cfg.scheduler.monitor, "name": "lr"}
+
+
+class CarClassifier(L.LightningModule):
+    """Wraps any registry model; ``info`` is written into every checkpoint so it can be rebuilt without the config."""
+
+    def __init__(self, model: nn.Module, cfg: Config, info: CheckpointInfo) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.info = info
+        self.criterion = build_loss(cfg)
+        n = info.num_classes
+        self.train_top1 = MulticlassAccuracy(num_classes=n, average="micro")
+        self.val_top1 = MulticlassAccuracy(num_classes=n, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_top1(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_top1(logits, y)
+        self.val_top5(logits, y)
+        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/top5", self.val_top5, on_epoch=True, batch_size=len(y))
+
+    def on_train_epoch_start(self) -> None:
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.cfg, self.model.parameters())
+        scheduler = build_scheduler(self.cfg, optimizer)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["carspotter"] = self.info.describe()

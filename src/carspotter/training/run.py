@@ -1,0 +1,215 @@
+"""`train(cfg)`: one run, in its own folder, selected on validation and tested once at the end.
+
+A run folder holds ``config.yaml`` (fully resolved), ``best.ckpt`` (highest val/top1), ``last.ckpt``, ``metrics.csv``
+(one row per epoch) and ``summary.json``. ``resume`` continues an interrupted run from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from carspotter.config import Config, load_config, parse_config, save_config
+from carspotter.data.dataset import CarsDataModule
+from carspotter.errors import UserError
+from carspotter.evaluation.metrics import evaluate_checkpoint
+from carspotter.models import create_model
+from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
+from carspotter.training.checkpoint import CheckpointInfo
+from carspotter.training.module import CarClassifier
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.run_dir / "best.ckpt"
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """A fresh folder under ``runs_dir``; an existing name gets a numeric suffix instead of being overwritten."""
+    runs_dir = Path(cfg.output.runs_dir)
+    base = cfg.output.run_name or f"{cfg.model.name.replace('/', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        candidate = runs_dir / (base if i == 1 else f"{base}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"{runs_dir}: could not find a free run folder name for {base!r}")
+
+
+def resolve_precision(cfg: Config) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return (
+        "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    )
+
+
+def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+    in_chans = 1 if cfg.data.grayscale else 3
+    model = create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, **cfg.model.args)
+    if cfg.model.pretrained is not None:
+        from carspotter.models.pretrained import load_pretrained
+
+        report = load_pretrained(model, cfg.model.pretrained)
+        log.info("pretrained weights from %s: %s", cfg.model.pretrained, report)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> RunResult:
+    """Train one run and test its best checkpoint once. With ``resume``, ``cfg`` may change only trainer limits."""
+    started = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        last = run_dir / "last.ckpt"
+        if not last.is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no last.ckpt); start a new run instead")
+        ckpt_path: str | None = str(last)
+    else:
+        run_dir = new_run_dir(cfg)
+        cfg = parse_config(
+            {**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}}
+        )
+        ckpt_path = None
+    save_config(cfg, run_dir / CONFIG_FILE)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+
+    datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
+    model = build_model(cfg, datamodule.dataset.num_classes)
+    info = CheckpointInfo(
+        model_name=cfg.model.name,
+        model_args=dict(cfg.model.args),
+        num_classes=datamodule.dataset.num_classes,
+        in_chans=1 if cfg.data.grayscale else 3,
+        class_names=datamodule.class_names,
+        preprocessing=datamodule.preprocessing,
+        config=cfg.to_dict(),
+        path=run_dir / "best.ckpt",
+    )
+    module = CarClassifier(model, cfg, info)
+    # Two checkpoint callbacks: Lightning 2.6 writes `save_last` only in epochs that improved the monitored metric.
+    best = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="best",
+        monitor="val/top1",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,
+    )
+    last = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    callbacks: list[L.Callback] = [EpochMetricsCSV(run_dir / "metrics.csv"), best, last, Throughput()]
+    if progress:
+        callbacks.append(DenseProgressBar(refresh_rate=1))
+    if cfg.trainer.early_stopping is not None:
+        es = cfg.trainer.early_stopping
+        mode = "min" if es.monitor == "val/loss" else "max"
+        callbacks.append(EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=mode))
+
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=resolve_precision(cfg),
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        limit_val_batches=cfg.trainer.limit_val_batches,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        deterministic=False,
+    )
+    log.info("run folder: %s", run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        raise UserError(f"training interrupted; continue with `carspotter train --resume {run_dir}`")
+
+    summary = summarise(cfg, run_dir, count_parameters(model), started, progress=progress)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return RunResult(run_dir=run_dir, summary=summary)
+
+
+def summarise(cfg: Config, run_dir: Path, num_parameters: int, started: float, progress: bool) -> dict[str, Any]:
+    """Best epoch from the metrics CSV; the test split evaluated once with the selected checkpoint."""
+    rows = read_epoch_metrics(run_dir / "metrics.csv")
+    scored = [r for r in rows if r.get("val_top1")]
+    best_row = max(scored, key=lambda r: float(r["val_top1"])) if scored else {}
+    test = None
+    if (run_dir / "best.ckpt").is_file() and not cfg.data.validate_on_test:
+        test = evaluate_checkpoint(
+            run_dir / "best.ckpt",
+            cfg.data.path,
+            "test",
+            batch_size=cfg.trainer.batch_size,
+            workers=cfg.data.num_workers,
+            progress=progress,
+        )
+
+    def num(row: dict[str, str], key: str) -> float | None:
+        return float(row[key]) if row.get(key) else None
+
+    return {
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "model": {"name": cfg.model.name, "args": cfg.model.args},
+        "num_parameters": num_parameters,
+        "image_size": list(cfg.data.image_size),
+        "epochs_run": len(rows),
+        "best_epoch": int(best_row["epoch"]) if best_row else None,
+        "val_top1": num(best_row, "val_top1"),
+        "val_top5": num(best_row, "val_top5"),
+        "val_loss": num(best_row, "val_loss"),
+        "best_train_top1": max((float(r["train_top1"]) for r in rows if r.get("train_top1")), default=None),
+        "test_top1": test.top1 if test else None,
+        "test_top5": test.top5 if test else None,
+        "test_loss": test.loss if test else None,
+        "test_n": test.n if test else None,
+        "validated_on_test": cfg.data.validate_on_test,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "tags": cfg.output.tags,
+        "description": cfg.output.description,
+    }
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+    return load_config(path, overrides)
