@@ -1,0 +1,155 @@
+"""The model zoo: every registered architecture runs and trains; GhostNet is pinned and matches timm exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from carspotter.errors import UserError
+from carspotter.models import create_model, list_models, model_arg_names, register_model
+
+# Small enough to keep the whole zoo fast on CPU, large enough for every family's stride-32 stem.
+IMAGE_SIZE = 64
+BATCH = 2
+
+THESIS_FAMILIES = {
+    "squeezenet1_0", "squeezenet1_1",
+    "squeezenext23_100", "squeezenext23_150", "squeezenext23_200", "squeezenext23_250",
+    "mobilenetv2_100",
+    *(f"efficientnet_b{i}" for i in range(8)),
+    "ghostnet_thesis",
+    "hardnet39ds", "hardnet68", "hardnet68ds", "hardnet85",
+    "shufflenetv2_050", "shufflenetv2_100", "shufflenetv2_150", "shufflenetv2_200",
+}  # fmt: skip
+BEYOND_THESIS = {"ghostnet_050", "ghostnet_100", "ghostnet_130", "mobilenetv3_large_100", "mobilenetv3_small_100"}
+BEYOND_THESIS |= {"ghostnetv2_100", "ghostnetv2_130", "ghostnetv2_160"}
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_has_every_family() -> None:
+    missing = (THESIS_FAMILIES | BEYOND_THESIS) - set(list_models())
+    assert not missing, f"not registered: {sorted(missing)}"
+    assert list_models("ghostnet_*") == ["ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnet_thesis"]
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+@pytest.mark.parametrize("name", list_models())
+def test_model_forward_backward(name: str, in_chans: int) -> None:
+    torch.manual_seed(0)
+    num_classes = 7
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans)
+    x = torch.randn(BATCH, in_chans, IMAGE_SIZE, IMAGE_SIZE)
+
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        assert torch.allclose(model.forward_head(feats), out, atol=1e-5)
+        pre = model.forward_head(feats, pre_logits=True)
+    assert out.shape == (BATCH, num_classes)
+    assert torch.isfinite(out).all()
+    assert feats.shape[:2] == (BATCH, model.num_features)
+    assert pre.ndim == 2 and pre.shape[0] == BATCH
+
+    model.train()
+    model(x).logsumexp(dim=1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad[:5]}"
+
+
+@pytest.mark.parametrize(
+    "name", ["ghostnet_thesis", "ghostnet_100", "squeezenet1_1", "shufflenetv2_050", "hardnet39ds", "mobilenetv2_100"]
+)
+def test_reset_classifier(name: str) -> None:
+    model = create_model(name, num_classes=196).eval()
+    model.reset_classifier(5)
+    assert model.get_classifier() is not None
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (1, 5)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert out.shape == (1, model.forward_head(model.forward_features(torch.randn(1, 3, 64, 64)), True).shape[1])
+
+
+def test_every_builder_takes_the_common_args() -> None:
+    for name in list_models():
+        args = model_arg_names(name)
+        assert args is not None and "drop_rate" in args, name
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected"),
+    [
+        ("ghostnet_050", {}, 2_587_292),
+        ("ghostnet_100", {}, 5_182_508),
+        ("ghostnet_130", {}, 7_358_820),
+        ("ghostnet_thesis", {"num_classes": 196, "hidden_channels": 320}, 3_041_412),
+        ("ghostnet_thesis", {"num_classes": 196, "hidden_channels": 640}, 3_411_972),
+        ("ghostnet_thesis", {"num_classes": 196, "hidden_channels": 960}, 3_782_532),
+        ("ghostnet_thesis", {"num_classes": 196, "hidden_channels": 1280}, 4_153_092),
+        ("ghostnet_thesis", {"num_classes": 196, "hidden_channels": 1600}, 4_523_652),
+        ("ghostnet_thesis", {"num_classes": 196}, 4_153_092),  # default hidden width is the thesis's 1280
+    ],
+)
+def test_ghostnet_parameter_counts(name: str, kwargs: dict, expected: int) -> None:
+    assert _num_params(create_model(name, **kwargs)) == expected
+
+
+def test_ghostnet_thesis_architecture() -> None:
+    """The thesis's details that the count alone would not catch: clamp gate, BN1d head, 8x8 map at 227."""
+    model = create_model("ghostnet_thesis", num_classes=196, hidden_channels=320).eval()
+    gates = [m.gate for m in model.modules() if hasattr(m, "gate")]
+    assert len(gates) == 7
+    x = torch.linspace(-2, 2, 9)
+    assert torch.equal(gates[0](x), x.clamp(0, 1))
+    assert isinstance(model.head_bn, nn.BatchNorm1d) and model.head_fc.bias is None
+    assert model.forward_features(torch.randn(1, 3, 227, 227)).shape == (1, 960, 8, 8)
+
+
+@pytest.mark.parametrize("variant", ["ghostnet_050", "ghostnet_100", "ghostnet_130"])
+def test_ghostnet_matches_timm(variant: str) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = timm.create_model(variant, pretrained=False).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so eval-mode BN is exercised for real
+        for m in reference.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    ours = create_model(variant).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        diff = (ours(x) - reference(x)).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_unknown_model_lists_close_matches() -> None:
+    with pytest.raises(UserError, match="ghostnet_100"):
+        create_model("ghostnet_10")
+    with pytest.raises(UserError, match="hidden_channels"):
+        create_model("ghostnet_thesis", hiden_channels=320)
+
+
+def test_duplicate_registration_raises() -> None:
+    def ghostnet_100(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(ghostnet_100)
+
+
+def test_timm_passthrough() -> None:
+    model = create_model("timm/mobilenetv3_small_050", num_classes=4, in_chans=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE)).shape == (1, 4)
+    with pytest.raises(UserError, match="timm has no model"):
+        create_model("timm/not_a_model_xyz")
