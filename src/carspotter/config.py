@@ -160,6 +160,7 @@ class LossConfig(_Section):
 class OptimizerConfig(_Section):
     name: str = "AdamW"
     params: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-3, "weight_decay": 0.6})
+    backbone_lr: float | None = Field(None, gt=0.0)  # None: one lr for all; else the backbone's (params.lr: the head's)
 
     @model_validator(mode="after")
     def _known(self) -> OptimizerConfig:
@@ -229,6 +230,7 @@ class TrainerConfig(_Section):
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     gradient_clip_val: float | None = None
+    freeze_backbone_epochs: int = Field(0, ge=0)  # fine-tuning: train only the classifier for the first K epochs
 
 
 class OutputConfig(_Section):
