@@ -1,0 +1,217 @@
+"""Size, compute and CPU latency of architectures, next to the best accuracy trained runs reached with them.
+
+MACs are counted by PyTorch's own `torch.utils.flop_counter.FlopCounterMode` (matmul/conv FLOPs / 2), not by hand
+formulas, so every family is measured the same way. Latency is batch-1 CPU inference, the median of repeated runs
+after a warm-up: it says how the models rank on this machine, and it moves with whatever else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from carspotter.errors import UserError
+from carspotter.models import create_model, get_model_builder
+
+__all__ = [
+    "ModelProfile",
+    "best_run_accuracy",
+    "count_macs",
+    "machine_description",
+    "measure_latency_ms",
+    "model_family",
+    "profile_models",
+    "write_profiles",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelProfile:
+    name: str
+    family: str
+    params: int
+    macs: int
+    weights_mb: float
+    latency_ms: float
+    image_size: int
+    num_classes: int
+    best_test_top1: float | None = None
+    best_run: str | None = None
+
+
+def model_family(name: str) -> str:
+    """The module a model comes from (``ghostnet``, ``hardnet``...), or ``timm`` for ``timm/<name>``."""
+    if name.startswith("timm/"):
+        return "timm"
+    return get_model_builder(name).__module__.rsplit(".", 1)[-1]
+
+
+def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (conv/linear/matmul FLOPs counted by PyTorch, halved)."""
+    x = torch.randn(1, in_chans, image_size, image_size)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def measure_latency_ms(
+    model: nn.Module, image_size: int, in_chans: int = 3, warmup: int = 3, repeats: int = 10, budget_s: float = 5.0
+) -> float:
+    """Median wall time of batch-1 CPU inference; stops early (after at least 3 runs) once ``budget_s`` is spent."""
+    x = torch.randn(1, in_chans, image_size, image_size)
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+            if len(times) >= 3 and time.perf_counter() - start > budget_s:
+                break
+    return statistics.median(times) * 1000
+
+
+def best_run_accuracy(runs_dir: str | Path) -> dict[str, tuple[float, str]]:
+    """``{model name: (best test top-1, run id)}`` over ``RUNS_DIR/*/summary.json`` (runs without a test score skip)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: runs folder not found (--runs expects the folder that holds the run folders)")
+    best: dict[str, tuple[float, str]] = {}
+    for summary_path in sorted(runs_dir.glob("*/summary.json")):
+        try:
+            summary = json.loads(summary_path.read_text())
+            name = summary["model"]["name"]
+            top1 = summary.get("test_top1")
+            run_id = summary.get("run_id", summary_path.parent.name)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: skipped (%s)", summary_path, exc)
+            continue
+        if top1 is not None and (name not in best or top1 > best[name][0]):
+            best[name] = (float(top1), str(run_id))
+    return best
+
+
+def profile_models(
+    names: Iterable[str],
+    image_size: int = 227,
+    num_classes: int = 196,
+    runs_dir: str | Path | None = None,
+    *,
+    repeats: int = 10,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[ModelProfile]:
+    """Profile each model (default arguments) at ``image_size`` with ``num_classes`` outputs; sorted by MACs.
+
+    ``threads`` sets torch's CPU threads for the latency runs (default: torch's own choice, usually the core count).
+    """
+    names = list(names)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    accuracy = best_run_accuracy(runs_dir) if runs_dir is not None else {}
+    profiles = []
+    torch.manual_seed(0)
+    for name in tqdm(names, desc="profiling", unit="model", disable=not progress):
+        model = create_model(name, num_classes=num_classes).eval()
+        state = model.state_dict()
+        top1, run = accuracy.get(name, (None, None))
+        profiles.append(
+            ModelProfile(
+                name=name,
+                family=model_family(name),
+                params=sum(p.numel() for p in model.parameters()),
+                macs=count_macs(model, image_size),
+                weights_mb=sum(t.numel() * t.element_size() for t in state.values()) / 1e6,
+                latency_ms=measure_latency_ms(model, image_size, repeats=repeats),
+                image_size=image_size,
+                num_classes=num_classes,
+                best_test_top1=top1,
+                best_run=run,
+            )
+        )
+        del model, state
+    return sorted(profiles, key=lambda p: p.macs)
+
+
+def machine_description() -> str:
+    """CPU model and thread count, e.g. ``AMD EPYC, 2 CPUs (torch 2 threads), torch 2.14.1``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs (torch {torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+    """Write ``<stem>.csv``, ``<stem>.json`` (with the machine) and ``<stem>.png`` (a labelled scatter plot)."""
+    if not profiles:
+        raise UserError("no models to write (did --filter match nothing?)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = stem or f"models_{profiles[0].image_size}px_{profiles[0].num_classes}cls"
+    paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("csv", "json", "png")}
+
+    rows = [asdict(p) for p in profiles]
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    payload = {"machine": machine_description(), "latency": "CPU, batch 1, median ms", "models": rows}
+    paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
+    _scatter_plot(profiles, paths["png"])
+    return paths
+
+
+def _scatter_plot(profiles: Sequence[ModelProfile], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_acc = [p for p in profiles if p.best_test_top1 is not None]
+    points = with_acc or list(profiles)
+    ys = [p.best_test_top1 * 100 for p in with_acc] if with_acc else [p.latency_ms for p in points]
+    ylabel = "best test top-1 (%)" if with_acc else "CPU latency, batch 1 (ms)"
+    xs = [p.macs / 1e6 for p in points]
+
+    fig, ax = plt.subplots(figsize=(10, 7), dpi=120)
+    families = sorted({p.family for p in points})
+    cmap = plt.get_cmap("tab10")
+    for i, family in enumerate(families):
+        idx = [j for j, p in enumerate(points) if p.family == family]
+        ax.scatter([xs[j] for j in idx], [ys[j] for j in idx], color=cmap(i % 10), label=family, s=30)
+    for x, y, p in zip(xs, ys, points, strict=True):
+        ax.annotate(p.name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    if not with_acc:
+        ax.set_yscale("log")
+    ax.set_xlabel(f"MACs at {points[0].image_size}x{points[0].image_size} (millions, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"carspotter model zoo, {points[0].num_classes} classes")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

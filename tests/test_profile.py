@@ -1,0 +1,52 @@
+"""Model profiling: MACs from PyTorch's counter, latency, best accuracy from run folders, and the written files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from carspotter.evaluation.profile import count_macs, profile_models, write_profiles
+from carspotter.models import create_model
+
+
+def test_ghostnet_macs_match_the_paper() -> None:
+    # The paper reports 141M FLOPs (multiply-adds) for GhostNet 1.0x at 224x224, 1000 classes.
+    macs = count_macs(create_model("ghostnet_100").eval(), 224)
+    assert 141e6 <= macs <= 150e6
+
+
+def _write_summary(runs: Path, run_id: str, model: str, test_top1: float | None) -> None:
+    (runs / run_id).mkdir(parents=True)
+    summary = {"run_id": run_id, "model": {"name": model, "args": {}}, "test_top1": test_top1, "val_top1": 0.5,
+               "num_parameters": 1}  # fmt: skip
+    (runs / run_id / "summary.json").write_text(json.dumps(summary))
+
+
+def test_profile_two_models_and_write_files(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _write_summary(runs, "a", "ghostnet_050", 0.61)
+    _write_summary(runs, "b", "ghostnet_050", 0.74)
+    _write_summary(runs, "c", "ghostnet_050", None)
+    _write_summary(runs, "d", "squeezenext23_100", 0.42)
+    (runs / "broken").mkdir()
+    (runs / "broken" / "summary.json").write_text("{not json")
+
+    profiles = profile_models(["ghostnet_050", "squeezenext23_100"], 64, 10, runs, repeats=3, progress=False)
+
+    by_name = {p.name: p for p in profiles}
+    g = by_name["ghostnet_050"]
+    assert g.family == "ghostnet" and g.best_test_top1 == 0.74 and g.best_run == "b"
+    assert g.params == sum(p.numel() for p in create_model("ghostnet_050", num_classes=10).parameters())
+    assert 4 * g.params / 1e6 <= g.weights_mb < 4 * g.params / 1e6 * 1.1  # fp32 weights + BN statistics
+    assert 0 < g.macs < 30e6 and g.latency_ms > 0
+    assert by_name["squeezenext23_100"].best_test_top1 == 0.42
+    assert [p.macs for p in profiles] == sorted(p.macs for p in profiles)
+
+    paths = write_profiles(profiles, tmp_path / "out")
+    with paths["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [p.name for p in profiles]
+    payload = json.loads(paths["json"].read_text())
+    assert payload["machine"] and len(payload["models"]) == 2
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
