@@ -50,3 +50,4 @@ def test_profile_two_models_and_write_files(tmp_path: Path) -> None:
     payload = json.loads(paths["json"].read_text())
     assert payload["machine"] and len(payload["models"]) == 2
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| ghostnet_050 | ghostnet |" in paths["md"].read_text()

@@ -131,6 +131,53 @@ def demo(
     )
 
 
+@app.command()
+def models(
+    profile: Annotated[bool, typer.Option("--profile", help="Measure params, MACs, weights and CPU latency.")] = False,
+    image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input size for --profile.")] = 227,
+    classes: Annotated[int, typer.Option("--classes", min=1, help="Classifier outputs for --profile.")] = 196,
+    filter_: Annotated[str | None, typer.Option("--filter", help="Pattern: 'ghostnet*' or 'timm/NAME'.")] = None,
+    runs: Annotated[Path | None, typer.Option("--runs", help="Runs folder: add each model's best test top-1.")] = None,
+    out: Annotated[Path, typer.Option(help="Where --profile writes its CSV, JSON, PNG and Markdown.")] = Path(
+        "model_profile"
+    ),
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for latency (1: steadier on a busy machine).")] = 1,
+) -> None:
+    """List the registered architectures; with --profile, measure each one (table + CSV, JSON, scatter plot)."""
+    from rich.table import Table
+
+    from carspotter.evaluation.profile import machine_description, model_family, profile_models, write_profiles
+    from carspotter.models import list_models, model_arg_names
+
+    names = list_models(filter_)
+    if not names and filter_ and filter_.startswith("timm/"):
+        names = [filter_]
+    if not names:
+        raise UserError(f"no registered model matches {filter_!r}; run `carspotter models` for the list")
+    if not profile:
+        table = Table("model", "family", "arguments (besides num_classes, in_chans)")
+        for name in names:
+            table.add_row(name, model_family(name), ", ".join(model_arg_names(name) or ["any timm argument"]))
+        console.print(table)
+        console.print("Any timm architecture is also available as 'timm/<name>'.")
+        return
+    profiles = profile_models(names, image_size, classes, runs, threads=threads)
+    with_acc = runs is not None
+    table = Table(title=f"{classes} classes, {image_size}x{image_size}; CPU latency at batch 1 (median)")
+    table.add_column("model", no_wrap=True)
+    for column in ("params M", "MACs M", "MB", "ms") + (("test top-1",) if with_acc else ()):
+        table.add_column(column, justify="right", no_wrap=True)
+    for p in profiles:
+        row = [p.name, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}", f"{p.latency_ms:.1f}"]
+        if with_acc:
+            row.append(_pct(p.best_test_top1))
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"machine: {machine_description()}")
+    for kind, path in write_profiles(profiles, out).items():
+        console.print(f"  {kind}: {path}")
+
+
 def _quiet_lightning() -> None:
     """Lightning sets its own INFO level on import; its start-up chatter would drown the progress line."""
     for name in ("lightning.pytorch", "lightning.fabric"):

@@ -33,6 +33,7 @@ __all__ = [
     "machine_description",
     "measure_latency_ms",
     "model_family",
+    "profiles_markdown",
     "profile_models",
     "write_profiles",
 ]
@@ -165,13 +166,14 @@ def machine_description() -> str:
 
 
 def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
-    """Write ``<stem>.csv``, ``<stem>.json`` (with the machine) and ``<stem>.png`` (a labelled scatter plot)."""
+    """Write ``<stem>.csv``, ``<stem>.json`` (with the machine), ``<stem>.png`` (a labelled scatter plot) and
+    ``<stem>.md`` (the table as Markdown, for a README)."""
     if not profiles:
         raise UserError("no models to write (did --filter match nothing?)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or f"models_{profiles[0].image_size}px_{profiles[0].num_classes}cls"
-    paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("csv", "json", "png")}
+    paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("csv", "json", "png", "md")}
 
     rows = [asdict(p) for p in profiles]
     with paths["csv"].open("w", newline="") as f:
@@ -181,7 +183,29 @@ def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: 
     payload = {"machine": machine_description(), "latency": "CPU, batch 1, median ms", "models": rows}
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     _scatter_plot(profiles, paths["png"])
+    paths["md"].write_text(profiles_markdown(profiles) + "\n")
     return paths
+
+
+def profiles_markdown(profiles: Sequence[ModelProfile]) -> str:
+    """The profile table in Markdown, with the machine it was measured on."""
+    p0 = profiles[0]
+    with_acc = any(p.best_test_top1 is not None for p in profiles)
+    header = ["model", "family", "params (M)", f"MACs @{p0.image_size} (M)", "weights (MB)", "CPU latency (ms)"]
+    header += ["best test top-1"] if with_acc else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for p in profiles:
+        row = [p.name, p.family, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}"]
+        row.append(f"{p.latency_ms:.1f}")
+        if with_acc:
+            row.append("" if p.best_test_top1 is None else f"{p.best_test_top1:.2%}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(
+        f"{p0.num_classes} classes, {p0.image_size}x{p0.image_size} input; latency: batch 1, median of repeated runs, "
+        f"on {machine_description()}."
+    )
+    return "\n".join(lines)
 
 
 def _scatter_plot(profiles: Sequence[ModelProfile], path: Path) -> None:
