@@ -153,7 +153,7 @@ def profile_models(
 
 
 def machine_description() -> str:
-    """CPU model and thread count, e.g. ``AMD EPYC, 2 CPUs (torch 2 threads), torch 2.14.1``."""
+    """CPU model and thread count, e.g. ``AMD EPYC, 2 CPUs (torch: 1 thread), torch 2.14.1``."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -162,7 +162,8 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPUs (torch {torch.get_num_threads()} threads), torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} CPUs (torch: {threads} thread{'s' * (threads != 1)}), torch {torch.__version__}"
 
 
 def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
