@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from carspotter.config import Config
 from carspotter.training.checkpoint import CheckpointInfo
+from carspotter.training.finetune import parameter_groups
 
 
 def build_loss(cfg: Config) -> nn.Module:
@@ -69,7 +70,7 @@ class CarClassifier(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.cfg, self.model.parameters())
+        optimizer = build_optimizer(self.cfg, parameter_groups(self.model, self.cfg))
         scheduler = build_scheduler(self.cfg, optimizer)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 

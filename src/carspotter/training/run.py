@@ -25,6 +25,7 @@ from carspotter.evaluation.metrics import evaluate_checkpoint
 from carspotter.models import create_model
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
 from carspotter.training.checkpoint import CheckpointInfo
+from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
 from carspotter.training.module import CarClassifier
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def resolve_precision(cfg: Config) -> str:
     )
 
 
-def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: Config, num_classes: int, class_names: list[str] | None = None) -> torch.nn.Module:
     in_chans = 1 if cfg.data.grayscale else 3
     model = create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, **cfg.model.args)
     if cfg.model.pretrained is not None:
@@ -74,6 +75,8 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
 
         report = load_pretrained(model, cfg.model.pretrained)
         log.info("pretrained weights from %s: %s", cfg.model.pretrained, report)
+        if class_names is not None:
+            reset_classifier_for_new_classes(model, cfg.model.pretrained, class_names)
     return model
 
 
@@ -100,7 +103,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
-    model = build_model(cfg, datamodule.dataset.num_classes)
+    model = build_model(cfg, datamodule.dataset.num_classes, datamodule.class_names)
     info = CheckpointInfo(
         model_name=cfg.model.name,
         model_args=dict(cfg.model.args),
@@ -135,6 +138,10 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
     callbacks: list[L.Callback] = [EpochMetricsCSV(run_dir / "metrics.csv"), best, last, Throughput()]
     if progress:
         callbacks.append(DenseProgressBar(refresh_rate=1))
+    if cfg.trainer.freeze_backbone_epochs > 0:
+        if cfg.model.pretrained is None:
+            log.warning("trainer.freeze_backbone_epochs without model.pretrained: the frozen backbone is random")
+        callbacks.append(FreezeBackbone(cfg.trainer.freeze_backbone_epochs))
     if cfg.trainer.early_stopping is not None:
         es = cfg.trainer.early_stopping
         mode = "min" if es.monitor == "val/loss" else "max"
