@@ -1,0 +1,173 @@
+"""`bench_infer(models)`: batch-1 CPU latency, throughput and (optionally) top-1 of one model in several formats.
+
+PyTorch eager (`.ckpt`), ONNX Runtime fp32 and int8 (`.onnx`) and ExecuTorch/XNNPACK (`.pte`) are timed in the same
+process, interleaved round by round so that a noisy neighbour on a shared machine slows every format alike, with
+the same number of threads each; ratios are to PyTorch eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carspotter.errors import UserError
+from carspotter.predict import Classifier
+
+log = logging.getLogger(__name__)
+
+EAGER = "pytorch-eager"
+
+
+@dataclass
+class FormatResult:
+    label: str
+    path: str
+    median_ms: float
+    p90_ms: float
+    throughput: float  # images/s at `throughput_batch`
+    size_mb: float
+    top1: float | None = None
+    speedup: float | None = None  # eager median / this median
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchResult:
+    formats: list[FormatResult]
+    threads: int
+    runs: int
+    throughput_batch: int
+    split: str | None
+    n_eval: int | None
+
+
+def load_runtime(path: Path, threads: int) -> tuple[str, Classifier]:
+    """The model file → (format label, classifier) running on ``threads`` CPU threads."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from carspotter.serve.onnx_model import OnnxClassifier
+
+        clf = OnnxClassifier(path, threads=threads)
+        return f"onnx-{clf.precision}", clf
+    if suffix == ".pte":
+        from carspotter.export.executorch import ExecuTorchModel
+
+        return "executorch-xnnpack", ExecuTorchModel(path, threads=threads)
+    if suffix in (".ckpt", ".pt", ".pth"):
+        import torch
+
+        from carspotter.predict import TorchClassifier
+
+        torch.set_num_threads(threads)
+        return EAGER, TorchClassifier(path)
+    raise UserError(f"{path}: unknown model type {suffix!r}; expected .ckpt, .onnx or .pte")
+
+
+def _source_checkpoint(clf: Classifier) -> Path | None:
+    meta = getattr(clf, "metadata", None) or getattr(clf, "meta", None) or {}
+    path = meta.get("source_checkpoint", {}).get("path")
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def bench_infer(
+    models: list[str | Path],
+    *,
+    data: str | Path | None = None,
+    split: str = "test",
+    threads: int = 1,
+    runs: int = 200,
+    warmup: int = 20,
+    throughput_batch: int = 16,
+    eval_limit: int | None = None,
+) -> BenchResult:
+    """Time every model on the same batch-1 input; with ``data``, also top-1 on ``split``.
+
+    Without a ``.ckpt`` among ``models``, PyTorch eager is timed from the checkpoint the first export names, when it
+    is still there, so the table always has its reference row.
+    """
+    paths = [Path(m) for m in models]
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"{p}: no such model file")
+    runtimes = [(p, *load_runtime(p, threads)) for p in paths]
+    if not any(label == EAGER for _, label, _ in runtimes):
+        source = next((s for _, _, clf in runtimes if (s := _source_checkpoint(clf)) is not None), None)
+        if source is not None:
+            log.info("timing PyTorch eager from the source checkpoint %s", source)
+            runtimes.insert(0, (source, *load_runtime(source, threads)))
+    preps = {(r.preprocessing.image_size, r.preprocessing.channels) for _, _, r in runtimes}
+    if len(preps) > 1:
+        raise UserError(f"the models take different inputs {sorted(preps)}; bench-infer compares one model's formats")
+
+    prep = runtimes[0][2].preprocessing
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    if data is not None:
+        from carspotter.export.inputs import prepared_inputs
+
+        images, labels = prepared_inputs(data, split, prep, limit=eval_limit)
+        if not len(images):
+            raise UserError(f"{data}: the {split} split is empty")
+    h, w = prep.image_size
+    one = images[:1] if images is not None else np.random.default_rng(0).standard_normal(
+        (1, prep.channels, h, w)).astype(np.float32)
+    batch = np.repeat(one, throughput_batch, axis=0)
+
+    timings = _interleaved_latency([clf for _, _, clf in runtimes], one, runs=runs, warmup=warmup)
+    results = []
+    for (path, label, clf), times in zip(runtimes, timings, strict=True):
+        times_ms = np.asarray(times) * 1e3
+        results.append(FormatResult(
+            label=label,
+            path=str(path),
+            median_ms=float(np.median(times_ms)),
+            p90_ms=float(np.percentile(times_ms, 90)),
+            throughput=_throughput(clf, batch),
+            size_mb=path.stat().st_size / 1e6,
+        ))
+    eager = next((r for r in results if r.label == EAGER), None)
+    for r in results:
+        r.speedup = eager.median_ms / r.median_ms if eager is not None else None
+    if images is not None and labels is not None:
+        for r, (_, _, clf) in zip(results, runtimes, strict=True):
+            r.top1 = _top1(clf, images, labels)
+    return BenchResult(results, threads, runs, throughput_batch, split if data is not None else None,
+                       None if images is None else len(images))
+
+
+def _interleaved_latency(clfs: list[Classifier], x: np.ndarray, *, runs: int, warmup: int, rounds: int = 10) -> list:
+    for clf in clfs:
+        for _ in range(warmup):
+            clf.logits(x)
+    times: list[list[float]] = [[] for _ in clfs]
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for i, clf in enumerate(clfs):
+            for _ in range(per_round):
+                start = time.perf_counter()
+                clf.logits(x)
+                times[i].append(time.perf_counter() - start)
+    return times
+
+
+def _throughput(clf: Classifier, batch: np.ndarray, seconds: float = 1.0) -> float:
+    clf.logits(batch)
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or done == 0:
+        clf.logits(batch)
+        done += len(batch)
+    return done / elapsed
+
+
+def _top1(clf: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 32) -> float:
+    hits = 0
+    for i in range(0, len(images), batch_size):
+        hits += int((clf.logits(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+    return hits / len(images)

@@ -1,0 +1,90 @@
+"""`export(ckpt, out)`: an ExecuTorch `.pte` program lowered to XNNPACK, checked with ExecuTorch's Python runtime.
+
+ExecuTorch is PyTorch's on-device runtime for Android and iOS (TorchScript and PyTorch Mobile are deprecated). The
+program takes a batch of one image (what a phone feeds it); its metadata goes to ``FILE.pte.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from carspotter.errors import UserError
+from carspotter.export import metadata
+from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_inputs, compare, source_description, torch_logits
+from carspotter.training.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-3
+
+
+def _require_executorch() -> None:
+    try:
+        import executorch.exir  # noqa: F401
+    except ImportError:
+        raise UserError("ExecuTorch is not installed; run `pip install executorch==1.5.1`") from None
+
+
+class ExecuTorchModel:
+    """A `.pte` program run by ExecuTorch's Python runtime, one image at a time (its batch axis is fixed at 1)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        _require_executorch()
+        from executorch.runtime import Runtime
+
+        if threads is not None:
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)  # XNNPACK's thread pool; the only knob ExecuTorch's Python API offers
+
+        self.path = Path(path)
+        self.meta = metadata.read_sidecar(self.path)
+        self.class_names = list(self.meta["class_names"])
+        self.preprocessing = metadata.preprocessing_of(self.meta)
+        self.method = Runtime.get().load_program(self.path).load_method("forward")
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(x[None]))])[0] for x in batch]
+        return torch.cat(outs).float().numpy()
+
+
+def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None) -> ExportReport:
+    """Lower ``ckpt`` to an XNNPACK ExecuTorch program at ``out`` and compare it with PyTorch on real images."""
+    _require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    out = Path(out)
+    if out.suffix.lower() != ".pte":
+        raise UserError(f"{out}: an ExecuTorch export's file name must end in .pte")
+    model, info = load_checkpoint(ckpt)
+    h, w = info.preprocessing.image_size
+    example = (torch.randn(1, info.preprocessing.channels, h, w),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(model, example)
+        program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(program.buffer)
+    props = metadata.describe(
+        class_names=info.class_names,
+        preprocessing=info.preprocessing,
+        model_name=info.model_name,
+        model_args=info.model_args,
+        source_checkpoint=source_description(info),
+        runtime={"format": "executorch", "precision": "fp32", "backend": "XNNPACK", "batch": 1,
+                 "exporter": f"torch.export + executorch, torch {torch.__version__}"},
+    )
+    metadata.write_sidecar(out, props)
+    log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)
+    x, source = check_inputs(info, data, n=CHECK_IMAGES // 2)
+    diff, agree = compare(torch_logits(model, x), ExecuTorchModel(out).logits(x))
+    log.info("ExecuTorch vs PyTorch on %s: max |Δ logit| = %.2e, top-1 agreement %.1f%%", source, diff, 100 * agree)
+    if not diff < FP32_TOLERANCE:
+        raise RuntimeError(f"{out}: ExecuTorch differs from PyTorch by {diff:.3g} (tolerance {FP32_TOLERANCE})")
+    return ExportReport(out, "executorch-xnnpack", diff, agree, len(x), source, out.stat().st_size, {"batch": 1})

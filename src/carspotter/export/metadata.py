@@ -1,0 +1,90 @@
+"""What every exported model carries about itself, as JSON values, so it can be used without its checkpoint.
+
+ONNX files keep these keys in ``metadata_props``; an ExecuTorch program keeps them in a ``.json`` file beside it.
+Torch-free: the ONNX serving path reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from carspotter.errors import UserError
+from carspotter.preprocessing import Preprocessing
+
+FORMAT_NAME = "carspotter-exported"
+FORMAT_VERSION = 1
+# Keys written by `describe`; every value is a JSON document.
+REQUIRED_KEYS = ("format", "format_version", "class_names", "preprocessing", "channels", "input_name", "output_name")
+KEYS = (*REQUIRED_KEYS, "model", "source_checkpoint", "runtime")
+
+
+def describe(
+    *,
+    class_names: list[str],
+    preprocessing: Preprocessing,
+    model_name: str,
+    model_args: dict[str, Any],
+    source_checkpoint: dict[str, Any],
+    runtime: dict[str, Any],
+    input_name: str = "input",
+    output_name: str = "logits",
+) -> dict[str, str]:
+    """The metadata of one exported model: key → JSON text."""
+    values: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "preprocessing": preprocessing.to_dict(),  # image_size, grayscale, mean, std, normalize, resize, interpolation
+        "channels": preprocessing.channels,
+        "model": {"name": model_name, "args": model_args},
+        "source_checkpoint": source_checkpoint,  # path and sha256 of the .ckpt it came from
+        "runtime": runtime,  # exporter, opset / backend, quantisation
+        "input_name": input_name,
+        "output_name": output_name,
+    }
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
+def parse(props: dict[str, str], source: str | Path) -> dict[str, Any]:
+    """Key → JSON text (as stored) → key → value; a file without carspotter metadata is a `UserError`."""
+    if props.get("format") is None:
+        raise UserError(f"{source}: not a carspotter export (no carspotter metadata); use `carspotter export`")
+    try:
+        values = {k: json.loads(v) for k, v in props.items() if k in KEYS}  # other tools add keys of their own
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source}: corrupt carspotter metadata ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in values]
+    if values["format"] != FORMAT_NAME or missing:
+        raise UserError(f"{source}: incomplete carspotter metadata (missing {', '.join(missing) or 'format'})")
+    if values["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{source}: exported by a newer carspotter (format {values['format_version']}); upgrade")
+    return values
+
+
+def preprocessing_of(values: dict[str, Any]) -> Preprocessing:
+    return Preprocessing.from_dict(values["preprocessing"])
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """Where a format without metadata fields (ExecuTorch) keeps it: ``model.pte`` → ``model.pte.json``."""
+    path = Path(model_path)
+    return path.with_name(path.name + ".json")
+
+
+def write_sidecar(model_path: str | Path, props: dict[str, str]) -> Path:
+    path = sidecar_path(model_path)
+    path.write_text(json.dumps({k: json.loads(v) for k, v in props.items()}, indent=2) + "\n")
+    return path
+
+
+def read_sidecar(model_path: str | Path) -> dict[str, Any]:
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        raise UserError(f"{path}: missing; an exported .pte needs the .json written beside it by `carspotter export`")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: corrupt metadata ({exc})") from None
+    return parse({k: json.dumps(v) for k, v in raw.items()}, path)

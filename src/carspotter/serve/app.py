@@ -1,0 +1,123 @@
+"""The web app: one page to recognise a car from a photo, and a JSON API, over an exported ONNX model.
+
+``create_app(model_path)`` builds a FastAPI app; `carspotter serve` runs it with uvicorn on the loopback interface.
+Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: a body over ``max_bytes`` is cut off
+while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
+non-multipart requests and non-image parts are 415, undecodable or truncated images 400.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from carspotter.errors import UserError
+from carspotter.preprocessing import image_to_array, open_image, softmax, top_k_predictions
+from carspotter.serve.onnx_model import OnnxClassifier
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused (413)
+MAX_PIXELS = 40_000_000  # width × height; larger images are refused before decoding (decompression bombs)
+MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the file itself
+TOP_K = 5
+
+
+class UploadRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
+    """The app serving ``model_path`` (an exported carspotter `.onnx`); the model is loaded once, here."""
+    model_path = Path(model_path)
+    if model_path.suffix.lower() != ".onnx":
+        raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
+    classifier = OnnxClassifier(model_path)
+    page = resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    app = FastAPI(title="carspotter", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(UploadRefused)
+    async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": model_path.name, "classes": len(classifier.class_names)}
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        data = await read_upload(request, max_bytes)
+        probs = await run_in_threadpool(_probabilities, classifier, data, max_pixels)
+        return {"predictions": top_k_predictions(probs, classifier.class_names, TOP_K)}
+
+    return app
+
+
+async def read_upload(request: Request, max_bytes: int) -> bytes:
+    """The bytes of the multipart field ``file``, refusing oversize bodies while they stream in."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UploadRefused(415, f"expected multipart/form-data with an image in field 'file', got {content_type!r}")
+    limit = max_bytes + MULTIPART_SLACK
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadRefused(413, f"upload too large ({int(declared)} bytes; limit {max_bytes})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise UploadRefused(413, f"upload too large (over {max_bytes} bytes)")
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=4)
+    except Exception as exc:  # noqa: BLE001 - Starlette raises several types for malformed multipart bodies
+        raise UploadRefused(400, f"malformed multipart body ({exc})") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise UploadRefused(422, "no file in multipart field 'file'")
+    part_type = (upload.content_type or "").lower()
+    if not part_type.startswith("image/"):
+        raise UploadRefused(415, f"{upload.filename or 'upload'}: content type {part_type or 'missing'!r} is not "
+                                 "an image (send a JPEG, PNG or WebP photo)")
+    data = await upload.read()
+    if len(data) > max_bytes:
+        raise UploadRefused(413, f"upload too large ({len(data)} bytes; limit {max_bytes})")
+    if not data:
+        raise UploadRefused(400, "empty file")
+    return data
+
+
+def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int):
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except Image.DecompressionBombError:
+        raise UploadRefused(413, f"image has too many pixels (limit {max_pixels})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise UploadRefused(400, "not a readable image (send a JPEG, PNG or WebP photo)") from None
+    if width * height > max_pixels:
+        raise UploadRefused(413, f"image has too many pixels ({width}×{height}; limit {max_pixels})")
+    try:
+        x = image_to_array(open_image(data), classifier.preprocessing)
+    except UserError as exc:
+        raise UploadRefused(400, str(exc)) from None
+    return softmax(classifier.logits(x[None]))[0]
