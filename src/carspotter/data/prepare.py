@@ -1,0 +1,70 @@
+"""`carspotter prepare RAW OUT`: detect the raw layout, read it, write the prepared folder.
+
+A new raw layout (e.g. one folder per class) is a `RawLayout` added to `LAYOUTS`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from carspotter.data import stanford
+from carspotter.data.raw import RawLayout
+from carspotter.data.writer import PrepareReport, commit_pending, open_out, scratch_dir, write_prepared
+from carspotter.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Detection order: the first layout whose files are all present wins ("updated" is the thesis's release).
+LAYOUTS: tuple[RawLayout, ...] = (stanford.UPDATED, stanford.ORIGINAL)
+
+
+def layout_names() -> list[str]:
+    return [layout.name for layout in LAYOUTS]
+
+
+def detect_layout(raw: Path, layout: str = "auto") -> RawLayout:
+    """The layout of RAW (or check the one asked for); a `UserError` says what was found and what is expected."""
+    raw = Path(raw)
+    by_name = {lay.name: lay for lay in LAYOUTS}
+    if layout != "auto" and layout not in by_name:
+        raise UserError(f"unknown layout {layout!r}; choose auto or one of {', '.join(by_name)}")
+    candidates = LAYOUTS if layout == "auto" else (by_name[layout],)
+    missing = {}
+    for lay in candidates:
+        lacks = lay.detect(raw)
+        if not lacks:
+            log.info("%s: %s layout", raw, lay.name)
+            return lay
+        missing[lay.name] = lacks
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in raw.iterdir() if not p.name.startswith("."))
+    shown = ", ".join(found[:12]) + (" ..." if len(found) > 12 else "") if found else "nothing"
+    lacking = "; ".join(f"{name} layout lacks {', '.join(lacks)}" for name, lacks in missing.items())
+    raise UserError(
+        f"{raw}: not a known raw dataset layout (found {shown}; {lacking}); see `carspotter prepare --help`"
+    )
+
+
+def prepare(raw: str | Path, out: str | Path, *, layout: str = "auto", overwrite: bool = False) -> PrepareReport:
+    """Turn the raw dataset in RAW into a prepared folder OUT (see `carspotter.data.prepared`).
+
+    Interrupted runs resume: archives extracted and images copied so far are kept in ``OUT/.partial``. A complete
+    OUT is left as it is (the returned report says ``already_complete``) unless ``overwrite``.
+    """
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise UserError(f"{raw}: no such folder; RAW must be the folder holding the downloaded dataset files")
+    if out.resolve() == raw.resolve():
+        raise UserError(f"{out}: OUT must differ from RAW; choose a new folder for the prepared dataset")
+    existing = open_out(out, overwrite=overwrite)
+    if existing is not None:
+        return existing
+    finished = commit_pending(out)
+    if finished is not None:
+        return finished
+    chosen = detect_layout(raw, layout)
+    dataset = chosen.read(raw, scratch_dir(out))
+    report = write_prepared(out, dataset, raw=raw)
+    n = report.counts
+    log.info("prepared %s: %s train, %s test images, %d classes", out, n["train"], n["test"], report.num_classes)
+    return report

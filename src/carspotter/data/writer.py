@@ -1,0 +1,259 @@
+"""Write a prepared dataset folder (`prepared.py`'s format) atomically and resumably, from any raw layout.
+
+Everything is built in ``OUT/.partial/``; the finished pieces are then renamed into OUT and ``manifest.json`` comes
+last, so `load_prepared` never accepts a half-written folder. A re-run keeps the images already copied into
+``.partial`` (and the archives already extracted there) and finishes the job.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+import carspotter
+from carspotter.data.prepared import COLUMNS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, sha256_file
+from carspotter.data.raw import RawDataset
+from carspotter.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+SCRATCH = "extract"  # under PARTIAL: archives extracted by the layout readers
+_CSVS = ("classes.csv", "train.csv", "test.csv")
+_OURS = frozenset({*SPLITS, *_CSVS, MANIFEST, PARTIAL})
+
+
+@dataclass
+class PrepareReport:
+    out: Path
+    layout: str
+    counts: dict[str, int]
+    num_classes: int
+    missing: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    already_complete: bool = False  # OUT was complete before this call and was left as it was
+
+
+def scratch_dir(out: Path) -> Path:
+    return Path(out) / PARTIAL / SCRATCH
+
+
+def open_out(out: Path, *, overwrite: bool) -> PrepareReport | None:
+    """Get OUT ready for writing; return the existing report if OUT is already complete (and not ``overwrite``).
+
+    OUT may be absent, empty, complete, or left over from an interrupted prepare; a folder holding anything else is
+    refused rather than mixed with a dataset.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose a new OUT folder")
+    if not out.exists():
+        return None
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise UserError(
+            f"{out}: folder is not empty and is not a carspotter prepared dataset (holds {shown}); "
+            "choose an empty or new OUT folder"
+        )
+    if (out / MANIFEST).is_file():
+        if not overwrite:
+            report = report_from_manifest(out)
+            log.warning("%s: already a complete prepared dataset; left as it is (use overwrite to rebuild it)", out)
+            return report
+        log.info("%s: overwriting the existing prepared dataset", out)
+        (out / MANIFEST).unlink()  # incomplete from now on
+        for name in _OURS - {MANIFEST}:
+            _remove(out / name)
+    elif (out / PARTIAL).exists():
+        if overwrite:
+            _remove(out / PARTIAL)
+        else:
+            log.info("%s: resuming an interrupted prepare", out)
+    return None
+
+
+def commit_pending(out: Path) -> PrepareReport | None:
+    """If an earlier run built everything but was interrupted while moving it into place, finish that move."""
+    if (Path(out) / PARTIAL / MANIFEST).is_file():
+        log.info("%s: finishing an interrupted prepare", out)
+        _commit(Path(out))
+        return report_from_manifest(Path(out))
+    return None
+
+
+def report_from_manifest(out: Path) -> PrepareReport:
+    m = json.loads((Path(out) / MANIFEST).read_text())
+    return PrepareReport(
+        out=Path(out),
+        layout=m.get("source_layout", "?"),
+        counts=dict(m.get("counts", {})),
+        num_classes=int(m.get("num_classes", 0)),
+        missing=list(m.get("missing", [])),
+        unreadable=list(m.get("unreadable", [])),
+        already_complete=True,
+    )
+
+
+def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -> PrepareReport:
+    """Copy (or move, for our own scratch copies) every readable image into place and write the CSVs and manifest."""
+    out = Path(out)
+    work = out / PARTIAL
+    work.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    missing: list[str] = []
+    unreadable: list[str] = []
+    wanted: set[str] = set()
+    made_dirs: set[Path] = set()
+    for img in tqdm(dataset.images, desc=f"prepare {dataset.layout}", unit="img", disable=None, leave=False):
+        if img.split not in SPLITS:
+            raise ValueError(f"unknown split {img.split!r} for {img.name or img.fname}")
+        if not 0 <= img.class_id < len(dataset.classes):
+            raise ValueError(f"class_id {img.class_id} out of range for {img.name or img.fname}")
+        rel = f"{img.split}/{img.fname}"
+        if rel in wanted:
+            raise ValueError(f"two images map to {rel}")
+        dest = work / rel
+        size = image_size(dest) if dest.is_file() else None  # already placed by an earlier run
+        if size is None:
+            if not img.source.is_file():
+                missing.append(img.name or img.fname)
+                continue
+            size = image_size(img.source)
+            if size is None:
+                unreadable.append(img.name or img.fname)
+                continue
+            if dest.parent not in made_dirs:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made_dirs.add(dest.parent)
+            _place(img.source, dest, move=img.movable)
+        wanted.add(rel)
+        width, height = size
+        x1, y1, x2, y2 = clip_box(img.bbox, width, height)
+        rows[img.split].append(
+            {
+                "fname": rel,
+                "class_id": img.class_id,
+                "class_name": dataset.classes[img.class_id],
+                "bbox_x1": x1,
+                "bbox_y1": y1,
+                "bbox_x2": x2,
+                "bbox_y2": y2,
+                "width": width,
+                "height": height,
+            }
+        )
+    total = len(dataset.images)
+    if not any(rows.values()):
+        raise UserError(
+            f"{raw or dataset.layout}: none of the {total} images listed in the annotations could be read "
+            f"({len(missing)} missing, {len(unreadable)} unreadable, e.g. {(missing + unreadable)[:3]}); "
+            "check that the image archive or folder is complete and belongs to these annotations"
+        )
+    for what, names in (("missing", missing), ("unreadable", unreadable)):
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            log.warning("%d of %d images %s and skipped: %s", len(names), total, what, shown)
+    _remove_strays(work, wanted)
+
+    pd.DataFrame({"class_id": range(len(dataset.classes)), "class_name": dataset.classes}).to_csv(
+        work / "classes.csv", index=False
+    )
+    for split in SPLITS:
+        pd.DataFrame(rows[split], columns=COLUMNS).to_csv(work / f"{split}.csv", index=False)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source_layout": dataset.layout,
+        "source": {"raw": str(Path(raw).resolve()) if raw is not None else None, **dataset.details},
+        "counts": {s: len(rows[s]) for s in SPLITS},
+        "num_classes": len(dataset.classes),
+        "checksums": {name: sha256_file(work / name) for name in _CSVS},
+        "missing": missing,
+        "unreadable": unreadable,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "carspotter_version": carspotter.__version__,
+    }
+    tmp = work / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, work / MANIFEST)  # from here on, the build is done: only the move into OUT is left
+    _commit(out)
+    report = report_from_manifest(out)
+    report.already_complete = False
+    return report
+
+
+def _commit(out: Path) -> None:
+    """Move the built pieces from ``.partial`` into OUT, manifest last; safe to repeat after an interruption."""
+    work = out / PARTIAL
+    for name in (*SPLITS, *_CSVS):
+        src = work / name
+        if src.exists():
+            _remove(out / name)
+            os.replace(src, out / name)
+    os.replace(work / MANIFEST, out / MANIFEST)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a fully decodable image, None if it cannot be decoded (a truncated file included)."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if im.format == "JPEG":  # decode at 1/8 scale: still reads every byte, 10x faster
+                im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+            return size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def clip_box(box: tuple[int, int, int, int] | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """A PIL box clipped to the image; a missing or empty box becomes the whole image."""
+    if box is None:
+        return 0, 0, width, height
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, x2 = max(0, min(x1, width)), max(0, min(x2, width))
+    y1, y2 = max(0, min(y1, height)), max(0, min(y2, height))
+    if x2 <= x1 or y2 <= y1:
+        return 0, 0, width, height
+    return x1, y1, x2, y2
+
+
+def _place(source: Path, dest: Path, *, move: bool) -> None:
+    if move:
+        os.replace(source, dest)
+        return
+    tmp = dest.with_name(dest.name + ".part")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+
+
+def _remove_strays(work: Path, wanted: set[str]) -> None:
+    """Drop files a previous, different run left in the split folders (and half-copied ``.part`` files)."""
+    for split in SPLITS:
+        root = work / split
+        if not root.is_dir():
+            continue
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                p = Path(dirpath) / f
+                if p.relative_to(work).as_posix() not in wanted:
+                    p.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,53 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# Real Stanford Cars material beside the repository (never committed); tests that read it are marked `realdata`.
+STANFORD_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "stanford_cars"
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared dataset of 10 synthetic classes × 30 images (original layout, half train, half test)."""
+    from carspotter.data.prepare import prepare
+    from carspotter.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synthetic")
+    synthesize(root / "raw", layout="original", num_classes=10, per_class=30, seed=0)
+    prepare(root / "raw", root / "prepared")
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def stanford_shared() -> Path:
+    """``../shared/stanford_cars`` (genuine devkit + real sample images); the test is skipped without it."""
+    if not (STANFORD_SHARED / "devkit" / "cars_meta.mat").is_file():
+        pytest.skip(f"{STANFORD_SHARED} not present (real Stanford Cars files are not part of the repository)")
+    return STANFORD_SHARED
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``best.ckpt`` of a tiny 2-epoch GhostNet run (48×48) on `synthetic_prepared`: for export, serve, predict."""
+    from carspotter.config import load_config
+    from carspotter.training.run import train
+
+    runs = tmp_path_factory.mktemp("trained_runs")
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(demo, [f"data.path={synthetic_prepared}", f"output.runs_dir={runs}", "trainer.max_epochs=2",
+                             "data.image_size=[48,48]", "data.num_workers=0"])
+    return train(cfg, progress=False).best_ckpt
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`trained_checkpoint` exported to fp32 ONNX (checked against PyTorch on the synthetic test images)."""
+    from carspotter.export.onnx import export
+
+    out = tmp_path_factory.mktemp("exported") / "model.onnx"
+    export(trained_checkpoint, out, data=synthetic_prepared)
+    return out

@@ -1,0 +1,392 @@
+"""`prepare`: both Stanford Cars layouts (archives and folders, mirror nesting), the genuine devkit, real images,
+hostile archives, interrupted runs, missing and corrupt images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+from PIL import Image
+
+from carspotter.data import writer
+from carspotter.data.extract import extract_archive
+from carspotter.data.prepare import detect_layout, prepare
+from carspotter.data.prepared import COLUMNS, load_prepared, sha256_file
+from carspotter.data.stanford import read_class_names, read_struct
+from carspotter.data.synth import StanfordImage, synthesize, write_stanford_raw
+from carspotter.errors import UserError
+
+
+def _synth(path: Path, layout: str = "original", **kwargs) -> Path:
+    synthesize(path, layout=layout, num_classes=3, per_class=4, seed=1, **kwargs)
+    return path
+
+
+def _annotations(raw: Path, layout: str) -> dict[str, list[dict]]:
+    """What the raw .mat files say, per split, read independently of `prepare` (folders only)."""
+    if layout == "updated":
+        rows = read_struct(raw / "cars_annos.mat", "annotations", ())
+        return {
+            "train": [r | {"fname": Path(r["relative_im_path"]).name} for r in rows if not r["test"]],
+            "test": [r | {"fname": Path(r["relative_im_path"]).name} for r in rows if r["test"]],
+        }
+    labels = next(raw.rglob("cars_test_annos_withlabels.mat"))
+    return {
+        "train": read_struct(raw / "devkit" / "cars_train_annos.mat", "annotations", ()),
+        "test": read_struct(labels, "annotations", ()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ both layouts
+
+
+@pytest.mark.parametrize(
+    "layout, options",
+    [
+        ("updated", {"archives": True}),
+        ("updated", {"archives": False}),
+        ("original", {"archives": True}),
+        ("original", {"archives": False, "nested": True}),
+        ("original", {"archives": False, "test_labels_in_devkit": True}),
+        ("original", {"archives": True, "test_labels_in_devkit": True}),
+    ],
+)
+def test_prepare_reads_both_layouts(tmp_path: Path, layout: str, options: dict) -> None:
+    raw = _synth(tmp_path / "raw", layout, **options)
+    report = prepare(raw, tmp_path / "out")
+    assert report.layout == layout and report.counts == {"train": 6, "test": 6} and report.num_classes == 3
+    assert not report.missing and not report.unreadable and not report.already_complete
+
+    ds = load_prepared(tmp_path / "out")
+    assert ds.manifest["source_layout"] == layout and ds.manifest["counts"] == {"train": 6, "test": 6}
+    assert ds.classes == [n for n in pd.read_csv(tmp_path / "out" / "classes.csv")["class_name"]]
+    assert not (tmp_path / "out" / writer.PARTIAL).exists()
+
+    extracted = tmp_path / "extracted"
+    if options["archives"]:  # read the annotations from the archives ourselves to compare
+        _synth(extracted, layout, **{**options, "archives": False})
+    annotations = _annotations(extracted if options["archives"] else raw, layout)
+    for split in ("train", "test"):
+        df = ds.split(split)
+        assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+        expected = annotations[split]
+        assert [f"{split}/{a['fname']}" for a in expected] == df["fname"].tolist()
+        for a, row in zip(expected, df.itertuples(), strict=True):
+            assert row.class_id == a["class"] - 1 and row.class_name == ds.classes[row.class_id]
+            with Image.open(tmp_path / "out" / row.fname) as im:
+                assert (row.width, row.height) == im.size
+            # MATLAB 1-based inclusive -> PIL box, clipped to the image
+            assert (row.bbox_x1, row.bbox_y1) == (a["bbox_x1"] - 1, a["bbox_y1"] - 1)
+            assert (row.bbox_x2, row.bbox_y2) == (min(a["bbox_x2"], row.width), min(a["bbox_y2"], row.height))
+
+
+def test_manifest_checksums_and_keys(synthetic_prepared: Path) -> None:
+    manifest = json.loads((synthetic_prepared / "manifest.json").read_text())
+    assert manifest["format"] == "carspotter-prepared" and manifest["version"] == 1
+    assert manifest["counts"] == {"train": 150, "test": 150} and manifest["num_classes"] == 10
+    assert manifest["missing"] == [] and manifest["unreadable"] == []
+    for name in ("classes.csv", "train.csv", "test.csv"):
+        assert manifest["checksums"][name] == sha256_file(synthetic_prepared / name)
+    ds = load_prepared(synthetic_prepared)
+    # the original layout reuses file names across splits: both are kept, in their own folders
+    assert "train/00001.jpg" in set(ds.train["fname"]) and "test/00001.jpg" in set(ds.test["fname"])
+    assert all((synthetic_prepared / f).is_file() for f in pd.concat([ds.train, ds.test])["fname"])
+
+
+def test_unknown_layout_lists_what_is_expected(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "photos.zip").write_bytes(b"x")
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path / "raw", tmp_path / "out")
+    msg = str(err.value)
+    assert "photos.zip" in msg and "cars_annos.mat" in msg and "cars_train" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="unknown layout"):
+        detect_layout(tmp_path / "raw", "kaggle")
+
+
+def test_forced_layout_must_match(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    with pytest.raises(UserError, match="updated layout lacks cars_annos.mat"):
+        prepare(raw, tmp_path / "out", layout="updated")
+    assert prepare(raw, tmp_path / "out", layout="original").counts == {"train": 6, "test": 6}
+
+
+def test_original_without_test_labels_says_what_to_get(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    (raw / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(UserError, match="cars_test_annos_withlabels.mat"):
+        prepare(raw, tmp_path / "out")
+
+
+def test_raw_one_level_down_is_found(tmp_path: Path) -> None:
+    """torchvision and Kaggle unpack into a sub-folder (``stanford_cars/``)."""
+    _synth(tmp_path / "raw" / "stanford_cars", "updated")
+    assert prepare(tmp_path / "raw", tmp_path / "out").layout == "updated"
+
+
+# ------------------------------------------------------------------------------------------ missing and corrupt
+
+
+def test_missing_and_corrupt_images_are_reported_by_name(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    (raw / "cars_train" / "00002.jpg").unlink()
+    data = (raw / "cars_test" / "00003.jpg").read_bytes()
+    (raw / "cars_test" / "00003.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    (raw / "cars_test" / "00004.jpg").write_bytes(b"not an image")
+    report = prepare(raw, tmp_path / "out")
+    assert report.missing == ["cars_train/00002.jpg"]
+    assert report.unreadable == ["cars_test/00003.jpg", "cars_test/00004.jpg"]
+    assert report.counts == {"train": 5, "test": 4}
+    ds = load_prepared(tmp_path / "out")
+    assert ds.manifest["missing"] == report.missing and ds.manifest["unreadable"] == report.unreadable
+    assert "train/00002.jpg" not in set(ds.train["fname"]) and "test/00003.jpg" not in set(ds.test["fname"])
+
+
+def test_all_images_missing_is_a_user_error(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "updated", archives=False)
+    shutil.rmtree(raw / "car_ims")
+    (raw / "car_ims").mkdir()
+    with pytest.raises(UserError, match="none of the 12 images"):
+        prepare(raw, tmp_path / "out")
+    with pytest.raises(UserError):
+        load_prepared(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- hostile archives
+
+
+def _tar_with(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        good = tarfile.TarInfo("car_ims/000001.jpg")
+        good.size = 3
+        tar.addfile(good, io.BytesIO(b"abc"))
+        member.size = len(data) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+
+
+def _hostile_members(outside: Path) -> dict[str, tarfile.TarInfo]:
+    dotdot = tarfile.TarInfo("car_ims/../../../evil.txt")
+    absolute = tarfile.TarInfo(str(outside / "evil.txt"))
+    symlink = tarfile.TarInfo("car_ims/escape")
+    symlink.type, symlink.linkname = tarfile.SYMTYPE, "../../.."
+    abs_link = tarfile.TarInfo("car_ims/passwd")
+    abs_link.type, abs_link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hardlink = tarfile.TarInfo("car_ims/hard")
+    hardlink.type, hardlink.linkname = tarfile.LNKTYPE, "../outside.txt"
+    return {"dotdot": dotdot, "absolute": absolute, "symlink": symlink, "abs_link": abs_link, "hardlink": hardlink}
+
+
+def _snapshot(root: Path, skip: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*") if skip not in p.parents and p != skip}
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "abs_link", "hardlink"])
+def test_hostile_archive_is_refused_and_nothing_is_written_outside_out(tmp_path: Path, kind: str) -> None:
+    raw = _synth(tmp_path / "raw", "updated", archives=True)
+    member = _hostile_members(tmp_path)[kind]
+    _tar_with(raw / "car_ims.tgz", member, b"pwned")
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
+    before = _snapshot(tmp_path, out)
+    with pytest.raises(UserError, match="refusing") as err:
+        prepare(raw, out)
+    assert repr(member.name) in str(err.value)
+    assert _snapshot(tmp_path, out) == before
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "work" / "evil.txt").exists()
+    with pytest.raises(UserError):
+        load_prepared(out)
+    # no half-extracted folder is left to be mistaken for a finished one
+    assert not list((out / writer.PARTIAL / writer.SCRATCH).glob("car_ims*"))
+
+
+def test_extract_archive_reuses_a_finished_extraction(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=True)
+    dest = extract_archive(raw / "car_devkit.tgz", tmp_path / "x" / "devkit")
+    assert (dest / "devkit" / "cars_meta.mat").is_file()
+    marker = dest / "devkit" / "kept.txt"
+    marker.write_text("kept")
+    assert extract_archive(raw / "car_devkit.tgz", tmp_path / "x" / "devkit") == dest and marker.is_file()
+    (tmp_path / "broken.tgz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(UserError, match="not a readable tar archive"):
+        extract_archive(tmp_path / "broken.tgz", tmp_path / "x" / "broken")
+    assert not (tmp_path / "x" / "broken").exists() and not (tmp_path / "x" / "broken.tmp").exists()
+
+
+# -------------------------------------------------------------------------------------------------- atomicity
+
+
+def test_interrupted_copy_then_rerun_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=True)
+    out = tmp_path / "out"
+    real_place = writer._place
+    calls = {"n": 0}
+
+    def crash_after_five(source: Path, dest: Path, *, move: bool) -> None:
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        real_place(source, dest, move=move)
+
+    monkeypatch.setattr(writer, "_place", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(raw, out)
+    with pytest.raises(UserError, match="not a complete prepared dataset"):
+        load_prepared(out)
+    assert not (out / "manifest.json").exists() and (out / writer.PARTIAL).is_dir()
+
+    # a half-copied file from the crash must not survive
+    (out / writer.PARTIAL / "train" / "99999.jpg.part").write_bytes(b"half")
+    placed = {"n": 0}
+
+    def counting(source: Path, dest: Path, *, move: bool) -> None:
+        placed["n"] += 1
+        real_place(source, dest, move=move)
+
+    monkeypatch.setattr(writer, "_place", counting)
+    report = prepare(raw, out)
+    assert report.counts == {"train": 6, "test": 6} and not report.already_complete
+    assert placed["n"] == 12 - 5  # the five images copied before the crash were reused
+    ds = load_prepared(out)
+    assert len(ds.train) == 6 and len(ds.test) == 6
+    assert sorted(p.name for p in (out / "train").iterdir()) == sorted(Path(f).name for f in ds.train["fname"])
+    assert not (out / writer.PARTIAL).exists()
+
+
+def test_interrupted_commit_then_rerun_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _synth(tmp_path / "raw", "updated", archives=False)
+    out = tmp_path / "out"
+    real_replace = os.replace
+    moved = {"n": 0}
+
+    def crash_during_commit(src, dst) -> None:
+        if Path(dst).parent == out:  # the moves into OUT: let two through, then die
+            moved["n"] += 1
+            if moved["n"] > 2:
+                raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writer.os, "replace", crash_during_commit)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(raw, out)
+    monkeypatch.setattr(writer.os, "replace", real_replace)
+    assert (out / "train").is_dir() and not (out / "manifest.json").exists()
+    with pytest.raises(UserError):
+        load_prepared(out)
+    report = prepare(raw, out)
+    assert report.counts == {"train": 6, "test": 6}
+    assert len(load_prepared(out).test) == 6 and not (out / writer.PARTIAL).exists()
+
+
+def test_complete_out_is_left_alone_unless_overwrite(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    out = tmp_path / "out"
+    prepare(raw, out)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    again = prepare(raw, out)
+    assert again.already_complete and again.counts == {"train": 6, "test": 6}
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    rebuilt = prepare(raw, out, overwrite=True)
+    assert not rebuilt.already_complete and load_prepared(out).manifest["counts"] == {"train": 6, "test": 6}
+
+
+def test_foreign_out_folder_is_refused(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.pdf").write_bytes(b"%PDF")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not empty"):
+            prepare(raw, tmp_path / "out", overwrite=overwrite)
+    assert (tmp_path / "out" / "thesis.pdf").is_file()
+
+
+# -------------------------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_genuine_devkit_parses(stanford_shared: Path) -> None:
+    devkit = stanford_shared / "devkit"
+    names = read_class_names(devkit / "cars_meta.mat")
+    assert len(names) == 196
+    assert names[0] == "AM General Hummer SUV 2000" and names[-1] == "smart fortwo Convertible 2012"
+    train = read_struct(devkit / "cars_train_annos.mat", "annotations", ("bbox_x1", "class", "fname"))
+    test = read_struct(devkit / "cars_test_annos_withlabels.mat", "annotations", ("bbox_x1", "class", "fname"))
+    unlabelled = read_struct(devkit / "cars_test_annos.mat", "annotations", ("bbox_x1", "fname"))
+    assert (len(train), len(test), len(unlabelled)) == (8144, 8041, 8041)
+    first = {"bbox_x1": 39, "bbox_y1": 116, "bbox_x2": 569, "bbox_y2": 375, "class": 14, "fname": "00001.jpg"}
+    assert train[0] == first
+    assert {r["class"] for r in train} == set(range(1, 197)) == {r["class"] for r in test}
+    assert [r["fname"] for r in test] == [f"{i:05d}.jpg" for i in range(1, 8042)]
+
+
+@pytest.mark.realdata
+def test_synthetic_mat_files_look_like_the_genuine_ones(stanford_shared: Path, tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    for name in ("cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"):
+        genuine, ours = scipy.io.loadmat(stanford_shared / "devkit" / name), scipy.io.loadmat(raw / "devkit" / name)
+        assert [k for k in genuine if not k.startswith("__")] == [k for k in ours if not k.startswith("__")]
+        for key in (k for k in genuine if not k.startswith("__")):
+            g, o = genuine[key], ours[key]
+            assert (g.ndim, g.shape[0], g.dtype.names) == (o.ndim, o.shape[0], o.dtype.names)
+            g0, o0 = g[0, 0], o[0, 0]
+            for field in g.dtype.names or [None]:
+                gv, ov = (g0, o0) if field is None else (g0[field], o0[field])
+                assert (gv.shape, gv.dtype.kind) == (ov.shape, ov.dtype.kind), (name, field)
+    genuine = scipy.io.loadmat(stanford_shared / "devkit" / "cars_test_annos_withlabels.mat")["annotations"]
+    ours = scipy.io.loadmat(raw / "cars_test_annos_withlabels.mat")["annotations"]
+    assert genuine.dtype.names == ours.dtype.names
+
+
+def _real_sample(stanford_shared: Path, layout: str) -> tuple[list[str], list[StanfordImage], pd.DataFrame]:
+    """The 418 real images, every third one in test. Named as the release names them: original keeps the train
+    names and numbers test from 00001.jpg (the same names as train, in another folder); updated numbers all
+    images 000001.jpg... in one car_ims/ folder."""
+    classes = read_class_names(stanford_shared / "devkit" / "cars_meta.mat")
+    labels = pd.read_csv(stanford_shared / "sample" / "labels.csv").sort_values("fname").reset_index(drop=True)
+    images, expected = [], []
+    for i, row in enumerate(labels.itertuples()):
+        test = i % 3 == 0
+        if layout == "updated":
+            name = f"{i + 1:06d}.jpg"
+        else:
+            name = f"{i // 3 + 1:05d}.jpg" if test else row.fname
+        w, h = int(row.width), int(row.height)
+        box = (2, 3, w - 1, h + 5)  # 1-based inclusive; the bottom overshoots and must be clipped
+        data = (stanford_shared / "sample" / "images" / row.fname).read_bytes()
+        images.append(StanfordImage(data=data, class_id=int(row.class_id) - 1, test=test, bbox=box, name=name))
+        expected.append({"name": name, "split": "test" if test else "train", "class_name": row.class_name,
+                         "width": w, "height": h})
+    return classes, images, pd.DataFrame(expected)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("layout", ["updated", "original"])
+def test_prepare_real_images_both_layouts(stanford_shared: Path, tmp_path: Path, layout: str) -> None:
+    classes, images, expected = _real_sample(stanford_shared, layout)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_stanford_raw(raw, layout=layout, class_names=classes, images=images, archives=True,
+                       nested=layout == "original")
+    report = prepare(raw, tmp_path / "out")
+    n_test = int((expected["split"] == "test").sum())
+    assert report.layout == layout and report.counts == {"train": 418 - n_test, "test": n_test}
+    assert report.num_classes == 196 and not report.missing and not report.unreadable
+    ds = load_prepared(tmp_path / "out")
+    for split in ("train", "test"):
+        want = expected[expected["split"] == split]
+        got = ds.split(split)
+        assert got["fname"].tolist() == [f"{split}/{n}" for n in want["name"]]
+        assert got["class_name"].tolist() == want["class_name"].tolist()
+        assert got["width"].tolist() == want["width"].tolist() and got["height"].tolist() == want["height"].tolist()
+        assert (got["bbox_x1"] == 1).all() and (got["bbox_y1"] == 2).all()
+        assert np.array_equal(got["bbox_x2"], want["width"] - 1) and np.array_equal(got["bbox_y2"], want["height"])
+    for image, (_, want) in zip(images[:5], expected.head(5).iterrows(), strict=True):
+        copied = tmp_path / "out" / want["split"] / want["name"]
+        assert copied.read_bytes() == image.data  # copied as they are, not re-encoded
