@@ -26,6 +26,15 @@ BEYOND_THESIS = {"ghostnet_050", "ghostnet_100", "ghostnet_130", "mobilenetv3_la
 BEYOND_THESIS |= {"ghostnetv2_100", "ghostnetv2_130", "ghostnetv2_160"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -153,3 +162,13 @@ def test_timm_passthrough() -> None:
         assert model(torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE)).shape == (1, 4)
     with pytest.raises(UserError, match="timm has no model"):
         create_model("timm/not_a_model_xyz")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_model_runs_at_thesis_size(name: str) -> None:
+    """The acceptance size: every model at 227x227 with 196 classes."""
+    model = create_model(name, num_classes=196).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 227, 227))
+    assert out.shape == (1, 196) and torch.isfinite(out).all()

@@ -6,8 +6,20 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from carspotter.evaluation.profile import count_macs, profile_models, write_profiles
 from carspotter.models import create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_ghostnet_macs_match_the_paper() -> None:
@@ -51,3 +63,22 @@ def test_profile_two_models_and_write_files(tmp_path: Path) -> None:
     assert payload["machine"] and len(payload["models"]) == 2
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| ghostnet_050 | ghostnet |" in paths["md"].read_text()
+
+
+def test_models_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from carspotter.cli import app
+
+    runner = CliRunner()
+    listing = runner.invoke(app, ["models", "--filter", "hardnet*"])
+    assert listing.exit_code == 0, listing.output
+    assert "hardnet39ds" in listing.output and "ghostnet" not in listing.output
+
+    out = tmp_path / "profile"
+    result = runner.invoke(
+        app, ["models", "--profile", "--filter", "squeezenext23_100", "--image-size", "64", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "squeezenext23_100" in result.output
+    assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".json", ".md", ".png"]

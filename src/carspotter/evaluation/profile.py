@@ -51,6 +51,7 @@ class ModelProfile:
     latency_ms: float
     image_size: int
     num_classes: int
+    threads: int
     best_test_top1: float | None = None
     best_run: str | None = None
 
@@ -125,34 +126,41 @@ def profile_models(
     ``threads`` sets torch's CPU threads for the latency runs (default: torch's own choice, usually the core count).
     """
     names = list(names)
+    accuracy = best_run_accuracy(runs_dir) if runs_dir is not None else {}
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    accuracy = best_run_accuracy(runs_dir) if runs_dir is not None else {}
-    profiles = []
-    torch.manual_seed(0)
-    for name in tqdm(names, desc="profiling", unit="model", disable=not progress):
-        model = create_model(name, num_classes=num_classes).eval()
-        state = model.state_dict()
-        top1, run = accuracy.get(name, (None, None))
-        profiles.append(
-            ModelProfile(
-                name=name,
-                family=model_family(name),
-                params=sum(p.numel() for p in model.parameters()),
-                macs=count_macs(model, image_size),
-                weights_mb=sum(t.numel() * t.element_size() for t in state.values()) / 1e6,
-                latency_ms=measure_latency_ms(model, image_size, repeats=repeats),
-                image_size=image_size,
-                num_classes=num_classes,
-                best_test_top1=top1,
-                best_run=run,
-            )
-        )
-        del model, state
+    try:
+        profiles = [
+            _profile_one(name, image_size, num_classes, accuracy.get(name, (None, None)), repeats)
+            for name in tqdm(names, desc="profiling", unit="model", disable=not progress)
+        ]
+    finally:
+        torch.set_num_threads(previous_threads)
     return sorted(profiles, key=lambda p: p.macs)
 
 
-def machine_description() -> str:
+def _profile_one(
+    name: str, image_size: int, num_classes: int, accuracy: tuple[float | None, str | None], repeats: int
+) -> ModelProfile:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes).eval()
+    return ModelProfile(
+        name=name,
+        family=model_family(name),
+        params=sum(p.numel() for p in model.parameters()),
+        macs=count_macs(model, image_size),
+        weights_mb=sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6,
+        latency_ms=measure_latency_ms(model, image_size, repeats=repeats),
+        image_size=image_size,
+        num_classes=num_classes,
+        threads=torch.get_num_threads(),
+        best_test_top1=accuracy[0],
+        best_run=accuracy[1],
+    )
+
+
+def machine_description(threads: int | None = None) -> str:
     """CPU model and thread count, e.g. ``AMD EPYC, 2 CPUs (torch: 1 thread), torch 2.14.1``."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -162,7 +170,7 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     return f"{cpu}, {os.cpu_count()} CPUs (torch: {threads} thread{'s' * (threads != 1)}), torch {torch.__version__}"
 
 
@@ -181,7 +189,11 @@ def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: 
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    payload = {"machine": machine_description(), "latency": "CPU, batch 1, median ms", "models": rows}
+    payload = {
+        "machine": machine_description(profiles[0].threads),
+        "latency": "CPU, batch 1, median ms",
+        "models": rows,
+    }
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     _scatter_plot(profiles, paths["png"])
     paths["md"].write_text(profiles_markdown(profiles) + "\n")
@@ -204,7 +216,7 @@ def profiles_markdown(profiles: Sequence[ModelProfile]) -> str:
     lines.append("")
     lines.append(
         f"{p0.num_classes} classes, {p0.image_size}x{p0.image_size} input; latency: batch 1, median of repeated runs, "
-        f"on {machine_description()}."
+        f"on {machine_description(p0.threads)}."
     )
     return "\n".join(lines)
 
