@@ -27,7 +27,7 @@ err_console = Console(stderr=True)
 
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
@@ -115,6 +115,93 @@ def predict(
 
 
 @app.command()
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="A carspotter checkpoint (.ckpt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The exported file (.onnx or .pte).")],
+    format_: Annotated[str, typer.Option("--format", help="onnx or executorch.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="ONNX: static int8 quantisation (needs --calib).")] = False,
+    calib: Annotated[Path | None, typer.Option(help="Prepared dataset whose training images calibrate --int8.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset whose test images check the export "
+                                                   "(default: the one the checkpoint was trained on).")] = None,
+) -> None:
+    """Export a checkpoint (self-describing ONNX fp32/int8, or ExecuTorch/XNNPACK) and check it against PyTorch."""
+    if format_ == "onnx" and int8:
+        if calib is None:
+            raise UserError("--int8 needs --calib PREPARED (a prepared dataset whose training images calibrate it)")
+        from carspotter.export.quantize import export as export_int8
+
+        report = export_int8(ckpt, out, calib=calib)
+    elif format_ == "onnx":
+        from carspotter.export.onnx import export as export_onnx
+
+        report = export_onnx(ckpt, out, data=data)
+    elif format_ == "executorch":
+        if int8:
+            raise UserError("--int8 is for --format onnx; the ExecuTorch export is fp32")
+        from carspotter.export.executorch import export as export_executorch
+
+        report = export_executorch(ckpt, out, data=data)
+    else:
+        raise UserError(f"unknown --format {format_!r}; choose onnx or executorch")
+    console.print(f"wrote {report.path} ({report.format}, {report.size_bytes / 1e6:.1f} MB)")
+    console.print(f"check against PyTorch on {report.check_source}: max abs diff {report.max_abs_diff:.2e}, "
+                  f"top-1 agreement {report.top1_agreement:.1%}")
+
+
+@app.command("bench-infer")
+def bench_infer(
+    models: Annotated[list[Path], typer.Argument(help="The same model as .ckpt, .onnx (fp32/int8) and/or .pte.")],
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset: also report each format's top-1.")] = None,
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every runtime.")] = 1,
+    runs: Annotated[int, typer.Option(min=10, help="Timed batch-1 runs per format.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Batch-1 CPU latency (median, p90), throughput and, with --data, top-1 of each format, in one run."""
+    from rich.table import Table
+
+    from carspotter.evaluation.bench_infer import bench_infer as run_bench
+
+    result = run_bench(models, data=data, split=split, threads=threads, runs=runs)
+    if as_json:
+        print(json.dumps({"threads": result.threads, "runs": result.runs, "split": result.split,
+                          "n": result.n_eval, "formats": [f.to_json() for f in result.formats]}, indent=2))
+        return
+    caption = f"img/s at batch {result.throughput_batch}" + (
+        f"; top-1 on {result.n_eval} {result.split} images" if result.split is not None else "")
+    table = Table(title=f"batch-1 CPU latency, {result.threads} thread(s), {result.runs} runs", caption=caption)
+    for column in ("format", "median ms", "p90 ms", "× eager", "img/s", "MB"):
+        table.add_column(column, justify="left" if column == "format" else "right", no_wrap=column == "format")
+    if result.split is not None:
+        table.add_column("top-1", justify="right")
+    for f in result.formats:
+        row = [f.label, f"{f.median_ms:.2f}", f"{f.p90_ms:.2f}", "n/a" if f.speedup is None else f"{f.speedup:.2f}",
+               f"{f.throughput:.0f}", f"{f.size_mb:.1f}"]
+        if result.split is not None:
+            row.append(_pct(f.top1))
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="An exported model (.onnx).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    max_bytes: Annotated[int, typer.Option(help="Largest upload accepted, in bytes.")] = 10 * 1024 * 1024,
+    max_pixels: Annotated[int, typer.Option(help="Largest image accepted, in pixels.")] = 40_000_000,
+) -> None:
+    """A web page and JSON API (POST /api/predict, GET /healthz) that recognise a car from a photo (ONNX Runtime)."""
+    import uvicorn
+
+    from carspotter.serve.app import create_app
+
+    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels)
+    console.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(web_app, host=host, port=port, log_level="info")
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data and runs.")] = Path("demo_out"),
     config: Annotated[Path | None, typer.Option(help="Training config (default: configs/demo.yaml).")] = None,
@@ -173,7 +260,7 @@ def models(
             row.append(_pct(p.best_test_top1))
         table.add_row(*row)
     console.print(table)
-    console.print(f"machine: {machine_description(threads)}")
+    console.print(f"machine: {machine_description()}")
     for kind, path in write_profiles(profiles, out).items():
         console.print(f"  {kind}: {path}")
 
