@@ -260,7 +260,7 @@ def models(
             row.append(_pct(p.best_test_top1))
         table.add_row(*row)
     console.print(table)
-    console.print(f"machine: {machine_description()}")
+    console.print(f"machine: {machine_description(threads)}")
     for kind, path in write_profiles(profiles, out).items():
         console.print(f"  {kind}: {path}")
 
