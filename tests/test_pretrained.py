@@ -116,3 +116,13 @@ def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
         load_pretrained(create_model("ghostnet_050"), path)
     with pytest.raises(UserError, match="no tensor name matches"):
         load_pretrained(create_model("squeezenet1_1"), path)
+
+
+def test_real_training_checkpoint(trained_checkpoint: Path) -> None:
+    """A checkpoint written by `carspotter train` (the demo's ghostnet_thesis) starts a 3-class fine-tune."""
+    meta = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)["carspotter"]["model"]
+    model = create_model(meta["name"], num_classes=3, in_chans=meta["in_chans"], **meta["args"])
+    report = load_pretrained(model, trained_checkpoint)
+    assert meta["name"] in report.source
+    assert report.new == ["classifier.weight", "classifier.bias"] and not report.adapted
+    assert len(report.loaded) == len(model.state_dict()) - 2
