@@ -1,6 +1,7 @@
 """`carspotter prepare RAW OUT`: detect the raw layout, read it, write the prepared folder.
 
-A new raw layout (e.g. one folder per class) is a `RawLayout` added to `LAYOUTS`; nothing else changes.
+A new raw layout is a `RawLayout` added to `LAYOUTS` (detected) or `NAMED_LAYOUTS` (only when asked for by
+name, like ``folders``: almost any folder of images would pass for one folder per class).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from carspotter.data import stanford
+from carspotter.data import folders, stanford
 from carspotter.data.raw import RawLayout
 from carspotter.data.writer import PrepareReport, commit_pending, open_out, scratch_dir, write_prepared
 from carspotter.errors import UserError
@@ -17,16 +18,17 @@ log = logging.getLogger(__name__)
 
 # Detection order: the first layout whose files are all present wins ("updated" is the thesis's release).
 LAYOUTS: tuple[RawLayout, ...] = (stanford.UPDATED, stanford.ORIGINAL)
+NAMED_LAYOUTS: tuple[RawLayout, ...] = (folders.FOLDERS,)
 
 
 def layout_names() -> list[str]:
-    return [layout.name for layout in LAYOUTS]
+    return [layout.name for layout in (*LAYOUTS, *NAMED_LAYOUTS)]
 
 
 def detect_layout(raw: Path, layout: str = "auto") -> RawLayout:
     """The layout of RAW (or check the one asked for); a `UserError` says what was found and what is expected."""
     raw = Path(raw)
-    by_name = {lay.name: lay for lay in LAYOUTS}
+    by_name = {lay.name: lay for lay in (*LAYOUTS, *NAMED_LAYOUTS)}
     if layout != "auto" and layout not in by_name:
         raise UserError(f"unknown layout {layout!r}; choose auto or one of {', '.join(by_name)}")
     candidates = LAYOUTS if layout == "auto" else (by_name[layout],)
@@ -41,11 +43,20 @@ def detect_layout(raw: Path, layout: str = "auto") -> RawLayout:
     shown = ", ".join(found[:12]) + (" ..." if len(found) > 12 else "") if found else "nothing"
     lacking = "; ".join(f"{name} layout lacks {', '.join(lacks)}" for name, lacks in missing.items())
     raise UserError(
-        f"{raw}: not a known raw dataset layout (found {shown}; {lacking}); see `carspotter prepare --help`"
+        f"{raw}: not a known raw dataset layout (found {shown}; {lacking}); see `carspotter prepare --help` "
+        "(your own photos in one folder per class: --layout folders)"
     )
 
 
-def prepare(raw: str | Path, out: str | Path, *, layout: str = "auto", overwrite: bool = False) -> PrepareReport:
+def prepare(
+    raw: str | Path,
+    out: str | Path,
+    *,
+    layout: str = "auto",
+    overwrite: bool = False,
+    test_fraction: float = folders.DEFAULT_TEST_FRACTION,
+    seed: int = folders.DEFAULT_SEED,
+) -> PrepareReport:
     """Turn the raw dataset in RAW into a prepared folder OUT (see `carspotter.data.prepared`).
 
     Interrupted runs resume: archives extracted and images copied so far are kept in ``OUT/.partial``. A complete
@@ -63,6 +74,8 @@ def prepare(raw: str | Path, out: str | Path, *, layout: str = "auto", overwrite
     if finished is not None:
         return finished
     chosen = detect_layout(raw, layout)
+    if chosen.name == folders.NAME:  # the only layout that draws its own split
+        chosen = folders.folders_layout(test_fraction=test_fraction, seed=seed)
     dataset = chosen.read(raw, scratch_dir(out))
     report = write_prepared(out, dataset, raw=raw)
     n = report.counts

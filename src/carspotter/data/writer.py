@@ -42,6 +42,7 @@ class PrepareReport:
     missing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     already_complete: bool = False  # OUT was complete before this call and was left as it was
+    warnings: list[str] = field(default_factory=list)  # the layout reader's remarks (RawDataset.details["warnings"])
 
 
 def scratch_dir(out: Path) -> Path:
@@ -102,6 +103,7 @@ def report_from_manifest(out: Path) -> PrepareReport:
         missing=list(m.get("missing", [])),
         unreadable=list(m.get("unreadable", [])),
         already_complete=True,
+        warnings=list(m.get("source", {}).get("warnings", [])),
     )
 
 
