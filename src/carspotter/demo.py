@@ -33,7 +33,7 @@ class DemoResult:
 def run_demo(
     workdir: Path, config: Path | None, overrides: list[str], echo: Callable[[str], None] = print
 ) -> DemoResult:
-    from carspotter.data.stanford import prepare
+    from carspotter.data.prepare import prepare
     from carspotter.data.synth import synthesize
     from carspotter.evaluation.metrics import evaluate_checkpoint, write_report
     from carspotter.predict import load_classifier, predict_images

@@ -1,0 +1,74 @@
+"""Per-image transforms: the box comes from the image's own row (the thesis's bug used row order), background
+erasing keeps the frame, and the validation split is stratified and never touches test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from carspotter.config import DataConfig
+from carspotter.data.dataset import CarImages
+from carspotter.data.prepared import stratified_split
+from carspotter.data.transforms import TrainTransform, erase_background
+
+
+def _box_images(root: Path, n: int) -> pd.DataFrame:
+    """Image i is black with a white rectangle at a box unique to it; the frame lists rows in reverse file order."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        w, h = 120, 90
+        x1, y1 = int(rng.integers(0, 60)), int(rng.integers(0, 40))
+        x2, y2 = x1 + int(rng.integers(20, 55)), y1 + int(rng.integers(20, 45))
+        arr = np.zeros((h, w, 3), np.uint8)
+        arr[y1:y2, x1:x2] = 255
+        name = f"{i:05d}.png"
+        Image.fromarray(arr).save(root / name)
+        rows.append(dict(fname=name, class_id=0, class_name="c", bbox_x1=x1, bbox_y1=y1, bbox_x2=x2, bbox_y2=y2,
+                         width=w, height=h))
+    return pd.DataFrame(rows[::-1])
+
+
+def test_bbox_crop_uses_the_box_of_the_same_file(tmp_path: Path) -> None:
+    frame = _box_images(tmp_path, 6)
+    cfg = DataConfig(path=tmp_path, image_size=(32, 32), crop_to_bbox=True, normalize=False)
+    dataset = CarImages(tmp_path, frame, TrainTransform(cfg))
+    for i in range(len(dataset)):
+        x, _ = dataset[i]
+        assert x.min() > 0.99, f"sample {i} ({frame.fname.iloc[i]}) was cropped with another image's box"
+
+
+def test_erase_background_keeps_the_car_in_place() -> None:
+    arr = np.full((50, 80, 3), 40, np.uint8)
+    img = Image.fromarray(arr)
+    out = np.asarray(erase_background(img, (10, 5, 30, 25)))
+    assert out.shape == arr.shape
+    assert (out[5:25, 10:30] == 40).all()
+    assert (out[:5] == 255).all() and (out[:, 30:] == 255).all()
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint() -> None:
+    labels = np.repeat(np.arange(5), [10, 20, 1, 2, 30])
+    keep, held = stratified_split(labels, 0.1, seed=3)
+    assert not set(keep) & set(held) and len(keep) + len(held) == len(labels)
+    counts = np.bincount(labels[held], minlength=5)
+    assert counts.tolist() == [1, 2, 0, 1, 3]
+    again = stratified_split(labels, 0.1, seed=3)
+    assert (again[1] == held).all()
+    assert not (stratified_split(labels, 0.1, seed=4)[1] == held).all()
+
+
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_train_transform_shapes_and_augmentations(tmp_path: Path, grayscale: bool) -> None:
+    frame = _box_images(tmp_path, 2)
+    cfg = DataConfig.model_validate({
+        "path": str(tmp_path), "image_size": [40, 56], "grayscale": grayscale,
+        "image_augmentations": [{"RandomHorizontalFlip": {"p": 1.0}}, {"ColorJitter": {"brightness": 0.1}}],
+        "tensor_augmentations": [{"RandomErasing": {"p": 1.0, "value": 0}}],
+    })
+    x, _ = CarImages(tmp_path, frame, TrainTransform(cfg))[0]
+    assert tuple(x.shape) == ((1 if grayscale else 3), 40, 56)
