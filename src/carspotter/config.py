@@ -89,6 +89,10 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     validate_on_test: bool = False
     num_workers: int = Field(2, ge=0)
+    # classic: per-image PIL decode + transforms in DataLoader workers; fast: decoded-image cache + batched
+    # augmentation on the device (data/fast.py); auto: fast unless an augmentation has no batched equivalent
+    pipeline: Literal["classic", "fast", "auto"] = "auto"
+    cache_dir: Path | None = None  # decoded-image cache of the fast pipeline; None: <data.path>/.cache
     image_augmentations: list[Transform] = Field(default_factory=list)
     tensor_augmentations: list[Transform] = Field(default_factory=list)
 
@@ -230,6 +234,8 @@ class TrainerConfig(_Section):
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     gradient_clip_val: float | None = None
+    compile: bool = False  # torch.compile the model (training and validation)
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on with CUDA or the fast pipeline
     freeze_backbone_epochs: int = Field(0, ge=0)  # fine-tuning: train only the classifier for the first K epochs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -14,6 +15,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from carspotter.config import Config
 from carspotter.training.checkpoint import CheckpointInfo
 from carspotter.training.finetune import parameter_groups
+
+# By design the module, not the data module, shapes batches on the device (fast pipeline, channels_last).
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 
 def build_loss(cfg: Config) -> nn.Module:
@@ -34,9 +38,24 @@ def build_scheduler(cfg: Config, optimizer: optim.Optimizer) -> dict[str, Any] |
 class CarClassifier(L.LightningModule):
     """Wraps any registry model; ``info`` is written into every checkpoint so it can be rebuilt without the config."""
 
-    def __init__(self, model: nn.Module, cfg: Config, info: CheckpointInfo) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        info: CheckpointInfo,
+        *,
+        batch_transform: nn.Module | None = None,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
+        # The fast pipeline's batches arrive as uint8; this augments (training) and normalises them on the device.
+        self.batch_transform = batch_transform
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.trainer.compile:
+            self.model.compile()  # in place: the state_dict keys (and so the checkpoints) stay as they are
         self.cfg = cfg
         self.info = info
         self.criterion = build_loss(cfg)
@@ -47,6 +66,14 @@ class CarClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        if self.batch_transform is not None:
+            x = self.batch_transform(x, train=self.trainer.training)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from carspotter.config import Config, load_config, parse_config, save_config
 from carspotter.data.dataset import CarsDataModule
+from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_checkpoint
 from carspotter.models import create_model
@@ -59,12 +60,30 @@ def new_run_dir(cfg: Config) -> Path:
     raise UserError(f"{runs_dir}: could not find a free run folder name for {base!r}")
 
 
-def resolve_precision(cfg: Config) -> str:
+def _on_cuda(cfg: Config) -> bool:
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_precision(cfg: Config, pipeline: str = "classic") -> str:
+    """``auto``: bf16-mixed on a GPU, and on a CPU with native bf16 (AVX512-BF16/AMX) for the fast pipeline."""
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
-    return (
-        "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    if _on_cuda(cfg):
+        return "bf16-mixed"
+    return "bf16-mixed" if pipeline == "fast" and cpu_has_native_bf16() else "32-true"
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     )
+
+
+def resolve_channels_last(cfg: Config, pipeline: str = "classic") -> bool:
+    """``auto``: on with CUDA or the fast pipeline (its batches are channels_last in memory already)."""
+    if cfg.trainer.channels_last != "auto":
+        return bool(cfg.trainer.channels_last)
+    return _on_cuda(cfg) or pipeline == "fast"
 
 
 def build_model(cfg: Config, num_classes: int, class_names: list[str] | None = None) -> torch.nn.Module:
@@ -102,7 +121,11 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
     save_config(cfg, run_dir / CONFIG_FILE)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
-    datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
+    pipeline = resolve_pipeline(cfg.data)
+    if pipeline == "fast":
+        datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
+    else:
+        datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
     model = build_model(cfg, datamodule.dataset.num_classes, datamodule.class_names)
     info = CheckpointInfo(
         model_name=cfg.model.name,
@@ -114,7 +137,13 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
         config=cfg.to_dict(),
         path=run_dir / "best.ckpt",
     )
-    module = CarClassifier(model, cfg, info)
+    module = CarClassifier(
+        model,
+        cfg,
+        info,
+        batch_transform=getattr(datamodule, "batch_transform", None),
+        channels_last=resolve_channels_last(cfg, pipeline),
+    )
     # Two checkpoint callbacks: Lightning 2.6 writes `save_last` only in epochs that improved the monitored metric.
     best = ModelCheckpoint(
         dirpath=run_dir,
@@ -152,7 +181,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        precision=resolve_precision(cfg),
+        precision=resolve_precision(cfg, pipeline),
         callbacks=callbacks,
         logger=False,
         enable_progress_bar=progress,
