@@ -390,3 +390,23 @@ def test_prepare_real_images_both_layouts(stanford_shared: Path, tmp_path: Path,
     for image, (_, want) in zip(images[:5], expected.head(5).iterrows(), strict=True):
         copied = tmp_path / "out" / want["split"] / want["name"]
         assert copied.read_bytes() == image.data  # copied as they are, not re-encoded
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_synth_then_prepare(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from carspotter.cli import app
+
+    runner = CliRunner()
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    made = runner.invoke(app, ["synth", str(raw), "--layout", "updated", "--classes", "2", "--per-class", "3"])
+    assert made.exit_code == 0, made.output
+    assert "car_ims.tgz" in made.output
+    done = runner.invoke(app, ["prepare", str(raw), str(out)])
+    assert done.exit_code == 0, done.output
+    assert "updated layout" in done.output and load_prepared(out).manifest["counts"] == {"train": 2, "test": 4}
+    again = runner.invoke(app, ["prepare", str(raw), str(out)])
+    assert again.exit_code == 0 and "already" in again.output

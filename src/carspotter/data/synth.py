@@ -256,9 +256,9 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     arr = np.broadcast_to(grad, (h, w, 3)).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.integers(0, 4))):
         x0, y0 = rng.uniform(-0.2 * w, w), rng.uniform(-0.2 * h, h)
-        sw, sh = rng.uniform(0.05, 0.4) * w, rng.uniform(0.05, 0.4) * h
+        sw, sh = rng.uniform(0.05, 0.3) * w, rng.uniform(0.05, 0.3) * h
         colour = _muted(rng, saturated=0.15)
         if rng.random() < 0.5:
             draw.rectangle([x0, y0, x0 + sw, y0 + sh], fill=colour)
