@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def _refuse(archive: Path, member: tarfile.TarInfo, why: str) -> None:
 
 
 def _checked_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
-    for member in tar:
+    for member in tqdm(tar, desc=f"extract {archive.name}", unit="file", disable=None, leave=False):
         check_member(member, archive)
         yield member
 

@@ -161,9 +161,6 @@ class _RawFolder:
                 return hit
         return None
 
-    def top_level(self) -> list[str]:
-        return [e.path.name + ("/" if e.is_dir else "") for e in self.entries if e.depth == 0]
-
 
 def _dataset_root(raw: Path, *anchors: str) -> _RawFolder | None:
     """RAW, or the folder below it holding the first anchor found (a file or folder name), ready to search."""
