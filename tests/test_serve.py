@@ -1,0 +1,148 @@
+"""The web app over a real HTTP connection: predictions, the page, and every hostile upload refused with a clear
+4xx JSON error while the server keeps serving."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from serve_support import running_server
+
+from carspotter.data.prepared import load_prepared
+from carspotter.errors import UserError
+from carspotter.serve.app import create_app
+
+MAX_BYTES = 300_000
+MAX_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def server(exported_onnx: Path):
+    with running_server(create_app(exported_onnx, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str):
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def car_jpeg(synthetic_prepared: Path) -> bytes:
+    return (synthetic_prepared / load_prepared(synthetic_prepared).test["fname"].iloc[0]).read_bytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width``×``height`` pixels in a few dozen bytes: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def assert_refused(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    message = response.json()["error"]
+    assert isinstance(message, str) and message
+    for word in words:
+        assert word in message.lower()
+
+
+def assert_still_serving(client: httpx.Client, car_jpeg: bytes) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    r = client.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 5
+
+
+def test_predict_returns_top5_of_the_models_classes(client, car_jpeg: bytes, exported_onnx: Path) -> None:
+    from carspotter.serve.onnx_model import OnnxClassifier
+
+    names = OnnxClassifier(exported_onnx).class_names
+    r = client.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")})
+    assert r.status_code == 200
+    predictions = r.json()["predictions"]
+    assert len(predictions) == 5 and set(predictions[0]) == {"class_id", "class_name", "probability"}
+    probs = [p["probability"] for p in predictions]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert all(names[p["class_id"]] == p["class_name"] for p in predictions)
+
+
+def test_healthz_and_page(client) -> None:
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in page.text and "api/predict" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: the page works offline
+
+
+def test_non_image_is_refused(client, car_jpeg) -> None:
+    r = client.post("/api/predict", files={"file": ("notes.jpg", b"this is not a picture at all", "image/jpeg")})
+    assert_refused(r, 400, "not a readable image")
+    assert_still_serving(client, car_jpeg)
+
+
+def test_truncated_jpeg_is_refused(client, car_jpeg: bytes) -> None:
+    r = client.post("/api/predict", files={"file": ("cut.jpg", car_jpeg[: len(car_jpeg) // 2], "image/jpeg")})
+    assert_refused(r, 400, "truncated")
+    assert_still_serving(client, car_jpeg)
+
+
+@pytest.mark.parametrize("size", [(2500, 2500), (100_000, 100_000)], ids=["over-limit", "over-pillow-bomb-limit"])
+def test_decompression_bomb_is_refused_before_decoding(client, car_jpeg, size) -> None:
+    r = client.post("/api/predict", files={"file": ("bomb.png", png_header_only(*size), "image/png")})
+    assert_refused(r, 413, "too many pixels")
+    assert_still_serving(client, car_jpeg)
+
+
+def test_oversize_upload_is_refused(client, car_jpeg: bytes) -> None:
+    big = io.BytesIO()
+    Image.effect_noise((700, 700), 80).convert("RGB").save(big, "PNG")  # noise does not compress: > MAX_BYTES
+    assert big.tell() > MAX_BYTES
+    r = client.post("/api/predict", files={"file": ("big.png", big.getvalue(), "image/png")})
+    assert_refused(r, 413, "too large")
+    assert_still_serving(client, car_jpeg)
+
+
+def test_oversize_streamed_upload_without_length_is_cut_off(client, car_jpeg: bytes) -> None:
+    boundary = "carspotterboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+
+    def body():
+        yield head
+        for _ in range(40):  # 40 × 64 kB, sent chunked: no Content-Length to refuse up front
+            yield b"\xff" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    try:
+        r = client.post("/api/predict", content=body(), headers=headers)
+        assert_refused(r, 413, "too large")
+    except (httpx.WriteError, httpx.RemoteProtocolError):
+        pass  # the server answered 413 and closed while the client was still sending: refused all the same
+    assert_still_serving(client, car_jpeg)
+
+
+def test_wrong_content_types_are_refused(client, car_jpeg: bytes) -> None:
+    assert_refused(client.post("/api/predict", json={"file": "car.jpg"}), 415, "multipart/form-data")
+    assert_refused(client.post("/api/predict", content=car_jpeg, headers={"content-type": "image/jpeg"}), 415)
+    r = client.post("/api/predict", files={"file": ("car.txt", car_jpeg, "text/plain")})
+    assert_refused(r, 415, "not an image")
+    r = client.post("/api/predict", files={"photo": ("car.jpg", car_jpeg, "image/jpeg")})
+    assert_refused(r, 422, "field 'file'")
+    assert_still_serving(client, car_jpeg)
+
+
+def test_serve_refuses_a_checkpoint(trained_checkpoint: Path) -> None:
+    with pytest.raises(UserError, match="export"):
+        create_app(trained_checkpoint)
