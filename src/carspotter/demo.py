@@ -10,7 +10,7 @@ from carspotter.config import load_config
 from carspotter.errors import UserError
 
 DEMO_CLASSES = 10
-DEMO_PER_CLASS = 60
+DEMO_PER_CLASS = 100
 DEMO_SEED = 0
 
 
