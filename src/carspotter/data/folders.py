@@ -238,7 +238,7 @@ def read_folders(
         if f.name in unreadable and f.class_name in class_id
     ]
     for line in report.lines():
-        log.warning("%s: %s", raw, line)
+        log.debug("%s: %s", raw, line)  # the report carries them; the CLI prints them once
     details: dict[str, Any] = {"folders": asdict(report), "warnings": report.lines()}
     return RawDataset(layout=NAME, classes=classes, images=images, details=details)
 

@@ -54,8 +54,8 @@ def prepare(
     *,
     layout: str = "auto",
     overwrite: bool = False,
-    test_fraction: float = folders.DEFAULT_TEST_FRACTION,
-    seed: int = folders.DEFAULT_SEED,
+    test_fraction: float | None = None,
+    seed: int | None = None,
 ) -> PrepareReport:
     """Turn the raw dataset in RAW into a prepared folder OUT (see `carspotter.data.prepared`).
 
@@ -75,7 +75,12 @@ def prepare(
         return finished
     chosen = detect_layout(raw, layout)
     if chosen.name == folders.NAME:  # the only layout that draws its own split
-        chosen = folders.folders_layout(test_fraction=test_fraction, seed=seed)
+        chosen = folders.folders_layout(
+            test_fraction=folders.DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+            seed=folders.DEFAULT_SEED if seed is None else seed,
+        )
+    elif test_fraction is not None or seed is not None:
+        raise UserError(f"{raw}: --test-fraction and --seed are for --layout folders; Stanford Cars comes split")
     dataset = chosen.read(raw, scratch_dir(out))
     report = write_prepared(out, dataset, raw=raw)
     n = report.counts
