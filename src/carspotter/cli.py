@@ -39,6 +39,78 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 
 @app.command()
+def prepare(
+    raw: Annotated[Path, typer.Argument(help="Folder with the downloaded Stanford Cars files (either release), "
+                                             "or your photos in one folder per class (--layout folders).")],
+    out: Annotated[Path, typer.Argument(help="Where to write the prepared dataset.")],
+    layout: Annotated[str, typer.Option(help="auto, updated (car_ims.tgz + cars_annos.mat), original "
+                                             "(cars_train/, cars_test/, devkit/) or folders (RAW/<class>/<images>, "
+                                             "or RAW/train/<class>/ and RAW/test/<class>/).")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Rebuild OUT even if it is already complete.")] = False,
+    test_fraction: Annotated[float | None, typer.Option(help="folders: share of each class held out for testing "
+                                                             "[default: 0.2].")] = None,
+    seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split [default: 0].")] = None,
+) -> None:
+    """Read a raw dataset (layout detected) into a prepared folder: images, train/test/classes CSVs, manifest.json.
+
+    Archives are extracted safely; an interrupted run resumes when re-run.
+    """
+    from carspotter.data.prepare import prepare as prepare_dataset
+
+    report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed)
+    if report.already_complete:
+        console.print(f"{out} is already a complete prepared dataset; left as it is (--overwrite rebuilds it)")
+    console.print(f"prepared ({report.layout} layout): {report.counts.get('train', 0)} train, "
+                  f"{report.counts.get('test', 0)} test images, {report.num_classes} classes → {report.out}")
+    for what, names in (("missing", report.missing), ("unreadable", report.unreadable)):
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            err_console.print(f"[yellow]skipped {len(names)} {what} image(s)[/yellow]: {shown} "
+                              f"(all listed in {report.out / 'manifest.json'})", highlight=False)
+    for line in report.warnings:
+        err_console.print(f"[yellow]note[/yellow]: {line}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def stats(
+    prepared: Annotated[Path, typer.Argument(help="A prepared dataset folder.")],
+    image_size: Annotated[int, typer.Option(min=1, help="Resize to this square size first, as training does.")] = 227,
+    grayscale: Annotated[bool, typer.Option(help="Statistics of the grayscale images (data.grayscale).")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Class counts and image sizes PNG "
+                                                   "(default: PREPARED-stats.png beside the folder).")] = None,
+) -> None:
+    """Exact per-channel mean and std of the training split (all pixels, after resizing), and a PNG of the data.
+
+    Prints a snippet to paste into a training config (data.mean, data.std).
+    """
+    from carspotter.data.stats import compute_stats, plot_stats
+
+    result = compute_stats(prepared, image_size=image_size, grayscale=grayscale)
+    png = plot_stats(result, plot or prepared.parent / f"{prepared.resolve().name}-stats.png")
+    counts = list(result.class_counts["train"].values())
+    err_console.print(f"{result.num_images} training images, {len(counts)} classes ({min(counts)} to {max(counts)} "
+                      f"images each); plot: {png}", highlight=False)
+    print(result.yaml_snippet(), end="")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="New folder for the synthetic raw dataset.")],
+    layout: Annotated[str, typer.Option(help="updated or original: the Stanford Cars release to imitate.")] = "updated",
+    classes: Annotated[int, typer.Option("--classes", min=1, help="Number of car classes.")] = 10,
+    per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class (half go to test).")] = 40,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    archives: Annotated[bool, typer.Option(help="Write .tgz archives like the real downloads (else folders).")] = True,
+) -> None:
+    """Write a synthetic raw Stanford Cars dataset (same file names and .mat structures) for demos and tests."""
+    from carspotter.data.synth import synthesize
+
+    report = synthesize(out, layout=layout, num_classes=classes, per_class=per_class, seed=seed, archives=archives)
+    console.print(f"synthesised {report.counts['train']} train, {report.counts['test']} test images of "
+                  f"{len(report.classes)} classes ({layout} layout) → {report.out}: {', '.join(report.files)}")
+
+
+@app.command()
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set trainer.max_epochs=2")] = None,
