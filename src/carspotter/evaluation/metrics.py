@@ -45,13 +45,19 @@ def evaluate_model(
 ) -> EvalResult:
     """Run ``model`` over ``loader`` once and count hits; the loss is plain cross-entropy."""
     model = model.to(device).eval()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:  # as in training on a GPU: channels_last and bf16 autocast
+        model = model.to(memory_format=torch.channels_last)
     k = min(5, len(class_names))
     n = hit1 = hit5 = 0
     loss_sum = 0.0
     confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
-        logits = model(x).float()
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = model(x).float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         topk = logits.topk(k, dim=1).indices
         hit1 += int((topk[:, 0] == y).sum())
