@@ -71,7 +71,7 @@ def load_runtime(path: Path, threads: int) -> tuple[str, Classifier]:
 
 
 def _source_checkpoint(clf: Classifier) -> Path | None:
-    meta = getattr(clf, "metadata", None) or getattr(clf, "meta", None) or {}
+    meta = getattr(clf, "metadata", None) or {}  # exported models carry it; a checkpoint has none
     path = meta.get("source_checkpoint", {}).get("path")
     return Path(path) if path and Path(path).is_file() else None
 

@@ -43,9 +43,9 @@ class ExecuTorchModel:
             _unsafe_reset_threadpool(threads)  # XNNPACK's thread pool; the only knob ExecuTorch's Python API offers
 
         self.path = Path(path)
-        self.meta = metadata.read_sidecar(self.path)
-        self.class_names = list(self.meta["class_names"])
-        self.preprocessing = metadata.preprocessing_of(self.meta)
+        self.metadata = metadata.read_sidecar(self.path)
+        self.class_names = list(self.metadata["class_names"])
+        self.preprocessing = metadata.preprocessing_of(self.metadata)
         self.method = Runtime.get().load_program(self.path).load_method("forward")
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
@@ -106,7 +107,8 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int):
+def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> np.ndarray:
+    """Probe the header, decode, preprocess and classify one upload; hostile images raise `UploadRefused`."""
     try:
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             width, height = probe.size
