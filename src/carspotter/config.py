@@ -230,6 +230,8 @@ class TrainerConfig(_Section):
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
+    num_nodes: int = Field(1, ge=1)  # multi-node DDP: every node runs the same command (see README)
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = "auto"  # ddp: tested on CPU
     early_stopping: EarlyStoppingConfig | None = None
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
@@ -246,6 +248,22 @@ class OutputConfig(_Section):
     description: str = ""
 
 
+LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "wandb")
+
+
+class LoggingConfig(_Section):
+    """Where a run's metrics go besides its folder; ``csv`` (``metrics.csv``) is always written."""
+
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["csv", "mlflow"])
+    tracking_uri: str | None = None  # MLflow; None: sqlite:///<runs_dir>/mlflow.db, artifacts in <runs_dir>/mlartifacts
+    experiment: str = "carspotter"  # MLflow experiment / W&B project
+
+    @field_validator("loggers", mode="after")
+    @classmethod
+    def _csv_always(cls, value: list[str]) -> list[str]:
+        return ["csv", *dict.fromkeys(n for n in value if n != "csv")]
+
+
 class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -254,6 +272,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -89,12 +89,14 @@ class CarClassifier(L.LightningModule):
         logits = self(x)
         self.val_top1(logits, y)
         self.val_top5(logits, y)
-        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        loss = self.criterion(logits, y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)  # DDP: mean
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val/top5", self.val_top5, on_epoch=True, batch_size=len(y))
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("lr", lr, on_step=False, on_epoch=True, sync_dist=True)  # the same on every rank
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.cfg, parameter_groups(self.model, self.cfg))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from carspotter.models import create_model
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
 from carspotter.training.checkpoint import CheckpointInfo
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
+from carspotter.training.loggers import build_loggers, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ SUMMARY_FILE = "summary.json"
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
+    rank_zero: bool = True  # False in the extra processes of a multi-GPU run: they return an empty summary
 
     @property
     def best_ckpt(self) -> Path:
@@ -103,10 +106,43 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> RunResult:
-    """Train one run and test its best checkpoint once. With ``resume``, ``cfg`` may change only trainer limits."""
+RUN_DIR_ENV = "CARSPOTTER_RUN_DIR"  # how rank 0 tells the processes Lightning launches for DDP where the run lives
+
+
+def launch_rank_zero() -> bool:
+    """False in a process that Lightning (or torchrun/SLURM) started as a non-zero rank of a distributed run."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _rank_run_dir(cfg: Config) -> Path:
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if cfg.output.run_name:
+        return Path(cfg.output.runs_dir) / cfg.output.run_name
+    raise UserError("multi-node training needs output.run_name set (the same on every node) to share one run folder")
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    extra_callbacks: list[L.Callback] | None = None,
+) -> RunResult:
+    """Train one run and test its best checkpoint once. With ``resume``, ``cfg`` may change only trainer limits.
+
+    Under DDP every process runs this function; only rank 0 creates the run folder, logs, shows progress, writes
+    the summary and tests. ``extra_callbacks`` are added to the trainer (sweeps use this for pruning).
+    """
     started = time.perf_counter()
-    if resume is not None:
+    rank_zero = launch_rank_zero()
+    progress = progress and rank_zero
+    if not rank_zero:
+        run_dir = Path(resume) if resume is not None else _rank_run_dir(cfg)
+        output = {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}
+        cfg = parse_config({**cfg.to_dict(), "output": output})
+        ckpt_path = str(run_dir / "last.ckpt") if resume is not None else None
+    elif resume is not None:
         run_dir = Path(resume)
         last = run_dir / "last.ckpt"
         if not last.is_file():
@@ -118,7 +154,9 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
             {**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}}
         )
         ckpt_path = None
-    save_config(cfg, run_dir / CONFIG_FILE)
+    if rank_zero:
+        save_config(cfg, run_dir / CONFIG_FILE)
+        os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     pipeline = resolve_pipeline(cfg.data)
@@ -175,15 +213,20 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
         es = cfg.trainer.early_stopping
         mode = "min" if es.monitor == "val/loss" else "max"
         callbacks.append(EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=mode))
+    callbacks.extend(extra_callbacks or [])
+    loggers = build_loggers(cfg, run_dir) if rank_zero else []
+    log_run_start(loggers, cfg, count_parameters(model), run_dir)
 
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
         precision=resolve_precision(cfg, pipeline),
         callbacks=callbacks,
-        logger=False,
+        logger=loggers or False,
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -192,13 +235,17 @@ def train(cfg: Config, *, resume: str | Path | None = None, progress: bool = Tru
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         deterministic=False,
     )
-    log.info("run folder: %s", run_dir)
+    if rank_zero:
+        log.info("run folder: %s", run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise UserError(f"training interrupted; continue with `carspotter train --resume {run_dir}`")
+    if not trainer.is_global_zero:
+        return RunResult(run_dir=run_dir, summary={}, rank_zero=False)
 
     summary = summarise(cfg, run_dir, count_parameters(model), started, progress=progress)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    log_run_end(loggers, summary, run_dir)
     return RunResult(run_dir=run_dir, summary=summary)
 
 
