@@ -130,6 +130,8 @@ def train(
             raise UserError("train needs --config FILE (e.g. configs/stanford_ghostnet.yaml) or --resume RUN_DIR")
         cfg = load_config(config, set_)
     result = run_training(cfg, resume=resume)
+    if not result.rank_zero:  # an extra DDP process: rank 0 reports
+        return
     s = result.summary
     console.print(f"run folder: {result.run_dir}")
     console.print(
@@ -335,6 +337,106 @@ def models(
     console.print(f"machine: {machine_description(threads)}")
     for kind, path in write_profiles(profiles, out).items():
         console.print(f"  {kind}: {path}")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Base training config (YAML).")],
+    space: Annotated[Path, typer.Option(help="Search space YAML (see configs/sweeps/).")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials this worker runs (the study may hold more).")] = 20,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite:///RUNS_DIR/optuna.db. "
+                                                     "A PostgreSQL/MySQL URL lets workers on several machines join.")
+                       ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the space file's name); "
+                                                   "workers with the same name share trials.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a base config key.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where best_config.yaml goes (default RUNS_DIR/sweeps/STUDY).")
+                   ] = None,
+) -> None:
+    """Search hyper-parameters with Optuna (TPE, median pruning on val top-1); every trial is a tracked run."""
+    from carspotter.sweeps import run_sweep
+
+    _quiet_lightning()
+    result = run_sweep(config, space, trials, storage=storage, study_name=study, overrides=set_, out_dir=out,
+                       progress=True)
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())
+    console.print(f"study {result.study_name!r} ({result.storage}): {counts}")
+    if result.best_value is None:
+        console.print("no completed trial yet")
+        return
+    console.print(f"best val top-1 {_pct(result.best_value)}: {result.best_params}")
+    console.print(f"  run: {result.best_run_dir}")
+    if result.best_config is not None:
+        console.print(f"  config: {result.best_config}  (carspotter train --config {result.best_config})")
+    if result.importances:
+        console.print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in result.importances.items()))
+
+
+@app.command()
+def runs(
+    plot_runs: Annotated[list[str] | None, typer.Argument(help="With --plot: the runs (folders or run ids).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="The runs folder (output.runs_dir).")] = Path("runs"),
+    sort: Annotated[str | None, typer.Option(help="Column to sort by; -column for descending: -best_val_top1.")] = None,
+    filter_: Annotated[
+        str | None, typer.Option("--filter", help="Comma-separated COLUMN OP VALUE; OP: = != < <= > >= ~ (contains).")
+    ] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write the curves of the given runs, overlaid, to a PNG.")] = None,
+) -> None:
+    """The runs table (the thesis's dashboard): one row per run folder with its settings and best metrics.
+
+    For a browser view: mlflow ui --backend-store-uri sqlite:///RUNS_DIR/mlflow.db
+    """
+    from carspotter.runs_table import collect_runs, filter_runs, resolve_run, runs_csv, sort_runs
+    from carspotter.runs_table import plot_runs as plot_curves
+
+    if plot is not None:
+        if not plot_runs:
+            raise UserError("runs --plot OUT.png needs one or more runs (folders or run ids)")
+        out = plot_curves([resolve_run(r, runs_dir) for r in plot_runs], plot)
+        console.print(f"curves of {len(plot_runs)} run(s) → {out}")
+        return
+    if plot_runs:
+        raise UserError("runs takes run arguments only with --plot OUT.png")
+    rows = sort_runs(filter_runs(collect_runs(runs_dir), filter_), sort)
+    if as_csv:
+        print(runs_csv(rows), end="")
+        return
+    _print_runs_table(rows, runs_dir)
+
+
+def _print_runs_table(rows: list[dict], runs_dir: Path) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from carspotter.runs_table import COLUMNS
+
+    short = {"status": "done", "image_size": "size", "optimizer": "opt", "weight_decay": "wd", "scheduler": "sched",
+             "dropout": "drop", "head_width": "head", "epochs": "ep", "best_train_loss": "train loss",
+             "best_train_top1": "train top1", "best_val_loss": "val loss", "best_val_top1": "val top1",
+             "test_top1": "test top1"}
+    table = Table(title=f"{len(rows)} run(s) in {runs_dir} (best values over epochs)", header_style="bold",
+                  box=box.SIMPLE_HEAD)
+    for column in COLUMNS:
+        table.add_column(short.get(column, column), justify="left" if column in ("run_id", "tags") else "right",
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*(_cell(column, row[column]) for column in COLUMNS))
+    Console(width=max(console.width, 300)).print(table)  # a narrow terminal wraps whole lines, not every cell
+
+
+def _cell(column: str, value: object) -> str:
+    if value is None:
+        return ""
+    if column == "status":
+        return "yes" if value == "done" else "no"
+    if column == "params":
+        return f"{float(value) / 1e6:.2f}M"
+    if column in ("best_train_top1", "best_val_top1", "test_top1"):
+        return f"{float(value):.1%}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _quiet_lightning() -> None:
