@@ -1,0 +1,164 @@
+"""End to end on synthetic data: the model learns, runs are repeatable and resumable, and the run's summary agrees
+with `evaluate` and `predict` on the same checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from carspotter.config import load_config
+from carspotter.data.prepared import load_prepared
+from carspotter.errors import UserError
+from carspotter.evaluation.metrics import evaluate_checkpoint
+from carspotter.predict import load_classifier, predict_images
+from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.training.checkpoint import load_checkpoint, read_checkpoint
+from carspotter.training.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def tiny_config(data: Path, runs: Path, *extra: str):
+    return load_config(
+        DEMO,
+        [f"data.path={data}", f"output.runs_dir={runs}", "data.num_workers=0", "data.image_size=[48,48]", *extra],
+    )
+
+
+@pytest.fixture(scope="module")
+def learnable_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 synthetic classes × 80 images (updated layout): enough images per class to learn in a few CPU epochs."""
+    from carspotter.data.prepare import prepare
+    from carspotter.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("learnable")
+    synthesize(root / "raw", layout="updated", num_classes=10, per_class=80, seed=1)
+    prepare(root / "raw", root / "prepared")
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def learned_run(learnable_prepared: Path, tmp_path_factory: pytest.TempPathFactory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(learnable_prepared, runs, "trainer.max_epochs=10", "scheduler.params.T_max=10")
+    return train(cfg, progress=False)
+
+
+def test_model_learns_synthetic_cars_well_above_chance(learned_run, learnable_prepared: Path) -> None:
+    chance = 1 / load_prepared(learnable_prepared).num_classes
+    s = learned_run.summary
+    assert s["test_top1"] >= 3 * chance, s
+    assert s["val_top1"] >= 3 * chance, s
+    assert s["test_n"] == len(load_prepared(learnable_prepared).test)
+
+
+def test_run_folder_holds_everything(learned_run) -> None:
+    run = learned_run.run_dir
+    for name in ("config.yaml", "best.ckpt", "last.ckpt", "metrics.csv", "summary.json"):
+        assert (run / name).is_file(), name
+    rows = read_epoch_metrics(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(10))
+    assert all(r["val_top1"] and r["train_loss"] and r["lr"] and r["epoch_time_s"] for r in rows)
+    best = max(rows, key=lambda r: float(r["val_top1"]))
+    assert learned_run.summary["best_epoch"] == int(best["epoch"])
+    assert load_config(run / "config.yaml").output.run_name == run.name
+
+
+def test_checkpoint_describes_itself(learned_run, learnable_prepared: Path) -> None:
+    ckpt = read_checkpoint(learned_run.best_ckpt)  # weights_only=True
+    meta = ckpt["carspotter"]
+    assert meta["model"]["name"] == "ghostnet_thesis"
+    assert meta["class_names"] == load_prepared(learnable_prepared).classes
+    assert meta["preprocessing"]["image_size"] == [48, 48]
+    model, info = load_checkpoint(learned_run.best_ckpt)
+    assert info.num_classes == len(meta["class_names"]) and not model.training
+
+
+def test_evaluate_and_predict_agree_with_the_summary(learned_run, learnable_prepared: Path) -> None:
+    result = evaluate_checkpoint(learned_run.best_ckpt, learnable_prepared, "test", workers=0, progress=False)
+    assert result.top1 == pytest.approx(learned_run.summary["test_top1"], abs=1e-9)
+    assert result.top5 == pytest.approx(learned_run.summary["test_top5"], abs=1e-9)
+    dataset = load_prepared(learnable_prepared)
+    paths = [dataset.root / f for f in dataset.test["fname"]]
+    preds = predict_images(load_classifier(learned_run.best_ckpt), paths, top_k=1)
+    hits = [p["predictions"][0]["class_id"] == c for p, c in zip(preds, dataset.test["class_id"], strict=True)]
+    assert np.mean(hits) == pytest.approx(result.top1, abs=1e-9)
+
+
+def test_runs_are_repeatable_and_never_overwritten(synthetic_prepared: Path, tmp_path: Path) -> None:
+    overrides = ("trainer.max_epochs=1", "trainer.limit_train_batches=3", "output.run_name=same")
+    a = train(tiny_config(synthetic_prepared, tmp_path, *overrides), progress=False)
+    b = train(tiny_config(synthetic_prepared, tmp_path, *overrides), progress=False)
+    assert a.run_dir != b.run_dir and a.run_dir.name == "same" and b.run_dir.name == "same-2"
+    ra, rb = (read_epoch_metrics(r.run_dir / "metrics.csv")[0] for r in (a, b))
+    assert ra["train_loss"] == rb["train_loss"] and ra["val_loss"] == rb["val_loss"]
+
+
+def test_resume_continues_an_interrupted_run(synthetic_prepared: Path, tmp_path: Path) -> None:
+    first = train(tiny_config(synthetic_prepared, tmp_path, "trainer.max_epochs=2", "trainer.limit_train_batches=2"),
+                  progress=False)
+    cfg = load_config(first.run_dir / "config.yaml", ["trainer.max_epochs=3"])
+    resumed = train(cfg, resume=first.run_dir, progress=False)
+    assert resumed.run_dir == first.run_dir
+    assert [int(r["epoch"]) for r in read_epoch_metrics(first.run_dir / "metrics.csv")] == [0, 1, 2]
+    assert torch.load(first.run_dir / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert resumed.summary["epochs_run"] == 3
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(load_config(DEMO), resume=tmp_path)
+
+
+def test_validate_on_test_reproduces_the_thesis_protocol(synthetic_prepared: Path, tmp_path: Path, caplog) -> None:
+    cfg = tiny_config(synthetic_prepared, tmp_path, "data.validate_on_test=true", "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=2")
+    result = train(cfg, progress=False)
+    assert "optimistic" in caplog.text
+    assert result.summary["validated_on_test"] is True and result.summary["test_top1"] is None
+
+
+def test_cli_reports_config_mistakes_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO.read_text().replace("batch_size:", "batchsize:"))
+    proc = subprocess.run([sys.executable, "-m", "carspotter.cli", "train", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "trainer.batchsize" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_train_evaluate_predict(learned_run, learnable_prepared: Path, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "carspotter.cli", "evaluate", str(learned_run.best_ckpt), "--data",
+         str(learnable_prepared), "--json", "--out", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert metrics["top1"] == pytest.approx(learned_run.summary["test_top1"])
+    assert metrics["n"] == learned_run.summary["test_n"]
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+    per_class = pd.read_csv(tmp_path / "eval" / "per_class_accuracy.csv")
+    assert len(per_class) == load_prepared(learnable_prepared).num_classes
+
+    image = learnable_prepared / load_prepared(learnable_prepared).test["fname"].iloc[0]
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    proc = subprocess.run(
+        [sys.executable, "-m", "carspotter.cli", "predict", str(learned_run.best_ckpt), str(image), str(junk),
+         "--json", "--top-k", "3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1  # one of two images failed
+    results = json.loads(proc.stdout)
+    assert [r["image"] for r in results] == [str(image), str(junk)]
+    assert len(results[0]["predictions"]) == 3 and "error" in results[1]
+    probs = [p["probability"] for p in results[0]["predictions"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
