@@ -1,7 +1,7 @@
 """Deployment numbers on real photos: train GhostNet (thesis variant) on the Stanford Cars sample, export it to
 ONNX fp32, ONNX int8 and ExecuTorch, and compare batch-1 CPU latency and held-out top-1 in one `bench-infer` run.
 
-    .venv/bin/python benchmarks/deploy_real_sample.py [--sample ../shared/stanford_cars/sample] [--epochs 40]
+    .venv/bin/python benchmarks/deploy_real_sample.py [--sample ../shared/stanford_cars/sample] [--epochs 30]
 
 The sample (418 photos, 10 classes, ``labels.csv``) is arranged into a prepared dataset in a temporary folder with a
 stratified, seeded train/test split; nothing derived from the photos is written outside that folder (``--keep``
@@ -75,8 +75,8 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--size", type=int, default=96, help="square input size")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--size", type=int, default=64, help="square input size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--no-executorch", action="store_true")
