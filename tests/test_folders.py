@@ -275,7 +275,6 @@ def test_real_photos_in_class_folders_prepare(real_photo_folders: Path, tmp_path
 
 
 @pytest.mark.realdata
-@pytest.mark.slow
 def test_real_photos_prepare_train_evaluate_predict(real_photo_folders: Path, tmp_path: Path) -> None:
     """The acceptance path on real photos, through the CLI: prepare → train → evaluate → predict with folder names."""
     runner = CliRunner()
@@ -308,7 +307,7 @@ def test_real_photos_prepare_train_evaluate_predict(real_photo_folders: Path, tm
     data = load_prepared(prepared)
     chance = 1 / data.num_classes
     print(f"real photos, {data.num_classes} classes: test top-1 {scores['top1']:.3f} (chance {chance:.3f})")
-    assert scores["top1"] >= 1.5 * chance
+    assert scores["top1"] >= 2 * chance
 
     photos = [str(prepared / f) for f in data.test["fname"][:5]]
     result = runner.invoke(app, ["predict", str(ckpt), *photos, "--json", "--top-k", "3"])
