@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,13 +128,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=227)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per pipeline (cpu: 3, cuda: 60)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (cpu: 1, cuda: 15)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row and round (cpu: 3, cuda: 40)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (cpu: 1, cuda: 10)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="plain DataLoader workers")
     parser.add_argument("--classes", type=int, default=16)
     parser.add_argument("--per-class", type=int, default=None, help="synthetic images per class (half are train)")
     parser.add_argument("--compile", action="store_true", help="also time the fast pipeline with torch.compile")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the fast fp32 NCHW row")
+    parser.add_argument("--rounds", type=int, default=3, help="rows are interleaved per round; median reported")
     parser.add_argument("--plain-only", action="store_true", help="only the plain pipeline (also without kornia)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         parser.error("--device cuda: no CUDA device here")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    steps = args.steps or (60 if cuda else 3)
-    warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
+    steps = args.steps or (40 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     per_class = args.per_class or (48 if cuda else 24)
     fast_bf16 = cuda or cpu_has_native_bf16()
 
@@ -160,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         took = time.perf_counter() - t0
         print(f"synthetic data: {args.classes} classes, {per_class // 2} train images each ({took:.0f} s)")
 
-        rows: list[tuple[str, str, float]] = []
         common = {"cfg": cfg, "warmup": warmup, "steps": steps}
-
         # CarsDataModule's training loader, except that its sampler draws enough images for every step, so the
         # timing never includes an epoch boundary of a dataset that is small only to keep synthesis short.
         plain_dm = CarsDataModule(cfg.data, args.batch_size, seed=0)
@@ -175,43 +175,58 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             pin_memory=cuda,
             drop_last=True,
         )  # fmt: skip
-        plain = {"iter": iter(loader)}  # dropped after timing, which stops the workers before the fast rows
+        plain: dict[str, Iterator] = {}
 
         def plain_batch() -> tuple[torch.Tensor, torch.Tensor]:
             x, y = next(plain["iter"])
             return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-        rows.append(("plain", "fp32, NCHW", time_steps(plain_batch, device, bf16=False, channels_last=False,
-                                                      compile_model=False, **common)))  # fmt: skip
-        plain.clear()
+        def plain_row() -> float:
+            plain["iter"] = iter(loader)  # fresh workers per round, dropped (stopped) before the fast rows run
+            try:
+                return time_steps(plain_batch, device, bf16=False, channels_last=False, compile_model=False, **common)
+            finally:
+                plain.clear()
 
-        if args.plain_only or importlib.util.find_spec("kornia") is None:
+        rows: list[tuple[str, str, Callable[[], float]]] = [("plain", "fp32, NCHW", plain_row)]
+        fast_ok = not args.plain_only and importlib.util.find_spec("kornia") is not None
+        if not fast_ok:
             print("fast pipeline skipped: " + ("--plain-only" if args.plain_only else "kornia is not installed"))
-            return report(args, rows, None, None, machine_name(args.device), steps, warmup)
+        else:
+            t0 = time.perf_counter()
+            fast_dm = FastCarsDataModule(cfg.data, args.batch_size, seed=0, progress=False, device=str(device))
+            fast_loader = fast_dm.train_dataloader()
+            fast_iter = batches_forever(lambda: iter(fast_loader))
+            augment = fast_dm.batch_transform.to(device)
+            print(f"image cache built and loaded in {time.perf_counter() - t0:.1f} s (once per dataset and settings)")
 
-        t0 = time.perf_counter()
-        fast_dm = FastCarsDataModule(cfg.data, args.batch_size, seed=0, progress=False, device=str(device))
-        fast_loader = fast_dm.train_dataloader()
-        fast_iter = batches_forever(lambda: iter(fast_loader))
-        augment = fast_dm.batch_transform.to(device)
-        print(f"image cache built and loaded in {time.perf_counter() - t0:.1f} s (once per dataset and settings)")
+            def fast_batch() -> tuple[torch.Tensor, torch.Tensor]:
+                x, y = next(fast_iter)
+                return augment(x.to(device, non_blocking=True), train=True), y.to(device, non_blocking=True)
 
-        def fast_batch() -> tuple[torch.Tensor, torch.Tensor]:
-            x, y = next(fast_iter)
-            return augment(x.to(device, non_blocking=True), train=True), y.to(device, non_blocking=True)
+            def fast_row(bf16: bool, channels_last: bool, compile_model: bool = False) -> Callable[[], float]:
+                extra = {**common, "warmup": max(warmup, 3)} if compile_model else common
+                return lambda: time_steps(fast_batch, device, bf16=bf16, channels_last=channels_last,
+                                          compile_model=compile_model, **extra)  # fmt: skip
 
-        if not args.no_breakdown:
-            rows.append(("fast", "fp32, NCHW", time_steps(fast_batch, device, bf16=False, channels_last=False,
-                                                         compile_model=False, **common)))  # fmt: skip
-        layout = f"{'bf16' if fast_bf16 else 'fp32'}, channels_last"
-        rows.append(("fast", layout, time_steps(fast_batch, device, bf16=fast_bf16, channels_last=True,
-                                               compile_model=False, **common)))  # fmt: skip
-        fast_img_s = rows[-1][2]
-        compiled = None
-        if args.compile:
-            compiled = time_steps(fast_batch, device, bf16=fast_bf16, channels_last=True, compile_model=True,
-                                  cfg=cfg, warmup=max(warmup, 3), steps=steps)  # fmt: skip
-            rows.append(("fast", layout + ", compiled", compiled))
+            if not args.no_breakdown:
+                rows.append(("fast", "fp32, NCHW", fast_row(False, False)))
+            layout = f"{'bf16' if fast_bf16 else 'fp32'}, channels_last"
+            rows.append(("fast", layout, fast_row(fast_bf16, True)))
+            if args.compile:
+                rows.append(("fast", layout + ", compiled", fast_row(fast_bf16, True, compile_model=True)))
+
+        # Rows interleaved round by round, so that a change in the machine's load hits every row alike; median.
+        samples: list[list[float]] = [[] for _ in rows]
+        for r in range(args.rounds):
+            for i, (name, what, measure) in enumerate(rows):
+                samples[i].append(measure())
+                logging.getLogger("benchmark").info("round %d %s %s: %.1f img/s", r, name, what, samples[i][-1])
+        measured = [(name, what, statistics.median(v)) for (name, what, _), v in zip(rows, samples, strict=True)]
+        fast_img_s = next((v for n, w, v in measured if n == "fast" and "channels_last" in w and "compiled" not in w),
+                          None)  # fmt: skip
+        compiled = next((v for n, w, v in measured if "compiled" in w), None)
+        rows = measured  # type: ignore[assignment]
     return report(args, rows, fast_img_s, compiled, machine_name(args.device), steps, warmup)
 
 
@@ -220,7 +235,8 @@ def report(args, rows, fast_img_s, compiled, machine, steps, warmup) -> dict[str
     plain_img_s = rows[0][2]
     size = f"{args.image_size}x{args.image_size}"
     print(f"\ntraining-step throughput, GhostNet (thesis) {size}, batch {args.batch_size}, {steps} timed steps after "
-          f"{warmup} warm-up, on {machine} (torch {torch.__version__})")  # fmt: skip
+          f"{warmup} warm-up per row, median of {args.rounds} interleaved round(s), on {machine} "
+          f"(torch {torch.__version__})")  # fmt: skip
     print(f"{'pipeline':<10}{'precision, layout':<32}{'img/s':>10}{'x plain':>10}")
     for name, what, img_s in rows:
         print(f"{name:<10}{what:<32}{img_s:>10.1f}{img_s / plain_img_s:>10.2f}")

@@ -31,10 +31,16 @@ from carspotter.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def resolve_pipeline(cfg: DataConfig) -> str:
-    """``classic`` or ``fast``; ``auto`` is fast unless an augmentation has no batched equivalent (then a warning)."""
+def resolve_pipeline(cfg: DataConfig, *, cuda: bool = False, cpu_bf16: bool = True) -> str:
+    """``classic`` or ``fast``. ``auto`` is fast where it measured faster (benchmarks/README.md): on a GPU, and on a
+    CPU when training in bf16 there (native bf16); on a CPU in fp32 the batched augmentation runs in the training
+    process instead of beside it and did not reliably win. Never with an augmentation that has no batched
+    equivalent, nor without a writable cache folder (then classic, with a warning)."""
     if cfg.pipeline != "auto":
         return cfg.pipeline
+    if not cuda and not cpu_bf16:
+        log.info("data.pipeline auto: classic (CPU training in fp32, where the fast pipeline does not reliably win)")
+        return "classic"
     problems = unsupported_transforms(cfg)
     if problems:
         log.warning("data.pipeline auto: using the classic pipeline, since %s", "; ".join(problems))
@@ -150,7 +156,7 @@ class FastCarsDataModule(CarsDataModule):
         if device.type == "cuda" and _fits(cached.images.nbytes, device):
             images = torch.empty(cached.images.shape, dtype=torch.uint8, device=device)
             for start in range(0, len(cached), 1024):  # chunked: no second full copy in host memory
-                chunk = np.ascontiguousarray(cached.images[start : start + 1024])
+                chunk = np.array(cached.images[start : start + 1024])  # a writable host copy of 1024 images
                 images[start : start + len(chunk)].copy_(torch.from_numpy(chunk))
             labels = labels.to(device)
             log.info("%s split on %s: %.2f GB of uint8 images", split, device, cached.images.nbytes / 1e9)

@@ -159,7 +159,7 @@ def train(
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
-    pipeline = resolve_pipeline(cfg.data)
+    pipeline = resolve_pipeline(cfg.data, cuda=_on_cuda(cfg), cpu_bf16=resolve_precision(cfg, "fast") == "bf16-mixed")
     if pipeline == "fast":
         datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
     else:
