@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic_support import make_synthetic_prepared
 
 # Real Stanford Cars material beside the repository (never committed); tests that read it are marked `realdata`.
 STANFORD_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "stanford_cars"
@@ -13,13 +14,18 @@ STANFORD_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "stanf
 @pytest.fixture(scope="session")
 def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared dataset of 10 synthetic classes × 30 images (original layout, half train, half test)."""
-    from carspotter.data.prepare import prepare
-    from carspotter.data.synth import synthesize
+    return make_synthetic_prepared(tmp_path_factory.mktemp("synthetic"), layout="original", per_class=30, seed=0)
 
-    root = tmp_path_factory.mktemp("synthetic")
-    synthesize(root / "raw", layout="original", num_classes=10, per_class=30, seed=0)
-    prepare(root / "raw", root / "prepared")
-    return root / "prepared"
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,14 +18,7 @@ from carspotter.data.prepared import load_prepared
 from carspotter.data.stats import RunningMoments, compute_stats, plot_stats
 from carspotter.errors import UserError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (36, 24), fmt: str | None = None) -> Path:

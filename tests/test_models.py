@@ -26,13 +26,7 @@ BEYOND_THESIS = {"ghostnet_050", "ghostnet_100", "ghostnet_130", "mobilenetv3_la
 BEYOND_THESIS |= {"ghostnetv2_100", "ghostnetv2_130", "ghostnetv2_160"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _num_params(model: nn.Module) -> int:

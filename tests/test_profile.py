@@ -7,19 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from carspotter.evaluation.profile import count_macs, profile_models, write_profiles
 from carspotter.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def test_ghostnet_macs_match_the_paper() -> None:

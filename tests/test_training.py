@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from synthetic_support import make_synthetic_prepared
 
 from carspotter.config import load_config
 from carspotter.data.prepared import load_prepared
@@ -36,13 +37,7 @@ def tiny_config(data: Path, runs: Path, *extra: str):
 @pytest.fixture(scope="module")
 def learnable_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 synthetic classes × 80 images (updated layout): enough images per class to learn in a few CPU epochs."""
-    from carspotter.data.prepare import prepare
-    from carspotter.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("learnable")
-    synthesize(root / "raw", layout="updated", num_classes=10, per_class=80, seed=1)
-    prepare(root / "raw", root / "prepared")
-    return root / "prepared"
+    return make_synthetic_prepared(tmp_path_factory.mktemp("learnable"), layout="updated", per_class=80, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ ONNX Runtime and PyTorch must give the same logits on real images.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import onnx
 import torch
 
+from carspotter.data.prepared import sha256_file
 from carspotter.errors import UserError
 from carspotter.export import metadata
 from carspotter.training.checkpoint import CheckpointInfo, load_checkpoint
@@ -39,14 +39,6 @@ class ExportReport:
     check_source: str  # where the check inputs came from
     size_bytes: int
     extra: dict[str, Any] | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_description(info: CheckpointInfo) -> dict[str, Any]:
