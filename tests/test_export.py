@@ -108,7 +108,7 @@ def test_int8_top1_stays_close_to_fp32(exported_onnx: Path, int8_onnx: Path, tes
 
 
 def test_bench_infer_times_every_format(trained_checkpoint, exported_onnx, int8_onnx, synthetic_prepared) -> None:
-    from carspotter.evaluation.bench_infer import bench_infer
+    from carspotter.bench_infer import bench_infer
 
     result = bench_infer([exported_onnx, int8_onnx], data=synthetic_prepared, runs=20, warmup=2)
     labels = [f.label for f in result.formats]

@@ -234,7 +234,7 @@ def bench_infer(
     """Batch-1 CPU latency (median, p90), throughput and, with --data, top-1 of each format, in one run."""
     from rich.table import Table
 
-    from carspotter.evaluation.bench_infer import bench_infer as run_bench
+    from carspotter.bench_infer import bench_infer as run_bench
 
     result = run_bench(models, data=data, split=split, threads=threads, runs=runs)
     if as_json:

@@ -77,10 +77,11 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 16) ->
 
 
 def onnx_logits(path: Path, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    from carspotter.serve.onnx_model import OnnxClassifier
+    import onnxruntime as ort
 
-    clf = OnnxClassifier(path)
-    return np.concatenate([clf.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
 def compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
@@ -133,8 +134,14 @@ def to_onnx(model: torch.nn.Module, info: CheckpointInfo, out: Path, *, opset: i
         model_name=info.model_name,
         model_args=info.model_args,
         source_checkpoint=source_description(info),
-        runtime={"format": "onnx", "precision": "fp32", "opset": opset, "exporter": f"torch.onnx dynamo, torch "
-                 f"{torch.__version__}", "bn_folded": True, "dynamic_batch": True},
+        runtime={
+            "format": "onnx",
+            "precision": "fp32",
+            "opset": opset,
+            "exporter": f"torch.onnx dynamo, torch {torch.__version__}",
+            "bn_folded": True,
+            "dynamic_batch": True,
+        },
     )
     set_metadata(proto, props)
     onnx.checker.check_model(proto)

@@ -23,13 +23,13 @@ from carspotter.config import Config, load_config, parse_config, save_config
 from carspotter.data.dataset import CarsDataModule
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
-from carspotter.evaluation.metrics import evaluate_checkpoint
 from carspotter.models import create_model
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
 from carspotter.training.checkpoint import CheckpointInfo
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
 from carspotter.training.loggers import build_loggers, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
+from carspotter.training.scoring import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
 
