@@ -17,6 +17,12 @@ def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_prepared(tmp_path_factory.mktemp("synthetic"), layout="original", per_class=30, seed=0)
 
 
+@pytest.fixture(scope="session")
+def learnable_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 synthetic classes × 80 images (updated layout): enough images per class to learn in a few CPU epochs."""
+    return make_synthetic_prepared(tmp_path_factory.mktemp("learnable"), layout="updated", per_class=80, seed=1)
+
+
 @pytest.fixture(scope="module")
 def one_cpu_thread():
     """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""

@@ -209,23 +209,23 @@ def test_fast_pipeline_trains_and_its_checkpoint_evaluates_classically(synthetic
 
 
 @pytest.mark.slow
-def test_fast_pipeline_learns_as_well_as_the_classic_pipeline(synthetic_prepared: Path, tmp_path: Path) -> None:
-    """Same config, same seed, 12 epochs each: the fast path fits the (augmented) training data and generalises to
-    the test split at least as well as the classic path (measured: test top-1 0.35 fast vs 0.11 classic, chance 0.1)."""
+def test_fast_pipeline_learns_as_well_as_the_classic_pipeline(learnable_prepared: Path, tmp_path: Path) -> None:
+    """Same config, same seed, 8 epochs each on 10 classes × ~35 training images: the fast path fits the training data
+    and generalises to the test split as well as the classic path (within 10 points), both far above chance."""
     results, curves = {}, {}
     for pipeline in ("classic", "fast"):
-        cfg = _tiny(synthetic_prepared, tmp_path / pipeline, pipeline, tmp_path / "cache", "trainer.max_epochs=12",
-                    "scheduler.params.T_max=12")  # fmt: skip
+        cfg = _tiny(learnable_prepared, tmp_path / pipeline, pipeline, tmp_path / "cache", "trainer.max_epochs=8",
+                    "scheduler.params.T_max=8")  # fmt: skip
         result = train(cfg, progress=False)
         results[pipeline] = result.summary
         curves[pipeline] = read_epoch_metrics(result.run_dir / "metrics.csv")
-    chance = 1 / load_prepared(synthetic_prepared).num_classes
+    chance = 1 / load_prepared(learnable_prepared).num_classes
     best = {k: max(float(r["train_top1"]) for r in rows) for k, rows in curves.items()}
-    last_loss = {k: float(rows[-1]["train_loss"]) for k, rows in curves.items()}
-    assert best["fast"] >= 2.5 * chance and best["fast"] >= best["classic"] - 0.1, (best, results)
-    assert last_loss["fast"] <= last_loss["classic"] + 0.15, last_loss
-    assert results["fast"]["test_top1"] >= 2.5 * chance, results
+    print({k: (round(best[k], 3), round(r["test_top1"], 3)) for k, r in results.items()}, "(train, test top-1)")
+    assert best["fast"] >= 3 * chance and best["fast"] >= best["classic"] - 0.1, (best, results)
+    assert results["fast"]["test_top1"] >= 3 * chance, results
     assert results["fast"]["test_top1"] >= results["classic"]["test_top1"] - 0.1, results
+
 
 
 def test_fast_datamodule_splits_like_the_classic_one(synthetic_prepared: Path, tmp_path: Path) -> None:

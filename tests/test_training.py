@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from synthetic_support import make_synthetic_prepared
 
 from carspotter.config import load_config
 from carspotter.data.prepared import load_prepared
@@ -32,12 +31,6 @@ def tiny_config(data: Path, runs: Path, *extra: str):
         DEMO,
         [f"data.path={data}", f"output.runs_dir={runs}", "data.num_workers=0", "data.image_size=[48,48]", *extra],
     )
-
-
-@pytest.fixture(scope="module")
-def learnable_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """10 synthetic classes × 80 images (updated layout): enough images per class to learn in a few CPU epochs."""
-    return make_synthetic_prepared(tmp_path_factory.mktemp("learnable"), layout="updated", per_class=80, seed=1)
 
 
 @pytest.fixture(scope="module")
