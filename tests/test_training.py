@@ -150,3 +150,18 @@ def test_cli_train_evaluate_predict(learned_run, learnable_prepared: Path, tmp_p
     assert len(results[0]["predictions"]) == 3 and "error" in results[1]
     probs = [p["probability"] for p in results[0]["predictions"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_missing_dataset_fails_before_a_run_folder_is_made(tmp_path: Path) -> None:
+    cfg = load_config(DEMO, [f"data.path={tmp_path / 'nowhere'}", f"output.runs_dir={tmp_path / 'runs'}"])
+    with pytest.raises(UserError, match="no such dataset folder"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "model.ckpt"
+    fake.write_text("not a checkpoint")
+    with pytest.raises(UserError) as exc:
+        load_checkpoint(fake)
+    assert "not a readable PyTorch checkpoint" in str(exc.value) and "\n" not in str(exc.value)

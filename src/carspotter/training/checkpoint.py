@@ -59,7 +59,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
+        first_line = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {first_line})") from None
     if not isinstance(ckpt, dict) or "carspotter" not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a carspotter checkpoint (no model description inside)")
     return ckpt

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from carspotter.config import Config, load_config, parse_config, save_config
 from carspotter.data.dataset import CarsDataModule
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
+from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
@@ -149,6 +150,7 @@ def train(
             raise UserError(f"{run_dir}: nothing to resume (no last.ckpt); start a new run instead")
         ckpt_path: str | None = str(last)
     else:
+        load_prepared(cfg.data.path)  # a missing or incomplete dataset fails before a run folder is made
         run_dir = new_run_dir(cfg)
         cfg = parse_config(
             {**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}}
