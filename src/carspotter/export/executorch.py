@@ -15,7 +15,7 @@ import torch
 
 from carspotter.errors import UserError
 from carspotter.export import metadata
-from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_inputs, compare, source_description, torch_logits
+from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_inputs, compare, describe_export, torch_logits
 from carspotter.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,10 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None)
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(program.buffer)
-    props = metadata.describe(
-        class_names=info.class_names,
-        preprocessing=info.preprocessing,
-        model_name=info.model_name,
-        model_args=info.model_args,
-        source_checkpoint=source_description(info),
-        runtime={"format": "executorch", "precision": "fp32", "backend": "XNNPACK", "batch": 1,
-                 "exporter": f"torch.export + executorch, torch {torch.__version__}"},
+    props = describe_export(
+        info,
+        {"format": "executorch", "precision": "fp32", "backend": "XNNPACK", "batch": 1,
+         "exporter": f"torch.export + executorch, torch {torch.__version__}"},
     )
     metadata.write_sidecar(out, props)
     log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)

@@ -41,8 +41,16 @@ class ExportReport:
     extra: dict[str, Any] | None = None
 
 
-def source_description(info: CheckpointInfo) -> dict[str, Any]:
-    return {"path": str(info.path.resolve()), "name": info.path.name, "sha256": sha256_file(info.path)}
+def describe_export(info: CheckpointInfo, runtime: dict[str, Any]) -> dict[str, str]:
+    """The metadata an exported file carries: what the checkpoint knew, its origin, and how it was exported."""
+    return metadata.describe(
+        class_names=info.class_names,
+        preprocessing=info.preprocessing,
+        model_name=info.model_name,
+        model_args=info.model_args,
+        source_checkpoint={"path": str(info.path.resolve()), "name": info.path.name, "sha256": sha256_file(info.path)},
+        runtime=runtime,
+    )
 
 
 def check_inputs(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
@@ -128,13 +136,9 @@ def to_onnx(model: torch.nn.Module, info: CheckpointInfo, out: Path, *, opset: i
     left = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
     if left:
         raise RuntimeError(f"BatchNormalization left unfolded in the ONNX graph: {left[:5]}")
-    props = metadata.describe(
-        class_names=info.class_names,
-        preprocessing=info.preprocessing,
-        model_name=info.model_name,
-        model_args=info.model_args,
-        source_checkpoint=source_description(info),
-        runtime={
+    props = describe_export(
+        info,
+        {
             "format": "onnx",
             "precision": "fp32",
             "opset": opset,
