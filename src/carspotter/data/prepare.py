@@ -21,10 +21,6 @@ LAYOUTS: tuple[RawLayout, ...] = (stanford.UPDATED, stanford.ORIGINAL)
 NAMED_LAYOUTS: tuple[RawLayout, ...] = (folders.FOLDERS,)
 
 
-def layout_names() -> list[str]:
-    return [layout.name for layout in (*LAYOUTS, *NAMED_LAYOUTS)]
-
-
 def detect_layout(raw: Path, layout: str = "auto") -> RawLayout:
     """The layout of RAW (or check the one asked for); a `UserError` says what was found and what is expected."""
     raw = Path(raw)
