@@ -22,7 +22,6 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from carspotter.config import Config, load_config, parse_config, save_config
 from carspotter.data.dataset import CarsDataModule
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
-from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
@@ -138,6 +137,14 @@ def train(
     started = time.perf_counter()
     rank_zero = launch_rank_zero()
     progress = progress and rank_zero
+    if resume is not None and not (Path(resume) / "last.ckpt").is_file():
+        raise UserError(f"{resume}: nothing to resume (no last.ckpt); start a new run instead")
+    # The data first: a missing or incomplete dataset fails before a run folder is made.
+    pipeline = resolve_pipeline(cfg.data, cuda=_on_cuda(cfg), cpu_bf16=resolve_precision(cfg, "fast") == "bf16-mixed")
+    if pipeline == "fast":
+        datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
+    else:
+        datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
     if not rank_zero:
         run_dir = Path(resume) if resume is not None else _rank_run_dir(cfg)
         output = {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}
@@ -145,12 +152,8 @@ def train(
         ckpt_path = str(run_dir / "last.ckpt") if resume is not None else None
     elif resume is not None:
         run_dir = Path(resume)
-        last = run_dir / "last.ckpt"
-        if not last.is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no last.ckpt); start a new run instead")
-        ckpt_path: str | None = str(last)
+        ckpt_path: str | None = str(run_dir / "last.ckpt")
     else:
-        load_prepared(cfg.data.path)  # a missing or incomplete dataset fails before a run folder is made
         run_dir = new_run_dir(cfg)
         cfg = parse_config(
             {**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}}
@@ -161,11 +164,6 @@ def train(
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
-    pipeline = resolve_pipeline(cfg.data, cuda=_on_cuda(cfg), cpu_bf16=resolve_precision(cfg, "fast") == "bf16-mixed")
-    if pipeline == "fast":
-        datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
-    else:
-        datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
     model = build_model(cfg, datamodule.dataset.num_classes, datamodule.class_names)
     info = CheckpointInfo(
         model_name=cfg.model.name,
