@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
-from carspotter.preprocessing import image_to_array, open_image, softmax, top_k_predictions
+from carspotter.predict import model_input
+from carspotter.preprocessing import open_image, softmax, top_k_predictions
 from carspotter.serve.onnx_model import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
     if width * height > max_pixels:
         raise UploadRefused(413, f"image has too many pixels ({width}×{height}; limit {max_pixels})")
     try:
-        x = image_to_array(open_image(data), classifier.preprocessing)
+        x = model_input(classifier, open_image(data))
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
     return softmax(classifier.logits(x[None]))[0]

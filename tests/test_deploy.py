@@ -1,0 +1,123 @@
+"""Models that travel: preprocessing inside the ONNX graph (uint8 pixels of any size in, logits out), checked on
+real photos in ONNX Runtime and in onnx's reference evaluator; portable int8 and its `--min-agreement` gate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from carspotter.errors import UserError
+from carspotter.predict import load_classifier, predict_images
+from carspotter.preprocessing import open_image, softmax
+from carspotter.serve.onnx_model import OnnxClassifier
+
+
+@pytest.fixture(scope="module")
+def pixels_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
+    from carspotter.export.onnx import export
+
+    out = tmp_path_factory.mktemp("pixels") / "model-pixels.onnx"
+    report = export(trained_checkpoint, out, data=synthetic_prepared, embed_preprocessing=True)
+    assert report.agreement.max_prob_diff <= 1e-2
+    return out
+
+
+def test_pixels_model_describes_its_input(pixels_onnx: Path) -> None:
+    proto = onnx.load(str(pixels_onnx))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    (graph_input,) = proto.graph.input
+    assert graph_input.name == meta["input_name"] == "pixels"
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [
+        "batch", "height", "width", 3]
+    assert meta["input"]["layout"] == "NHWC" and meta["input"]["channel_order"] == "RGB"
+    assert meta["input"]["graph_does"]["resize"]["antialias"] is True and meta["format_version"] == 2
+    assert "uint8 RGB pixels, layout NHWC" in proto.doc_string
+    resize = next(n for n in proto.graph.node if n.op_type == "Resize")
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in resize.attribute}["antialias"] == 1
+
+
+@pytest.mark.realdata
+def test_pixels_model_matches_predict_on_real_photos(stanford_shared: Path, trained_checkpoint: Path,
+                                                     pixels_onnx: Path) -> None:
+    """Every real sample photo, PIL-decoded at its own size, straight into the model: same top-1 as `predict` on the
+    checkpoint, probabilities within 1e-2, in ONNX Runtime and in onnx's reference evaluator."""
+    photos = sorted((stanford_shared / "sample" / "images").glob("*.jpg"))
+    assert len(photos) > 400
+    expected = predict_images(load_classifier(trained_checkpoint), photos, top_k=1000)
+    want = np.array([[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["class_id"])]
+                     for r in expected])
+    session = OnnxClassifier(pixels_onnx)
+    pixels = [np.asarray(open_image(p))[None] for p in photos]
+    assert len({x.shape for x in pixels}) > 50  # photos of many sizes, none resized by the client
+    got = np.concatenate([softmax(session.logits(x)) for x in pixels])
+    ort_diff = np.abs(got - want).max()
+    print(f"\nONNX Runtime, {len(photos)} photos: max |Δ probability| = {ort_diff:.2e}")
+    assert ort_diff <= 1e-2 and (got.argmax(1) == want.argmax(1)).all()
+
+    reference = ReferenceEvaluator(str(pixels_onnx))
+    some = range(0, len(photos), 14)  # the reference evaluator is plain NumPy: every 14th photo
+    ref = np.concatenate([softmax(reference.run(None, {"pixels": pixels[i]})[0]) for i in some])
+    ref_diff = np.abs(ref - want[list(some)]).max()
+    print(f"onnx ReferenceEvaluator, {len(ref)} photos: max |Δ probability| = {ref_diff:.2e}")
+    assert ref_diff <= 1e-2 and (ref.argmax(1) == want[list(some)].argmax(1)).all()
+
+
+def test_pixels_model_through_predict_and_bench(trained_checkpoint: Path, pixels_onnx: Path,
+                                                synthetic_prepared: Path) -> None:
+    from carspotter.bench_infer import bench_infer
+    from carspotter.data.prepared import load_prepared
+
+    images = [synthetic_prepared / f for f in load_prepared(synthetic_prepared).test["fname"][:4]]
+    a = predict_images(load_classifier(trained_checkpoint), images, top_k=3)
+    b = predict_images(load_classifier(pixels_onnx), images, top_k=3)
+    assert [p["class_id"] for r in a for p in r["predictions"]] == [p["class_id"] for r in b for p in r["predictions"]]
+    result = bench_infer([pixels_onnx, trained_checkpoint], data=synthetic_prepared, runs=10, warmup=1)
+    eager, pixels = result.formats
+    assert pixels.label == "onnx-fp32-pixels" and pixels.top1 == eager.top1
+
+
+def test_int8_is_portable(int8_pixels: tuple[Path, object]) -> None:
+    out, _ = int8_pixels
+    proto = onnx.load(str(out))
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 21)]
+    assert any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+    x = np.random.default_rng(0).integers(0, 256, (1, 90, 130, 3), dtype=np.uint8)
+    ort_logits = OnnxClassifier(out).logits(x)
+    ref_logits = ReferenceEvaluator(str(out)).run(None, {"pixels": x})[0]
+    np.testing.assert_allclose(ref_logits, ort_logits, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def int8_pixels(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory):
+    from carspotter.export.quantize import export
+
+    out = tmp_path_factory.mktemp("int8px") / "int8-pixels.onnx"
+    report = export(trained_checkpoint, out, calib=synthetic_prepared, embed_preprocessing=True, min_agreement=0.5)
+    return out, report
+
+
+def test_min_agreement_fails_the_export_with_the_measured_figure(trained_checkpoint: Path, synthetic_prepared: Path,
+                                                                 int8_pixels, tmp_path: Path) -> None:
+    from carspotter.export.quantize import export
+
+    _, report = int8_pixels
+    agreement = report.agreement.top1_agreement
+    assert OnnxClassifier(int8_pixels[0]).takes_pixels and agreement >= 0.5
+    out = tmp_path / "strict.onnx"
+    # The same export, with the bar just above what it measured: refused, nothing written, the figure in the message.
+    if agreement < 1.0:
+        with pytest.raises(UserError, match=f"{agreement:.1%}".replace(".", r"\.")):
+            export(trained_checkpoint, out, calib=synthetic_prepared, min_agreement=min(1.0, agreement + 0.01))
+        assert not out.exists()
+    cli = [sys.executable, "-m", "carspotter.cli", "export", str(trained_checkpoint), "--int8", "--calib",
+           str(synthetic_prepared), "--min-agreement", "1.5", "-o", str(out)]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "min-agreement" in proc.stderr
