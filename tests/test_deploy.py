@@ -110,6 +110,7 @@ def test_min_agreement_fails_the_export_with_the_measured_figure(trained_checkpo
 
     _, report = int8_pixels
     agreement = report.agreement.top1_agreement
+    print(f"\nint8 top-1 agreement with PyTorch: {agreement:.1%}")
     assert OnnxClassifier(int8_pixels[0]).takes_pixels and agreement >= 0.5
     out = tmp_path / "strict.onnx"
     # The same export, with the bar just above what it measured: refused, nothing written, the figure in the message.
@@ -121,3 +122,21 @@ def test_min_agreement_fails_the_export_with_the_measured_figure(trained_checkpo
            str(synthetic_prepared), "--min-agreement", "1.5", "-o", str(out)]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "min-agreement" in proc.stderr
+
+
+def test_readme_snippet_runs_with_plain_onnxruntime(pixels_onnx: Path, synthetic_prepared: Path,
+                                                    tmp_path: Path) -> None:
+    """The README's five lines, verbatim, in a fresh interpreter: the top-1 class name, as `predict` says."""
+    from carspotter.data.prepared import load_prepared
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("  import json, numpy as np, onnxruntime as ort")
+    snippet = "\n".join(line[2:] for line in readme[start: readme.index("```", start)].splitlines())
+    assert len(snippet.strip().splitlines()) == 5
+    photo = synthetic_prepared / load_prepared(synthetic_prepared).test["fname"].iloc[0]
+    (tmp_path / "car.jpg").write_bytes(photo.read_bytes())
+    (tmp_path / "model-pixels.onnx").write_bytes(pixels_onnx.read_bytes())
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (expected,) = predict_images(load_classifier(pixels_onnx), [photo], top_k=1)
+    assert proc.stdout.strip() == expected["predictions"][0]["class_name"]
