@@ -83,18 +83,24 @@ def doc_string(values: dict[str, Any]) -> str:
     h, w = prep["image_size"]
     names = values["class_names"]
     if takes_pixels(values):
-        feed = (f"Input '{values['input_name']}': uint8 RGB pixels, layout NHWC (batch, height, width, 3), any height "
-                f"and width (one photo: add a leading batch axis). The graph resizes to {h}x{w} (bilinear with "
-                f"antialias, as PIL), scales to [0, 1] and normalises itself: feed decoded pixels and nothing else.")
+        feed = (
+            f"Input '{values['input_name']}': uint8 RGB pixels, layout NHWC (batch, height, width, 3), any height "
+            f"and width (one photo: add a leading batch axis). The graph resizes to {h}x{w} (bilinear with "
+            f"antialias, as PIL), scales to [0, 1] and normalises itself: feed decoded pixels and nothing else."
+        )
     else:
         norm = f"subtract mean {prep['mean']} and divide by std {prep['std']}" if prep["normalize"] else "no mean/std"
-        feed = (f"Input '{values['input_name']}': float32 NCHW (batch, {values['channels']}, {h}, {w}), "
-                f"{'grayscale' if prep['grayscale'] else 'RGB'}. Resize the photo to {h}x{w} (stretch, bilinear with "
-                f"antialias as PIL's Image.resize), scale pixels to [0, 1], then {norm}.")
-    return (f"carspotter car make/model/year classifier ({values['model']['name']}, {len(names)} classes). {feed} "
-            f"Output '{values['output_name']}': logits (batch, {len(names)}); softmax gives probabilities; class "
-            f"names in the metadata entry 'class_names' (JSON), in output order. Metadata key 'input' says all this "
-            f"as JSON.")
+        feed = (
+            f"Input '{values['input_name']}': float32 NCHW (batch, {values['channels']}, {h}, {w}), "
+            f"{'grayscale' if prep['grayscale'] else 'RGB'}. Resize the photo to {h}x{w} (stretch, bilinear with "
+            f"antialias as PIL's Image.resize), scale pixels to [0, 1], then {norm}."
+        )
+    return (
+        f"carspotter car make/model/year classifier ({values['model']['name']}, {len(names)} classes). {feed} "
+        f"Output '{values['output_name']}': logits (batch, {len(names)}); softmax gives probabilities; class "
+        f"names in the metadata entry 'class_names' (JSON), in output order. Metadata key 'input' says all this "
+        f"as JSON."
+    )
 
 
 def sidecar_path(model_path: str | Path) -> Path:

@@ -37,6 +37,7 @@ from carspotter.export import metadata
 from carspotter.export.inputs import images_to_batch, prepared_images, prepared_inputs
 from carspotter.export.onnx import (
     OPSET,
+    Agreement,
     ExportReport,
     compare,
     describe_export,
@@ -139,6 +140,16 @@ def reference_logits(path: Path, images: list[Image.Image], prep: Preprocessing)
     return np.concatenate([evaluator.run(None, {name: x})[0] for x in feeds])
 
 
+def require_agreement(report: Agreement, min_agreement: float, source: str, out: Path) -> None:
+    """An int8 model that agrees with PyTorch less than ``min_agreement`` is refused with the measured figure."""
+    if report.top1_agreement < min_agreement:
+        raise UserError(
+            f"int8 top-1 agreement with PyTorch is {report.top1_agreement:.1%} on {source}, below --min-agreement "
+            f"{min_agreement:.0%}; {out} not written. Keep the fp32 export, train with quantisation-aware "
+            f"training (README, Deployment), or accept the loss with --min-agreement {report.top1_agreement:.2f}"
+        )
+
+
 def export(
     ckpt: str | Path,
     out: str | Path,
@@ -180,24 +191,37 @@ def export(
             props = {p.key: p.value for p in proto.metadata_props}
             values = metadata.parse(props, candidate)
             proto = embed_pixels(proto, info.preprocessing, values["input_name"])
-            props.update({k: v for k, v in describe_export(info, values["runtime"], pixels_in_graph=True).items()
-                          if k in ("input_name", "input")})
+            props.update(
+                {
+                    k: v
+                    for k, v in describe_export(info, values["runtime"], pixels_in_graph=True).items()
+                    if k in ("input_name", "input")
+                }
+            )
             set_metadata(proto, props)
             onnx.save_model(proto, str(candidate))
         reference = torch_logits(model, images_to_batch(images, info.preprocessing))
         report = compare(reference, onnx_logits(candidate, images, info.preprocessing))
-        log.info("int8 ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.3f, top-1 agreement %.1f%%", source,
-                 report.max_abs_diff, 100 * report.top1_agreement)
-        if report.top1_agreement < min_agreement:
-            raise UserError(
-                f"int8 top-1 agreement with PyTorch is {report.top1_agreement:.1%} on {source}, below --min-agreement "
-                f"{min_agreement:.0%}; {out} not written. Keep the fp32 export, train with quantisation-aware "
-                f"training (README, Deployment), or accept the loss with --min-agreement {report.top1_agreement:.2f}"
-            )
-        ref = compare(onnx_logits(candidate, images[:2], info.preprocessing),
-                      reference_logits(candidate, images[:2], info.preprocessing))
+        log.info(
+            "int8 ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.3f, top-1 agreement %.1f%%",
+            source,
+            report.max_abs_diff,
+            100 * report.top1_agreement,
+        )
+        require_agreement(report, min_agreement, source, out)
+        ref = compare(
+            onnx_logits(candidate, images[:2], info.preprocessing),
+            reference_logits(candidate, images[:2], info.preprocessing),
+        )
         log.info("onnx ReferenceEvaluator vs ONNX Runtime on 2 images: max |Δ logit| = %.2e", ref.max_abs_diff)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(candidate, out)
-    return ExportReport(out, "onnx-int8", report, len(images), source, out.stat().st_size,
-                        {"opset": INT8_OPSET, "calibration_images": len(calibration), "reference_vs_ort": ref})
+    return ExportReport(
+        out,
+        "onnx-int8",
+        report,
+        len(images),
+        source,
+        out.stat().st_size,
+        {"opset": INT8_OPSET, "calibration_images": len(calibration), "reference_vs_ort": ref},
+    )
