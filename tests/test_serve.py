@@ -7,15 +7,18 @@ import contextlib
 import io
 import struct
 import zlib
+from importlib import resources
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
 from PIL import Image
 from serve_support import running_server
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
+from carspotter.serve import web_runtime
 from carspotter.serve.app import create_app
 
 MAX_BYTES = 300_000
@@ -78,12 +81,31 @@ def test_predict_returns_top5_of_the_models_classes(client, car_jpeg: bytes, exp
 
 
 def test_healthz_and_page(client) -> None:
+    """The page is the app's (`carspotter app`): the model, the in-browser runtime and the service worker beside it."""
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    try:
+        web_runtime.runtime_files()
+    except UserError as exc:
+        pytest.skip(str(exc))
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="file"' in page.text and "api/predict" in page.text
+    assert page.text == resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    assert 'id="file"' in page.text and 'src="app.js"' in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: the page works offline
+    for name in ("app.js", "sw.js", "manifest.webmanifest", "model.json", *(f"ort/{f}" for f in web_runtime.FILES)):
+        assert client.get(f"/{name}").status_code == 200, name
+    model = client.get("/model.onnx")
+    assert model.status_code == 200 and onnx.load_from_string(model.content).graph.input[0].name == "pixels"
+
+
+def test_without_the_browser_runtime_the_api_still_serves(exported_onnx: Path, car_jpeg: bytes, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARSPOTTER_WEB_RUNTIME", str(tmp_path / "not-fetched"))
+    with running_server(create_app(exported_onnx)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        page = c.get("/")
+        assert page.status_code == 503 and "carspotter app-setup" in page.text
+        assert c.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")}).status_code == 200
 
 
 def test_non_image_is_refused(client, car_jpeg) -> None:

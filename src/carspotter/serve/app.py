@@ -1,6 +1,8 @@
-"""The web app: one page to recognise a car from a photo, and a JSON API, over an exported ONNX model.
+"""The web app: the app's page (the static site of `carspotter app`, running the model in the browser) and a JSON
+API, over an exported ONNX model.
 
 ``create_app(model_path)`` builds a FastAPI app; `carspotter serve` runs it with uvicorn on the loopback interface.
+Without the page's in-browser runtime (`carspotter app-setup` not run) the API still serves and ``/`` says what to do.
 Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: a body over ``max_bytes`` is cut off
 while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
 non-multipart requests and non-image parts are 415, undecodable or truncated images 400. A part sent without a
@@ -10,9 +12,10 @@ PIL from the header). ``GET /docs``: the OpenAPI documentation.
 
 from __future__ import annotations
 
+import html
 import io
 import logging
-from importlib import resources
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,16 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
 from carspotter.predict import model_input
-from carspotter.preprocessing import open_image, softmax, top_k_predictions
+from carspotter.preprocessing import open_photo, softmax, top_k_predictions
 from carspotter.serve.onnx_model import OnnxClassifier
+from carspotter.serve.site import build_site
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +62,19 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
     if model_path.suffix.lower() != ".onnx":
         raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
     classifier = OnnxClassifier(model_path)
-    page = resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="carspotter", description="Car make/model/year from a photo.", redoc_url=None)
+    app.state.site_dir = tempfile.TemporaryDirectory(prefix="carspotter-site-")  # removed with the app
+    site = Path(app.state.site_dir.name) / "site"
+    try:
+        build_site(model_path, site)
+    except UserError as exc:
+        log.warning("no app page (the JSON API still serves): %s", exc)
+        site = None
+        missing = f"<!doctype html><title>carspotter</title><p>The app page is not available: {html.escape(str(exc))}"
 
     @app.exception_handler(UploadRefused)
     async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -86,6 +94,14 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": where}, status_code=422)
 
+    if site is None:
+
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        async def no_page() -> HTMLResponse:
+            return HTMLResponse(missing, status_code=503)
+
+    else:
+        app.mount("/", StaticFiles(directory=site, html=True), name="app")  # last: the API routes come first
     return app
 
 
@@ -149,7 +165,7 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
     if width * height > max_pixels:
         raise UploadRefused(413, f"image has too many pixels ({width}×{height}; limit {max_pixels})")
     try:
-        x = model_input(classifier, open_image(data))
+        x = model_input(classifier, open_photo(data))
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
     return softmax(classifier.logits(x[None]))[0]

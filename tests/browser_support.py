@@ -1,0 +1,47 @@
+"""Headless Chromium for the page tests: Debian's `chromium` + `chromium-driver`, driven by Selenium (`.ci/run`
+installs them; tests marked `requires_browser` are skipped without them). The `browser` fixture is in conftest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+requires_browser = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None, reason="Debian's chromium and chromium-driver are not installed"
+)
+
+
+def body_state(driver) -> str:
+    return driver.execute_script("return document.body.dataset.state")
+
+
+def wait_ready(driver, timeout: float = 60) -> None:
+    """Until the page has loaded the model (or failed to)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: body_state(d) in ("ready", "error"))
+    assert body_state(driver) == "ready", driver.find_element("id", "error").text
+
+
+def classify(driver, photo: Path, timeout: float = 60) -> list[dict]:
+    """Upload ``photo`` through the page's file input; its top-5 as the page shows them (``{"class_name",
+    "probability"}``, the probability unrounded from the row's data attribute), or an `AssertionError` with the
+    page's error."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element("id", "file").send_keys(str(photo))
+    WebDriverWait(driver, timeout).until(
+        lambda d: (
+            body_state(d) in ("done", "error") and d.execute_script("return document.body.dataset.photo") == photo.name
+        )
+    )
+    assert body_state(driver) == "done", driver.find_element("id", "error").text
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#predictions li')].map(li => ({class_name: "
+        "li.querySelector('.name').textContent, probability: Number(li.dataset.probability)}))"
+    )
