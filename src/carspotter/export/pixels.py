@@ -5,10 +5,10 @@ language feeds the decoded photo and nothing else. The ops mirror `carspotter.pr
 with ``antialias=1``, ``exclude_outside=1`` (weights renormalised at the borders) and half-pixel centres is PIL's
 bilinear resize (its triangle filter, widened on downscale), done as PIL does it: width first, then height, each
 pass rounded half up to whole pixel values (PIL resizes the uint8 image); then PIL's integer luma weights if the model
-is grayscale, division by 255 and the model's mean/std. Measured on 105 real photos in ONNX Runtime: 0.04% of the
-pixels one level away from PIL at 227×227 (0.2% at 48×48; PIL's fixed-point weights), none further (one rounded
-2-D pass was off on many more, enough to move a probability by 4e-3). Torch-free: `carspotter app` wraps plain exports
-with it.
+is grayscale, division by 255 and the model's mean/std. Measured on 105 real photos in ONNX Runtime: 0.02% of the
+pixels one level away from PIL at 227×227 (0.2% at 48×48 and 64×64; PIL's fixed-point weights), none further; the
+earlier single 2-D pass rounded once was off on more and moved a sensitive model's probabilities by up to 4e-3 where
+this stays under 1e-3. Torch-free: `carspotter app` wraps plain exports with it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ PIXELS = "pixels"
 LAYOUT = "NHWC"  # N×height×width×3, uint8, RGB: what image decoders return (one photo: add a leading axis)
 # PIL's ``convert("L")``: L = (19595 R + 38470 G + 7471 B + 2**15) >> 16, i.e. ITU-R 601-2 luma, rounded.
 PIL_LUMA = (19595 / 65536, 38470 / 65536, 7471 / 65536)
+TIE_NUDGE = 1e-4  # measured at 227×227 on real photos: pixels a level away from PIL 0.04% → 0.02% (1e-3: 0.09%)
 
 
 def input_description(prep: Preprocessing, *, in_graph: bool) -> dict:
@@ -90,7 +91,7 @@ def preprocessing_graph(prep: Preprocessing, output: str, opset: int) -> onnx.Mo
             ("pixels_0", [0], np.int64),
             ("pixels_2", [2], np.int64),
             ("pixels_3", [3], np.int64),
-            ("pixels_half", 0.5, np.float32),
+            ("pixels_half_tie", 0.5 + TIE_NUDGE, np.float32),
             ("pixels_min", 0.0, np.float32),
             ("pixels_max", 255.0, np.float32),
         )
@@ -105,7 +106,8 @@ def preprocessing_graph(prep: Preprocessing, output: str, opset: int) -> onnx.Mo
         helper.make_node("Concat", ["pixels_nc", "pixels_h", "pixels_w"], ["pixels_sizes_hw"], axis=0),
     ]
     # PIL resizes in two passes, width first, each rounding half up to uint8: so does the graph (one 2-D resize
-    # rounded once, or rounding half to even, lands a level away on many pixels).
+    # rounded once, or rounding half to even, lands a level away on many pixels). TIE_NUDGE: exact ties (frequent
+    # when upscaling) come out of a float Resize a hair either side of .5; PIL's fixed point rounds them up.
     last = "pixels_nchw"
     for axis, sizes in (("w", "pixels_sizes_w"), ("h", "pixels_sizes_hw")):
         nodes += [
@@ -118,13 +120,16 @@ def preprocessing_graph(prep: Preprocessing, output: str, opset: int) -> onnx.Mo
                 exclude_outside=1,
                 coordinate_transformation_mode="half_pixel",
             ),
-            helper.make_node("Add", [f"pixels_resized_{axis}", "pixels_half"], [f"pixels_shifted_{axis}"]),
+            helper.make_node("Add", [f"pixels_resized_{axis}", "pixels_half_tie"], [f"pixels_shifted_{axis}"]),
             helper.make_node("Floor", [f"pixels_shifted_{axis}"], [f"pixels_rounded_{axis}"]),
             helper.make_node("Clip", [f"pixels_rounded_{axis}", "pixels_min", "pixels_max"], [f"pixels_u8_{axis}"]),
         ]
         last = f"pixels_u8_{axis}"
     if prep.grayscale:
-        consts.append(numpy_helper.from_array(np.asarray(PIL_LUMA, np.float32).reshape(1, 3, 1, 1), "pixels_luma"))
+        consts += [
+            numpy_helper.from_array(np.asarray(PIL_LUMA, np.float32).reshape(1, 3, 1, 1), "pixels_luma"),
+            numpy_helper.from_array(np.asarray(0.5, np.float32), "pixels_half"),
+        ]
         nodes += [
             helper.make_node("Conv", [last, "pixels_luma"], ["pixels_luma_f"]),
             helper.make_node("Add", ["pixels_luma_f", "pixels_half"], ["pixels_luma_shifted"]),
