@@ -8,10 +8,12 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml src/carspotter/serve/web/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# onnxruntime-web for `carspotter app` (npm ci of the pinned lock file, once); without npm the app tests skip
+	$(BIN)/carspotter app-setup || echo "warning: no onnxruntime-web (needs npm); \`carspotter app\` will not work"
 	@touch $(STAMP)
 
 demo: install
