@@ -1,5 +1,6 @@
 """Headless Chromium for the page tests: Debian's `chromium` + `chromium-driver`, driven by Selenium (`.ci/run`
-installs them; tests marked `requires_browser` are skipped without them). The `browser` fixture is in conftest."""
+installs them; tests marked `requires_browser` are skipped without them). The `browser` fixture (conftest) and
+`benchmarks/app_latency.py` start it with `start_chromium`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,30 @@ CHROMEDRIVER = shutil.which("chromedriver")
 requires_browser = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None, reason="Debian's chromium and chromium-driver are not installed"
 )
+
+
+def start_chromium(profile: Path):
+    """A headless Chromium with its own profile folder, driven by Selenium (the caller quits it)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    return driver
 
 
 def body_state(driver) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMEDRIVER, CHROMIUM
+from browser_support import start_chromium
 from synthetic_support import make_synthetic_prepared
 
 # Real Stanford Cars material beside the repository (never committed); tests that read it are marked `realdata`.
@@ -69,17 +69,8 @@ def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_f
 @pytest.fixture
 def browser(tmp_path: Path):
     """Headless Chromium (Selenium), its own profile; skipped without Selenium."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    driver = start_chromium(tmp_path / "profile")
     try:
         yield driver
     finally:
