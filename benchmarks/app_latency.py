@@ -43,9 +43,16 @@ def model_227(work: Path) -> Path:
     """A plain fp32 ONNX export of the thesis's GhostNet at 227×227 (one training step)."""
     synthesize(work / "raw", layout="original", num_classes=10, per_class=6, seed=0)
     data = prepare(work / "raw", work / "prepared").out
-    overrides = [f"data.path={data}", f"output.runs_dir={work / 'runs'}", "trainer.max_epochs=1",
-                 "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.batch_size=8",
-                 "data.num_workers=0", "logging.loggers=[csv]"]
+    overrides = [
+        f"data.path={data}",
+        f"output.runs_dir={work / 'runs'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.batch_size=8",
+        "data.num_workers=0",
+        "logging.loggers=[csv]",
+    ]
     ckpt = train(load_config(ROOT / "configs" / "stanford_ghostnet.yaml", overrides), progress=False).best_ckpt
     return export(ckpt, work / "model.onnx", data=data).path
 
@@ -90,8 +97,10 @@ def main() -> None:
             driver.quit()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     cpu_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
-    print(f"\nChromium {version} headless, {platform.machine()} {cpu_name}, onnxruntime-web WASM, 1 thread; "
-          f"model {site.size_bytes / 1e6:.1f} MB site")
+    print(
+        f"\nChromium {version} headless, {platform.machine()} {cpu_name}, onnxruntime-web WASM, 1 thread; "
+        f"site {site.size_bytes / 1e6:.1f} MB"
+    )
     print("| photos | n | ms per photo (median, file → top-5) | model ms (median) |\n|---|---:|---:|---:|")
     for name, n, total, model in rows:
         print(f"| {name} | {n} | {total:.0f} | {model:.0f} |")

@@ -150,6 +150,7 @@ def test_rebuild_replaces_the_site_and_never_a_foreign_folder(site: Path, export
     old_worker = (site / "sw.js").read_text()
     again = build_site(exported, site, title="My cars")
     assert json.loads((site / "manifest.webmanifest").read_text())["name"] == "My cars"
+    assert "<title>My cars</title>" in (site / "index.html").read_text()
     assert (site / "sw.js").read_text() != old_worker  # a new cache version: phones pick up the new site
     assert again.files == sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     foreign = tmp_path / "documents"

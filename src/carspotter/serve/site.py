@@ -10,6 +10,7 @@ from `carspotter.serve.web_runtime`). Nothing is fetched from elsewhere. `carspo
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import shutil
@@ -88,6 +89,10 @@ def _write_site(root: Path, proto: onnx.ModelProto, values: dict[str, Any], ort_
     static = resources.files("carspotter.serve").joinpath("static")
     for name in PAGE_FILES:
         (root / name).write_bytes(static.joinpath(name).read_bytes())
+    page = (root / "index.html").read_text(encoding="utf-8")
+    for tag in ("title", "h1"):
+        page = page.replace(f"<{tag}>carspotter</{tag}>", f"<{tag}>{html.escape(title)}</{tag}>")
+    (root / "index.html").write_text(page, encoding="utf-8")
     (root / "ort").mkdir()
     for src in ort_files:
         shutil.copyfile(src, root / "ort" / src.name)
