@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,38 +40,13 @@ def runtime() -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(synthetic_prepared: Path, tmp_path_factory) -> Path:
-    """A model whose answer depends on the photo (the shared 2-epoch fixture gives every photo nearly the same
-    probabilities, which would hide any difference between the browser and `predict`): 6 epochs without label
-    smoothing, weight decay or augmentation, about 20 s."""
-    from carspotter.config import load_config
-    from carspotter.training.run import train
-
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    cfg = load_config(
-        demo,
-        [
-            f"data.path={synthetic_prepared}",
-            f"output.runs_dir={tmp_path_factory.mktemp('runs')}",
-            "trainer.max_epochs=6",
-            "data.image_size=[48,48]",
-            "data.num_workers=0",
-            "data.image_augmentations=[]",
-            "scheduler.name=null",
-            "loss.params.label_smoothing=0.0",
-            "optimizer.params.weight_decay=0.0",
-            "logging.loggers=[csv]",
-        ],
-    )
-    return train(cfg, progress=False).best_ckpt
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
-    """`checkpoint` as a plain fp32 ONNX export (float NCHW input, no preprocessing in the graph)."""
+def exported(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
+    """`responsive_checkpoint` as a plain fp32 ONNX export (float NCHW input, no preprocessing in the graph)."""
     from carspotter.export.onnx import export
 
-    return export(checkpoint, tmp_path_factory.mktemp("exported") / "model.onnx", data=synthetic_prepared).path
+    return export(
+        responsive_checkpoint, tmp_path_factory.mktemp("exported") / "model.onnx", data=synthetic_prepared
+    ).path
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +124,10 @@ def test_site_is_a_self_contained_pwa(site: Path, exported: Path, photos: list[P
 
 def test_rebuild_replaces_the_site_and_never_a_foreign_folder(site: Path, exported: Path, tmp_path: Path) -> None:
     old_worker = (site / "sw.js").read_text()
+    site = shutil.copytree(site, tmp_path / "site")  # the shared site stays as built
+    (site / "stale.txt").write_text("left by an older build")
     again = build_site(exported, site, title="My cars")
+    assert not (site / "stale.txt").exists()
     assert json.loads((site / "manifest.webmanifest").read_text())["name"] == "My cars"
     assert "<title>My cars</title>" in (site / "index.html").read_text()
     assert (site / "sw.js").read_text() != old_worker  # a new cache version: phones pick up the new site
@@ -217,10 +196,12 @@ def test_app_in_chromium_matches_predict_and_works_offline(
 
 @requires_browser
 @pytest.mark.realdata
-def test_app_in_chromium_on_real_photos(browser, stanford_shared: Path, checkpoint: Path, site: Path) -> None:
+def test_app_in_chromium_on_real_photos(
+    browser, stanford_shared: Path, responsive_checkpoint: Path, site: Path
+) -> None:
     """Real JPEGs of many sizes, decoded by the browser: `predict`'s top-5 on the checkpoint (PyTorch, PIL)."""
     photos = sorted((stanford_shared / "sample" / "images").glob("*.jpg"))[::5]
-    expected = predicted(checkpoint, photos)
+    expected = predicted(responsive_checkpoint, photos)
     with static_server(site) as (url, _):
         browser.get(url + "/")
         wait_ready(browser)
