@@ -134,10 +134,10 @@ def test_rebuild_replaces_the_site_and_never_a_foreign_folder(site: Path, export
     assert again.files == sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     foreign = tmp_path / "documents"
     foreign.mkdir()
-    (foreign / "keep.txt").write_text("mine")
+    (foreign / "model.json").write_text("{}")  # a file name an app site has too: still not one
     with pytest.raises(UserError, match="not an app site"):
         build_site(exported, foreign)
-    assert (foreign / "keep.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+    assert (foreign / "model.json").read_text() == "{}" and len(list(foreign.iterdir())) == 1
 
 
 def test_cli_says_which_step_fetches_the_runtime(exported: Path, tmp_path: Path) -> None:

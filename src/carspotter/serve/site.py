@@ -30,7 +30,7 @@ from carspotter.serve import web_runtime
 PAGE_FILES = ("index.html", "app.js")  # copied from serve/static/ as they are; sw.js is a template
 ICON_SIZES = (192, 512)
 ACCENT = (37, 99, 235)  # the page's --accent
-MARKER = "model.json"  # a folder holding it (and sw.js) is a site built before, which a rebuild replaces
+WORKER_SIGNATURE = 'const CACHE = "carspotter-'  # in sw.js: the folder is a site built before (a rebuild replaces it)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def build_site(model_path: str | Path, out: str | Path, *, title: str = "carspot
     out = Path(out)
     ort_files = web_runtime.runtime_files()  # first: a missing runtime is the commonest mistake
     proto, values, wrapped = pixels_model(model_path)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_site(out))):
         raise UserError(f"{out}: exists and is not an app site built before; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -98,7 +98,7 @@ def _write_site(root: Path, proto: onnx.ModelProto, values: dict[str, Any], ort_
         shutil.copyfile(src, root / "ort" / src.name)
     onnx.save_model(proto, str(root / "model.onnx"))
     app_meta = {k: values[k] for k in ("class_names", "input_name", "output_name", "input", "model")}
-    (root / MARKER).write_text(json.dumps(app_meta, indent=1) + "\n")
+    (root / "model.json").write_text(json.dumps(app_meta, indent=1) + "\n")
     (root / "icons").mkdir()
     for size in ICON_SIZES:
         (root / "icons" / f"icon-{size}.png").write_bytes(_icon_png(size))
@@ -111,6 +111,16 @@ def _write_site(root: Path, proto: onnx.ModelProto, values: dict[str, Any], ort_
     worker = static.joinpath("sw.js").read_text(encoding="utf-8")
     worker = worker.replace("__VERSION__", digest.hexdigest()[:16]).replace("__FILES__", json.dumps(precache))
     (root / "sw.js").write_text(worker)
+
+
+def _is_site(folder: Path) -> bool:
+    """Whether ``folder`` is a site `build_site` wrote (its service worker and model description are there)."""
+    worker = folder / "sw.js"
+    return (
+        (folder / "model.json").is_file()
+        and worker.is_file()
+        and WORKER_SIGNATURE in worker.read_text("utf-8", "replace")
+    )
 
 
 def _manifest(title: str) -> dict[str, Any]:
