@@ -13,6 +13,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from PIL import Image, ImageDraw
 from carspotter.errors import UserError
 from carspotter.export import metadata, pixels
 from carspotter.serve import web_runtime
+
+log = logging.getLogger(__name__)
 
 PAGE_FILES = ("index.html", "app.js")  # copied from serve/static/ as they are; sw.js is a template
 ICON_SIZES = (192, 512)
@@ -59,6 +62,13 @@ def pixels_model(model_path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any
         proto = pixels.embed_preprocessing(proto, prep, values["input_name"])
     except ValueError as exc:
         raise UserError(f"{path}: {exc}; re-export it with `carspotter export --embed-preprocessing`") from None
+    if values.get("runtime", {}).get("precision") == "int8":
+        log.warning(
+            "%s: int8 without the preprocessing graph; wrapped here, its probabilities may move by ~1e-2 "
+            "from `predict` on this file (int8 amplifies one-level resize differences); export with "
+            "--int8 --embed-preprocessing to give the app and `predict` the same input",
+            path,
+        )
     values = {**values, "input_name": pixels.PIXELS, "input": pixels.input_description(prep, in_graph=True)}
     metadata.set_metadata(proto, {k: json.dumps(v) for k, v in values.items()})
     onnx.checker.check_model(proto)
