@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from synthetic_support import interrupt_prepare_after
 
 from carspotter.data import parquet, writer
 from carspotter.data.prepare import prepare
@@ -165,16 +166,7 @@ def test_interrupted_prepare_resumes_without_reading_the_parquet_again(
 ) -> None:
     raw = _synth(tmp_path / "raw")
     out = tmp_path / "out"
-    real_place = writer._place
-    calls = {"n": 0}
-
-    def crash_after_five(source: Path, dest: Path, *, move: bool) -> None:
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise KeyboardInterrupt
-        real_place(source, dest, move=move)
-
-    monkeypatch.setattr(writer, "_place", crash_after_five)
+    real_place = interrupt_prepare_after(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         prepare(raw, out)
     assert not (out / "manifest.json").exists()

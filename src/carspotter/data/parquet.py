@@ -13,6 +13,7 @@ There are no boxes: each image's box is the whole image.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -294,15 +295,11 @@ def read_parquet(raw: Path, scratch: Path, *, class_names: Path | None = None) -
 
 def parquet_layout(class_names: Path | None = None) -> RawLayout:
     """The layout with ``--class-names`` bound (what `prepare` uses for the parquet release)."""
-
-    def read(raw: Path, scratch: Path) -> RawDataset:
-        return read_parquet(raw, scratch, class_names=class_names)
-
     return RawLayout(
         name=NAME,
         expects="data/train-*.parquet and data/test-*.parquet (image {bytes, path}, label) and README.md",
         detect=detect,
-        read=read,
+        read=functools.partial(read_parquet, class_names=class_names),
     )
 
 
