@@ -153,6 +153,37 @@ def test_corrupt_image_bytes_in_a_row_are_named_and_left_out(tmp_path: Path) -> 
     assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["00001.jpg", "00003.jpg", "00006.jpg"]
 
 
+def test_file_names_come_from_image_path_when_safe_and_unique(tmp_path: Path) -> None:
+    """``image.path`` is untrusted: only a plain image name is kept (no folders, no ``..``); a missing, odd or taken
+    name becomes the image's number in its split."""
+    import pyarrow as pa
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (0, 90, 200)).save(buf, format="JPEG")
+    paths = [None, "../../../outside.jpg", "a/b/dup.jpg", "c/dup.jpg", "C:\\x\\win.png", "..", "notes.txt"]
+    raw = tmp_path / "raw" / "data"
+    raw.mkdir(parents=True)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for shard, rows in (("train-00000-of-00002", paths[:4]), ("train-00001-of-00002", paths[4:]), ("test", [None])):
+        images = pa.array([{"bytes": buf.getvalue(), "path": p} for p in rows], type=image_type)
+        pq.write_table(pa.table({"image": images, "label": pa.array([0] * len(rows))}), raw / f"{shard}.parquet")
+    names = tmp_path / "names.txt"
+    names.write_text("only class\n")
+    prepare(tmp_path / "raw", tmp_path / "out", class_names=names)
+    ds = load_prepared(tmp_path / "out")
+    assert ds.train["fname"].tolist() == [
+        "train/00001.jpg",
+        "train/outside.jpg",
+        "train/dup.jpg",
+        "train/00004-dup.jpg",
+        "train/win.png",
+        "train/00006.jpg",
+        "train/00007.jpg",
+    ]
+    assert ds.test["fname"].tolist() == ["test/00001.jpg"]
+    assert not (tmp_path / "outside.jpg").exists() and not list(tmp_path.glob("*.jpg"))
+
+
 def test_cli_names_corrupt_rows(tmp_path: Path) -> None:
     bad = _corrupt_release(tmp_path / "raw")
     proc = _cli(["prepare", str(tmp_path / "raw"), str(tmp_path / "out")])

@@ -198,12 +198,13 @@ def _stamp(shard: Path) -> dict[str, Any]:
     return {"shard": shard.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _file_name(path: Any, row: int, used: set[str]) -> str:
-    """The release's own file name when it is a plain, unused image name; else the row number."""
+def _file_name(path: Any, used: set[str]) -> str:
+    """The release's own file name when it is a plain, unused image name; else the image's number in its split."""
+    number = f"{len(used) + 1:05d}"
     base = PurePosixPath(str(path or "").replace("\\", "/")).name
-    name = base if _SAFE_NAME.match(base) else f"{row:05d}.jpg"
+    name = base if _SAFE_NAME.match(base) else f"{number}.jpg"
     while name in used:
-        name = f"{row:05d}-{name}"
+        name = f"{number}-{name}"
     used.add(name)
     return name
 
@@ -243,7 +244,7 @@ def _unpack_shard(shard: Path, dest: Path, num_classes: int, used: set[str]) -> 
                         f"{shard}: row {row} has label {label}, outside 0..{num_classes - 1}; the class names do not "
                         "belong to this release (check --class-names or the dataset card)"
                     )
-                name = _file_name(paths[i] if paths else None, row + 1, used)
+                name = _file_name(paths[i] if paths else None, used)
                 (tmp / name).write_bytes(data or b"")  # no bytes: an empty file, which the writer lists as unreadable
                 rows.append([name, int(label), row])
     except pa.ArrowException as exc:
