@@ -54,10 +54,10 @@ def prepare(
                                                              "[default: 0.2].")] = None,
     seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split [default: 0].")] = None,
     class_names: Annotated[Path | None, typer.Option(help="parquet: the class names, one per line (line 1 is "
-                                                          "label 0), when the release has no dataset card "
-                                                          "(README.md).")] = None,
+                                                          "label 0), for a release without a dataset card "
+                                                          "(README.md); replaces the card's names.")] = None,
     revision: Annotated[str | None, typer.Option(help="hf://: branch, tag or commit of the repository "
-                                                      "[default: main].")] = None,
+                                                      "(default: main).")] = None,
 ) -> None:
     """Read a raw dataset (layout detected) into a prepared folder: images, train/test/classes CSVs, manifest.json.
 
