@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 from PIL import Image
+from synthetic_support import interrupt_prepare_after
 
 from carspotter.data import writer
 from carspotter.data.extract import extract_archive
@@ -226,16 +227,7 @@ def test_extract_archive_reuses_a_finished_extraction(tmp_path: Path) -> None:
 def test_interrupted_copy_then_rerun_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = _synth(tmp_path / "raw", "original", archives=True)
     out = tmp_path / "out"
-    real_place = writer._place
-    calls = {"n": 0}
-
-    def crash_after_five(source: Path, dest: Path, *, move: bool) -> None:
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise KeyboardInterrupt
-        real_place(source, dest, move=move)
-
-    monkeypatch.setattr(writer, "_place", crash_after_five)
+    real_place = interrupt_prepare_after(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         prepare(raw, out)
     with pytest.raises(UserError, match="not a complete prepared dataset"):

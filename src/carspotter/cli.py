@@ -40,24 +40,34 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 @app.command()
 def prepare(
-    raw: Annotated[Path, typer.Argument(help="Folder with the downloaded Stanford Cars files (either release), "
-                                             "or your photos in one folder per class (--layout folders).")],
+    raw: Annotated[str, typer.Argument(help="Folder with the downloaded Stanford Cars files (either release, or the "
+                                            "Hugging Face parquet files), hf://OWNER/NAME to fetch a Hugging Face "
+                                            "dataset repository, or your photos in one folder per class "
+                                            "(--layout folders).")],
     out: Annotated[Path, typer.Argument(help="Where to write the prepared dataset.")],
     layout: Annotated[str, typer.Option(help="auto, updated (car_ims.tgz + cars_annos.mat), original "
-                                             "(cars_train/, cars_test/, devkit/) or folders (RAW/<class>/<images>, "
+                                             "(cars_train/, cars_test/, devkit/), parquet (data/train-*.parquet, "
+                                             "data/test-*.parquet) or folders (RAW/<class>/<images>, "
                                              "or RAW/train/<class>/ and RAW/test/<class>/).")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Rebuild OUT even if it is already complete.")] = False,
     test_fraction: Annotated[float | None, typer.Option(help="folders: share of each class held out for testing "
                                                              "[default: 0.2].")] = None,
     seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split [default: 0].")] = None,
+    class_names: Annotated[Path | None, typer.Option(help="parquet: the class names, one per line (line 1 is "
+                                                          "label 0), for a release without a dataset card "
+                                                          "(README.md); replaces the card's names.")] = None,
+    revision: Annotated[str | None, typer.Option(help="hf://: branch, tag or commit of the repository "
+                                                      "(default: main).")] = None,
 ) -> None:
     """Read a raw dataset (layout detected) into a prepared folder: images, train/test/classes CSVs, manifest.json.
 
-    Archives are extracted safely; an interrupted run resumes when re-run.
+    Archives are extracted safely; an interrupted run resumes when re-run. hf://OWNER/NAME downloads the
+    repository's parquet files into the Hugging Face cache (HF_HOME; resumable; HF_HUB_OFFLINE=1 uses the cache).
     """
     from carspotter.data.prepare import prepare as prepare_dataset
 
-    report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed)
+    report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed,
+                             class_names=class_names, revision=revision)
     if report.already_complete:
         console.print(f"{out} is already a complete prepared dataset; left as it is (--overwrite rebuilds it)")
     console.print(f"prepared ({report.layout} layout): {report.counts.get('train', 0)} train, "
@@ -96,7 +106,8 @@ def stats(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="New folder for the synthetic raw dataset.")],
-    layout: Annotated[str, typer.Option(help="updated or original: the Stanford Cars release to imitate.")] = "updated",
+    layout: Annotated[str, typer.Option(help="updated, original or parquet (Hugging Face): the release to "
+                                             "imitate.")] = "updated",
     classes: Annotated[int, typer.Option("--classes", min=1, help="Number of car classes.")] = 10,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class (half go to test).")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,

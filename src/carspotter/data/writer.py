@@ -180,6 +180,7 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -
         "source": {"raw": str(Path(raw).resolve()) if raw is not None else None, **dataset.details},
         "counts": {s: len(rows[s]) for s in SPLITS},
         "num_classes": len(dataset.classes),
+        "boxes": any(img.bbox is not None for img in dataset.images),  # False: every box is the whole image
         "checksums": {name: sha256_file(work / name) for name in _CSVS},
         "missing": missing,
         "unreadable": unreadable,
