@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -146,3 +147,37 @@ def test_wrong_content_types_are_refused(client, car_jpeg: bytes) -> None:
 def test_serve_refuses_a_checkpoint(trained_checkpoint: Path) -> None:
     with pytest.raises(UserError, match="export"):
         create_app(trained_checkpoint)
+
+
+def test_part_without_content_type_is_sniffed(server: str, car_jpeg: bytes) -> None:
+    """What `requests.post(url, files={"file": open("car.jpg", "rb")})` sends: a part with no content type."""
+    requests = pytest.importorskip("requests")
+    with open_bytes(car_jpeg) as photo:
+        r = requests.post(f"{server}/api/predict", files={"file": photo}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 5
+    generic = requests.post(f"{server}/api/predict", files={"file": ("car", car_jpeg, "application/octet-stream")},
+                            timeout=30)
+    assert generic.status_code == 200, generic.text
+    with open_bytes(b"%PDF-1.4 not a photo at all") as junk:
+        refused = requests.post(f"{server}/api/predict", files={"file": junk}, timeout=30)
+    assert refused.status_code == 415 and "not an image" in refused.json()["error"]
+
+
+def test_top_k_query_parameter_and_docs(client, car_jpeg: bytes) -> None:
+    r = client.post("/api/predict?top_k=2", files={"file": ("car.jpg", car_jpeg, "image/jpeg")})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+    assert_refused(client.post("/api/predict?top_k=0", files={"file": ("car.jpg", car_jpeg, "image/jpeg")}), 422,
+                   "top_k")
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["file"]["format"] == "binary"
+    assert any(p["name"] == "top_k" for p in spec["paths"]["/api/predict"]["post"]["parameters"])
+    assert client.get("/docs").status_code == 200
+
+
+def open_bytes(data: bytes):
+    """A named file object, as a user's `open("car.jpg", "rb")` (requests sends its name but no content type)."""
+    f = io.BytesIO(data)
+    f.name = "upload"
+    return contextlib.closing(f)

@@ -2,7 +2,7 @@
 
 PyTorch eager (`.ckpt`), ONNX Runtime fp32 and int8 (`.onnx`) and ExecuTorch/XNNPACK (`.pte`) are timed in the same
 process, interleaved round by round so that a noisy neighbour on a shared machine slows every format alike, with
-the same number of threads each; ratios are to PyTorch eager.
+the same number of threads each; ratios are to PyTorch eager (the ``.ckpt``, when given).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from carspotter.errors import UserError
-from carspotter.predict import Classifier
+from carspotter.predict import Classifier, batched_logits, model_input
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def load_runtime(path: Path, threads: int) -> tuple[str, Classifier]:
         from carspotter.serve.onnx_model import OnnxClassifier
 
         clf = OnnxClassifier(path, threads=threads)
-        return f"onnx-{clf.precision}", clf
+        return f"onnx-{clf.precision}" + ("-pixels" if clf.takes_pixels else ""), clf
     if suffix == ".pte":
         from carspotter.export.executorch import ExecuTorchModel
 
@@ -70,12 +71,6 @@ def load_runtime(path: Path, threads: int) -> tuple[str, Classifier]:
     raise UserError(f"{path}: unknown model type {suffix!r}; expected .ckpt, .onnx or .pte")
 
 
-def _source_checkpoint(clf: Classifier) -> Path | None:
-    meta = getattr(clf, "metadata", None) or {}  # exported models carry it; a checkpoint has none
-    path = meta.get("source_checkpoint", {}).get("path")
-    return Path(path) if path and Path(path).is_file() else None
-
-
 def bench_infer(
     models: list[str | Path],
     *,
@@ -87,49 +82,42 @@ def bench_infer(
     throughput_batch: int = 16,
     eval_limit: int | None = None,
 ) -> BenchResult:
-    """Time every model on the same batch-1 input; with ``data``, also top-1 on ``split``.
+    """Time every model on the same batch-1 photo; with ``data``, also top-1 on ``split``.
 
-    Without a ``.ckpt`` among ``models``, PyTorch eager is timed from the checkpoint the first export names, when it
-    is still there, so the table always has its reference row.
+    Ratios are to PyTorch eager, which needs the ``.ckpt`` among ``models`` (exports name their checkpoint by file
+    name and SHA-256 only). A model with preprocessing in the graph is fed the decoded photo, so its time includes
+    the resize that the others get done beforehand.
     """
     paths = [Path(m) for m in models]
     for p in paths:
         if not p.is_file():
             raise UserError(f"{p}: no such model file")
-    runtimes = [(p, *load_runtime(p, threads)) for p in paths]
-    if not any(label == EAGER for _, label, _ in runtimes):
-        source = next((s for _, _, clf in runtimes if (s := _source_checkpoint(clf)) is not None), None)
-        if source is not None:
-            log.info("timing PyTorch eager from the source checkpoint %s", source)
-            runtimes.insert(0, (source, *load_runtime(source, threads)))
+    runtimes = sorted(((p, *load_runtime(p, threads)) for p in paths), key=lambda r: r[1] != EAGER)
     preps = {(r.preprocessing.image_size, r.preprocessing.channels) for _, _, r in runtimes}
     if len(preps) > 1:
         raise UserError(f"the models take different inputs {sorted(preps)}; bench-infer compares one model's formats")
 
-    prep = runtimes[0][2].preprocessing
-    images: np.ndarray | None = None
+    images: list[Image.Image] | None = None
     labels: np.ndarray | None = None
     if data is not None:
-        from carspotter.export.inputs import prepared_inputs
+        from carspotter.export.inputs import prepared_images
 
-        images, labels = prepared_inputs(data, split, prep, limit=eval_limit)
-        if not len(images):
+        images, labels = prepared_images(data, split, limit=eval_limit)
+        if not images:
             raise UserError(f"{data}: the {split} split is empty")
-    h, w = prep.image_size
-    one = images[:1] if images is not None else np.random.default_rng(0).standard_normal(
-        (1, prep.channels, h, w)).astype(np.float32)
-    batch = np.repeat(one, throughput_batch, axis=0)
+    photo = images[0] if images else Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8))
+    ones = [model_input(clf, photo)[None] for _, _, clf in runtimes]
 
-    timings = _interleaved_latency([clf for _, _, clf in runtimes], one, runs=runs, warmup=warmup)
+    timings = _interleaved_latency([clf for _, _, clf in runtimes], ones, runs=runs, warmup=warmup)
     results = []
-    for (path, label, clf), times in zip(runtimes, timings, strict=True):
+    for (path, label, clf), one, times in zip(runtimes, ones, timings, strict=True):
         times_ms = np.asarray(times) * 1e3
         results.append(FormatResult(
             label=label,
             path=str(path),
             median_ms=float(np.median(times_ms)),
             p90_ms=float(np.percentile(times_ms, 90)),
-            throughput=_throughput(clf, batch),
+            throughput=_throughput(clf, np.repeat(one, throughput_batch, axis=0)),
             size_mb=path.stat().st_size / 1e6,
         ))
     eager = next((r for r in results if r.label == EAGER), None)
@@ -142,14 +130,16 @@ def bench_infer(
                        None if images is None else len(images))
 
 
-def _interleaved_latency(clfs: list[Classifier], x: np.ndarray, *, runs: int, warmup: int, rounds: int = 10) -> list:
-    for clf in clfs:
+def _interleaved_latency(
+    clfs: list[Classifier], xs: list[np.ndarray], *, runs: int, warmup: int, rounds: int = 10
+) -> list:
+    for clf, x in zip(clfs, xs, strict=True):
         for _ in range(warmup):
             clf.logits(x)
     times: list[list[float]] = [[] for _ in clfs]
     per_round = max(1, runs // rounds)
     for _ in range(rounds):
-        for i, clf in enumerate(clfs):
+        for i, (clf, x) in enumerate(zip(clfs, xs, strict=True)):
             for _ in range(per_round):
                 start = time.perf_counter()
                 clf.logits(x)
@@ -166,8 +156,6 @@ def _throughput(clf: Classifier, batch: np.ndarray, seconds: float = 1.0) -> flo
     return done / elapsed
 
 
-def _top1(clf: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 32) -> float:
-    hits = 0
-    for i in range(0, len(images), batch_size):
-        hits += int((clf.logits(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
-    return hits / len(images)
+def _top1(clf: Classifier, images: list[Image.Image], labels: np.ndarray) -> float:
+    logits = batched_logits(clf, [model_input(clf, img) for img in images])
+    return float((logits.argmax(1) == labels).mean())

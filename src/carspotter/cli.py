@@ -208,6 +208,12 @@ def export(
     calib: Annotated[Path | None, typer.Option(help="Prepared dataset whose training images calibrate --int8.")] = None,
     data: Annotated[Path | None, typer.Option(help="Prepared dataset whose test images check the export "
                                                    "(default: the one the checkpoint was trained on).")] = None,
+    embed_preprocessing: Annotated[bool, typer.Option(
+        "--embed-preprocessing", help="ONNX: the model takes uint8 RGB pixels (N×H×W×3, any size) and resizes, "
+                                      "scales and normalises them itself.")] = False,
+    min_agreement: Annotated[float, typer.Option(
+        "--min-agreement", min=0.0, max=1.0, help="--int8: fail below this top-1 agreement with PyTorch on the "
+                                                  "check images.")] = 0.95,
 ) -> None:
     """Export a checkpoint (self-describing ONNX fp32/int8, or ExecuTorch/XNNPACK) and check it against PyTorch."""
     if format_ == "onnx" and int8:
@@ -215,22 +221,24 @@ def export(
             raise UserError("--int8 needs --calib PREPARED (a prepared dataset whose training images calibrate it)")
         from carspotter.export.quantize import export as export_int8
 
-        report = export_int8(ckpt, out, calib=calib)
+        report = export_int8(ckpt, out, calib=calib, embed_preprocessing=embed_preprocessing,
+                             min_agreement=min_agreement)
     elif format_ == "onnx":
         from carspotter.export.onnx import export as export_onnx
 
-        report = export_onnx(ckpt, out, data=data)
+        report = export_onnx(ckpt, out, data=data, embed_preprocessing=embed_preprocessing)
     elif format_ == "executorch":
-        if int8:
-            raise UserError("--int8 is for --format onnx; the ExecuTorch export is fp32")
+        if int8 or embed_preprocessing:
+            raise UserError("--int8 and --embed-preprocessing are for --format onnx; the ExecuTorch export is fp32")
         from carspotter.export.executorch import export as export_executorch
 
         report = export_executorch(ckpt, out, data=data)
     else:
         raise UserError(f"unknown --format {format_!r}; choose onnx or executorch")
     console.print(f"wrote {report.path} ({report.format}, {report.size_bytes / 1e6:.1f} MB)")
-    console.print(f"check against PyTorch on {report.check_source}: max abs diff {report.max_abs_diff:.2e}, "
-                  f"top-1 agreement {report.top1_agreement:.1%}")
+    a = report.agreement
+    console.print(f"check against PyTorch on {report.check_source}: max |Δ logit| {a.max_abs_diff:.2e}, "
+                  f"max |Δ probability| {a.max_prob_diff:.2e}, top-1 agreement {a.top1_agreement:.1%}")
 
 
 @app.command("bench-infer")

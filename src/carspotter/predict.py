@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from carspotter.errors import UserError
 from carspotter.preprocessing import Preprocessing, image_to_array, open_image, softmax, top_k_predictions
@@ -19,9 +20,28 @@ from carspotter.preprocessing import Preprocessing, image_to_array, open_image, 
 class Classifier(Protocol):
     class_names: list[str]
     preprocessing: Preprocessing
+    takes_pixels: bool  # True: the model preprocesses itself and takes N×H×W×3 uint8 pixels of any size
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """N×C×H×W float32 preprocessed images → N×classes logits."""
+        """N×C×H×W float32 preprocessed images (or N×H×W×3 uint8 pixels) → N×classes logits."""
+
+
+def model_input(classifier: Classifier, img: Image.Image) -> np.ndarray:
+    """One decoded RGB photo as ``classifier`` takes it: its pixels, or preprocessed as in training."""
+    return np.asarray(img, dtype=np.uint8) if classifier.takes_pixels else image_to_array(img, classifier.preprocessing)
+
+
+def batched_logits(classifier: Classifier, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Logits of `model_input` arrays, batching neighbours of equal shape (photos of any size go one by one)."""
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(inputs):
+        end = start + 1
+        while end < len(inputs) and end - start < batch_size and inputs[end].shape == inputs[start].shape:
+            end += 1
+        out.append(classifier.logits(np.stack(inputs[start:end])))
+        start = end
+    return np.concatenate(out) if out else np.zeros((0, len(classifier.class_names)), np.float32)
 
 
 class TorchClassifier:
@@ -33,6 +53,7 @@ class TorchClassifier:
         self.model, info = load_checkpoint(ckpt)
         self.class_names = info.class_names
         self.preprocessing = info.preprocessing
+        self.takes_pixels = False
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -64,12 +85,10 @@ def predict_images(
     ready: list[tuple[int, np.ndarray]] = []
     for i, path in enumerate(images):
         try:
-            ready.append((i, image_to_array(open_image(path), classifier.preprocessing)))
+            ready.append((i, model_input(classifier, open_image(path))))
         except UserError as exc:
             results[i]["error"] = str(exc)
-    for start in range(0, len(ready), batch_size):
-        chunk = ready[start : start + batch_size]
-        probs = softmax(classifier.logits(np.stack([arr for _, arr in chunk])))
-        for (i, _), p in zip(chunk, probs, strict=True):
-            results[i]["predictions"] = top_k_predictions(p, classifier.class_names, top_k)
+    probs = softmax(batched_logits(classifier, [arr for _, arr in ready], batch_size))
+    for (i, _), p in zip(ready, probs, strict=True):
+        results[i]["predictions"] = top_k_predictions(p, classifier.class_names, top_k)
     return results

@@ -15,7 +15,8 @@ import torch
 
 from carspotter.errors import UserError
 from carspotter.export import metadata
-from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_inputs, compare, describe_export, torch_logits
+from carspotter.export.inputs import images_to_batch
+from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_images, compare, describe_export, torch_logits
 from carspotter.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ExecuTorchModel:
         self.metadata = metadata.read_sidecar(self.path)
         self.class_names = list(self.metadata["class_names"])
         self.preprocessing = metadata.preprocessing_of(self.metadata)
+        self.takes_pixels = False
         self.method = Runtime.get().load_program(self.path).load_method("forward")
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -73,14 +75,27 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None)
     out.write_bytes(program.buffer)
     props = describe_export(
         info,
-        {"format": "executorch", "precision": "fp32", "backend": "XNNPACK", "batch": 1,
-         "exporter": f"torch.export + executorch, torch {torch.__version__}"},
+        {
+            "format": "executorch",
+            "precision": "fp32",
+            "backend": "XNNPACK",
+            "batch": 1,
+            "exporter": f"torch.export + executorch, torch {torch.__version__}",
+        },
     )
     metadata.write_sidecar(out, props)
     log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)
-    x, source = check_inputs(info, data, n=CHECK_IMAGES // 2)
-    diff, agree = compare(torch_logits(model, x), ExecuTorchModel(out).logits(x))
-    log.info("ExecuTorch vs PyTorch on %s: max |Δ logit| = %.2e, top-1 agreement %.1f%%", source, diff, 100 * agree)
-    if not diff < FP32_TOLERANCE:
-        raise RuntimeError(f"{out}: ExecuTorch differs from PyTorch by {diff:.3g} (tolerance {FP32_TOLERANCE})")
-    return ExportReport(out, "executorch-xnnpack", diff, agree, len(x), source, out.stat().st_size, {"batch": 1})
+    images, source = check_images(info, data, n=CHECK_IMAGES // 2)
+    x = images_to_batch(images, info.preprocessing)
+    report = compare(torch_logits(model, x), ExecuTorchModel(out).logits(x))
+    log.info(
+        "ExecuTorch vs PyTorch on %s: max |Δ logit| = %.2e, top-1 agreement %.1f%%",
+        source,
+        report.max_abs_diff,
+        100 * report.top1_agreement,
+    )
+    if not report.max_abs_diff < FP32_TOLERANCE:
+        raise RuntimeError(
+            f"{out}: ExecuTorch differs from PyTorch by {report.max_abs_diff:.3g} (tolerance {FP32_TOLERANCE})"
+        )
+    return ExportReport(out, "executorch-xnnpack", report, len(x), source, out.stat().st_size, {"batch": 1})

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from carspotter.errors import UserError
+from carspotter.export import pixels
 from carspotter.preprocessing import Preprocessing
 
 FORMAT_NAME = "carspotter-exported"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ``input`` entry; a model may take uint8 pixels (older readers must refuse it)
 # Keys written by `describe`; every value is a JSON document.
 REQUIRED_KEYS = ("format", "format_version", "class_names", "preprocessing", "channels", "input_name", "output_name")
-KEYS = (*REQUIRED_KEYS, "model", "source_checkpoint", "runtime")
+KEYS = (*REQUIRED_KEYS, "input", "model", "source_checkpoint", "runtime")
 
 
 def describe(
@@ -28,10 +29,13 @@ def describe(
     model_args: dict[str, Any],
     source_checkpoint: dict[str, Any],
     runtime: dict[str, Any],
-    input_name: str = "input",
+    pixels_in_graph: bool = False,
     output_name: str = "logits",
 ) -> dict[str, str]:
-    """The metadata of one exported model: key → JSON text."""
+    """The metadata of one exported model: key → JSON text.
+
+    ``pixels_in_graph``: the model takes uint8 RGB pixels and preprocesses them itself (`carspotter.export.pixels`).
+    """
     values: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -39,9 +43,10 @@ def describe(
         "preprocessing": preprocessing.to_dict(),  # image_size, grayscale, mean, std, normalize, resize, interpolation
         "channels": preprocessing.channels,
         "model": {"name": model_name, "args": model_args},
-        "source_checkpoint": source_checkpoint,  # path and sha256 of the .ckpt it came from
+        "source_checkpoint": source_checkpoint,  # file name and sha256 of the .ckpt it came from; no local path
         "runtime": runtime,  # exporter, opset / backend, quantisation
-        "input_name": input_name,
+        "input_name": pixels.PIXELS if pixels_in_graph else "input",
+        "input": pixels.input_description(preprocessing, in_graph=pixels_in_graph),  # what a client feeds
         "output_name": output_name,
     }
     return {k: json.dumps(v) for k, v in values.items()}
@@ -65,6 +70,37 @@ def parse(props: dict[str, str], source: str | Path) -> dict[str, Any]:
 
 def preprocessing_of(values: dict[str, Any]) -> Preprocessing:
     return Preprocessing.from_dict(values["preprocessing"])
+
+
+def takes_pixels(values: dict[str, Any]) -> bool:
+    """Whether the model takes decoded uint8 pixels (preprocessing in the graph) rather than normalised floats."""
+    return bool(values.get("input", {}).get("preprocessing_in_graph", False))
+
+
+def doc_string(values: dict[str, Any]) -> str:
+    """A short README for the model file (ONNX ``doc_string``): what it is and how to feed it, for any stack."""
+    prep = values["preprocessing"]
+    h, w = prep["image_size"]
+    names = values["class_names"]
+    if takes_pixels(values):
+        feed = (
+            f"Input '{values['input_name']}': uint8 RGB pixels, layout NHWC (batch, height, width, 3), any height "
+            f"and width (one photo: add a leading batch axis). The graph resizes to {h}x{w} (bilinear with "
+            f"antialias, as PIL), scales to [0, 1] and normalises itself: feed decoded pixels and nothing else."
+        )
+    else:
+        norm = f"subtract mean {prep['mean']} and divide by std {prep['std']}" if prep["normalize"] else "no mean/std"
+        feed = (
+            f"Input '{values['input_name']}': float32 NCHW (batch, {values['channels']}, {h}, {w}), "
+            f"{'grayscale' if prep['grayscale'] else 'RGB'}. Resize the photo to {h}x{w} (stretch, bilinear with "
+            f"antialias as PIL's Image.resize), scale pixels to [0, 1], then {norm}."
+        )
+    return (
+        f"carspotter car make/model/year classifier ({values['model']['name']}, {len(names)} classes). {feed} "
+        f"Output '{values['output_name']}': logits (batch, {len(names)}); softmax gives probabilities; class "
+        f"names in the metadata entry 'class_names' (JSON), in output order. Metadata key 'input' says all this "
+        f"as JSON."
+    )
 
 
 def sidecar_path(model_path: str | Path) -> Path:

@@ -16,49 +16,63 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from PIL import Image
 
 from carspotter.data.prepared import sha256_file
 from carspotter.errors import UserError
 from carspotter.export import metadata
+from carspotter.export.inputs import images_to_batch
+from carspotter.export.pixels import embed_preprocessing as embed_pixels
+from carspotter.preprocessing import Preprocessing, softmax
 from carspotter.training.checkpoint import CheckpointInfo, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 FP32_TOLERANCE = 1e-3  # max |ONNX Runtime − PyTorch| logit difference an fp32 export must stay under
+PIXELS_TOLERANCE = 1e-2  # max |Δ probability| when the graph resizes the photo itself (pixels may round apart)
 CHECK_IMAGES = 32
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far an exported model's outputs are from PyTorch's on the same photos."""
+
+    max_abs_diff: float  # logits
+    max_prob_diff: float  # softmax probabilities
+    top1_agreement: float  # fraction of photos where both give the same class
 
 
 @dataclass(frozen=True)
 class ExportReport:
     path: Path
     format: str  # onnx-fp32, onnx-int8, executorch-xnnpack
-    max_abs_diff: float  # against PyTorch on the check inputs
-    top1_agreement: float  # fraction of check inputs where both give the same class
+    agreement: Agreement  # against PyTorch on the check inputs
     n_check: int
     check_source: str  # where the check inputs came from
     size_bytes: int
     extra: dict[str, Any] | None = None
 
 
-def describe_export(info: CheckpointInfo, runtime: dict[str, Any]) -> dict[str, str]:
+def describe_export(info: CheckpointInfo, runtime: dict[str, Any], *, pixels_in_graph: bool = False) -> dict[str, str]:
     """The metadata an exported file carries: what the checkpoint knew, its origin, and how it was exported."""
     return metadata.describe(
         class_names=info.class_names,
         preprocessing=info.preprocessing,
         model_name=info.model_name,
         model_args=info.model_args,
-        source_checkpoint={"path": str(info.path.resolve()), "name": info.path.name, "sha256": sha256_file(info.path)},
+        source_checkpoint={"name": info.path.name, "sha256": sha256_file(info.path)},
         runtime=runtime,
+        pixels_in_graph=pixels_in_graph,
     )
 
 
-def check_inputs(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
-    """Real images to compare runtimes on: ``data``'s test split, else the dataset the checkpoint was trained on.
+def check_images(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_IMAGES) -> tuple[list[Image.Image], str]:
+    """Real photos to compare runtimes on: ``data``'s test split, else the dataset the checkpoint was trained on.
 
-    Only when neither is there do random inputs stand in (logged), so an export never fails for want of data.
+    Only when neither is there do random images stand in (logged), so an export never fails for want of data.
     """
-    from carspotter.export.inputs import prepared_inputs
+    from carspotter.export.inputs import prepared_images
 
     candidates = [data] if data is not None else []
     trained_on = info.config.get("data", {}).get("path") if isinstance(info.config, dict) else None
@@ -66,15 +80,15 @@ def check_inputs(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_I
         candidates.append(trained_on)
     for candidate in candidates:
         if candidate is not None and (Path(candidate) / "manifest.json").is_file():
-            x, _ = prepared_inputs(candidate, "test", info.preprocessing, limit=n)
-            if len(x):
-                return x, f"{len(x)} test images of {candidate}"
+            images, _ = prepared_images(candidate, "test", limit=n)
+            if images:
+                return images, f"{len(images)} test images of {candidate}"
     if data is not None:
         raise UserError(f"{data}: not a complete prepared dataset; cannot check the export on its images")
-    log.warning("no prepared dataset found for the parity check; using random inputs")
-    h, w = info.preprocessing.image_size
+    log.warning("no prepared dataset found for the parity check; using random images")
     rng = np.random.default_rng(0)
-    return rng.standard_normal((n, info.preprocessing.channels, h, w)).astype(np.float32), f"{n} random inputs"
+    sizes = rng.integers(32, 400, size=(n, 2))
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes], f"{n} random images"
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -84,35 +98,71 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 16) ->
         )
 
 
-def onnx_logits(path: Path, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def onnx_logits(path: Path, images: list[Image.Image], prep: Preprocessing, batch_size: int = 16) -> np.ndarray:
+    """ONNX Runtime's logits for ``images``: decoded pixels one photo at a time for a model that takes them (any
+    size), else batches preprocessed as in training."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    if session.get_inputs()[0].type == "tensor(uint8)":
+        return np.concatenate([session.run(None, {name: np.asarray(img)[None]})[0] for img in images])
+    x = images_to_batch(images, prep)
     return np.concatenate([session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
-def compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(max abs difference, top-1 agreement) of two N×classes logit arrays."""
-    diff = float(np.abs(reference - other).max()) if reference.size else 0.0
-    agree = float((reference.argmax(1) == other.argmax(1)).mean()) if len(reference) else 1.0
-    return diff, agree
+def compare(reference: np.ndarray, other: np.ndarray) -> Agreement:
+    """How close two N×classes logit arrays are."""
+    if not len(reference):
+        return Agreement(0.0, 0.0, 1.0)
+    return Agreement(
+        float(np.abs(reference - other).max()),
+        float(np.abs(softmax(reference) - softmax(other)).max()),
+        float((reference.argmax(1) == other.argmax(1)).mean()),
+    )
 
 
-def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None, opset: int = OPSET) -> ExportReport:
-    """Export ``ckpt`` to ``out`` (fp32 ONNX) and check it; parity worse than `FP32_TOLERANCE` raises."""
+def check_parity(report: Agreement, out: Path, *, pixels_in_graph: bool) -> None:
+    """An fp32 export must match PyTorch: its logits to `FP32_TOLERANCE`, or, when it resizes the photos itself
+    (PIL rounds the resized pixels to integers, ONNX's Resize may land one level away), its probabilities to
+    `PIXELS_TOLERANCE`."""
+    if pixels_in_graph:
+        if not report.max_prob_diff <= PIXELS_TOLERANCE:
+            raise RuntimeError(f"{out}: with preprocessing in the graph, ONNX Runtime differs from PyTorch by "
+                               f"{report.max_prob_diff:.3g} in probability (tolerance {PIXELS_TOLERANCE})")
+    elif not report.max_abs_diff < FP32_TOLERANCE:
+        raise RuntimeError(f"{out}: ONNX Runtime differs from PyTorch by {report.max_abs_diff:.3g} "
+                           f"(tolerance {FP32_TOLERANCE})")
+
+
+def export(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    opset: int = OPSET,
+    embed_preprocessing: bool = False,
+) -> ExportReport:
+    """Export ``ckpt`` to ``out`` (fp32 ONNX) and check it against PyTorch on real photos.
+
+    ``embed_preprocessing``: the model takes uint8 RGB pixels of any size (`carspotter.export.pixels`).
+    """
     out = Path(out)
     model, info = load_checkpoint(ckpt)
-    to_onnx(model, info, out, opset=opset)
-    x, source = check_inputs(info, data)
-    diff, agree = compare(torch_logits(model, x), onnx_logits(out, x))
-    log.info("ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.2e, top-1 agreement %.1f%%", source, diff, 100 * agree)
-    if not diff < FP32_TOLERANCE:
-        raise RuntimeError(f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} (tolerance {FP32_TOLERANCE})")
-    return ExportReport(out, "onnx-fp32", diff, agree, len(x), source, out.stat().st_size, {"opset": opset})
+    to_onnx(model, info, out, opset=opset, embed_preprocessing=embed_preprocessing)
+    images, source = check_images(info, data)
+    report = compare(torch_logits(model, images_to_batch(images, info.preprocessing)),
+                     onnx_logits(out, images, info.preprocessing))
+    log.info("ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.2e, max |Δ probability| = %.2e, top-1 agreement "
+             "%.1f%%", source, report.max_abs_diff, report.max_prob_diff, 100 * report.top1_agreement)
+    check_parity(report, out, pixels_in_graph=embed_preprocessing)
+    return ExportReport(out, "onnx-fp32", report, len(images), source, out.stat().st_size,
+                        {"opset": opset, "preprocessing_in_graph": embed_preprocessing})
 
 
-def to_onnx(model: torch.nn.Module, info: CheckpointInfo, out: Path, *, opset: int = OPSET) -> Path:
+def to_onnx(
+    model: torch.nn.Module, info: CheckpointInfo, out: Path, *, opset: int = OPSET, embed_preprocessing: bool = False
+) -> Path:
     """Write the eval-mode ``model`` as ONNX with a dynamic batch axis and BN folded, plus its metadata."""
     if out.suffix.lower() != ".onnx":
         raise UserError(f"{out}: an ONNX export's file name must end in .onnx")
@@ -146,7 +196,10 @@ def to_onnx(model: torch.nn.Module, info: CheckpointInfo, out: Path, *, opset: i
             "bn_folded": True,
             "dynamic_batch": True,
         },
+        pixels_in_graph=embed_preprocessing,
     )
+    if embed_preprocessing:
+        proto = embed_pixels(proto, info.preprocessing, "input")
     set_metadata(proto, props)
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(out))
@@ -155,9 +208,10 @@ def to_onnx(model: torch.nn.Module, info: CheckpointInfo, out: Path, *, opset: i
 
 
 def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Replace carspotter's keys in ``metadata_props`` (others are kept)."""
+    """Replace carspotter's keys in ``metadata_props`` (others are kept) and describe the model in ``doc_string``."""
     keep = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = metadata.doc_string(metadata.parse(props, "export"))

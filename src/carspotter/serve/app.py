@@ -3,7 +3,9 @@
 ``create_app(model_path)`` builds a FastAPI app; `carspotter serve` runs it with uvicorn on the loopback interface.
 Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: a body over ``max_bytes`` is cut off
 while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
-non-multipart requests and non-image parts are 415, undecodable or truncated images 400.
+non-multipart requests and non-image parts are 415, undecodable or truncated images 400. A part sent without a
+content type or with a generic one (``requests`` sends none) is accepted when its bytes are an image (sniffed by
+PIL from the header). ``GET /docs``: the OpenAPI documentation.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
-from carspotter.preprocessing import image_to_array, open_image, softmax, top_k_predictions
+from carspotter.predict import model_input
+from carspotter.preprocessing import open_image, softmax, top_k_predictions
 from carspotter.serve.onnx_model import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,13 @@ MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused (413)
 MAX_PIXELS = 40_000_000  # width × height; larger images are refused before decoding (decompression bombs)
 MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the file itself
 TOP_K = 5
+GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")  # "unknown": the bytes decide
+PREDICT_DOC = {  # the multipart body, for /docs (the route reads the raw stream to refuse oversize bodies early)
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary", "description": "a JPEG, PNG or WebP photo"}},
+    }}}},
+}
 
 
 class UploadRefused(Exception):
@@ -47,7 +58,7 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
         raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
     classifier = OnnxClassifier(model_path)
     page = resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-    app = FastAPI(title="carspotter", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="carspotter", description="Car make/model/year from a photo.", redoc_url=None)
 
     @app.exception_handler(UploadRefused)
     async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:
@@ -61,11 +72,19 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": model_path.name, "classes": len(classifier.class_names)}
 
-    @app.post("/api/predict")
-    async def predict(request: Request) -> dict[str, Any]:
+    @app.post("/api/predict", openapi_extra=PREDICT_DOC)
+    async def predict(
+        request: Request, top_k: int = Query(TOP_K, ge=1, description="how many classes, most likely first")
+    ) -> dict[str, Any]:
+        """The ``top_k`` most likely makes/models of the photo in multipart field ``file``, with probabilities."""
         data = await read_upload(request, max_bytes)
         probs = await run_in_threadpool(_probabilities, classifier, data, max_pixels)
-        return {"predictions": top_k_predictions(probs, classifier.class_names, TOP_K)}
+        return {"predictions": top_k_predictions(probs, classifier.class_names, top_k)}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": where}, status_code=422)
 
     return app
 
@@ -95,16 +114,27 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise UploadRefused(422, "no file in multipart field 'file'")
-    part_type = (upload.content_type or "").lower()
-    if not part_type.startswith("image/"):
+    part_type = (upload.content_type or "").split(";")[0].strip().lower()
+    data = await upload.read()
+    if not (part_type.startswith("image/") or (part_type in GENERIC_TYPES and _looks_like_image(data))):
         raise UploadRefused(415, f"{upload.filename or 'upload'}: content type {part_type or 'missing'!r} is not "
                                  "an image (send a JPEG, PNG or WebP photo)")
-    data = await upload.read()
     if len(data) > max_bytes:
         raise UploadRefused(413, f"upload too large ({len(data)} bytes; limit {max_bytes})")
     if not data:
         raise UploadRefused(400, "empty file")
     return data
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """Whether PIL recognises an image format from the header (nothing is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Image.DecompressionBombError:
+        return True  # an image all the same; refused as too large further on
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
 
 
 def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> np.ndarray:
@@ -119,7 +149,7 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
     if width * height > max_pixels:
         raise UploadRefused(413, f"image has too many pixels ({width}×{height}; limit {max_pixels})")
     try:
-        x = image_to_array(open_image(data), classifier.preprocessing)
+        x = model_input(classifier, open_image(data))
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
     return softmax(classifier.logits(x[None]))[0]

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class OnnxClassifier:
-    """``logits(batch)`` of N×C×H×W float32 preprocessed images; ``class_names``, ``preprocessing`` from the file."""
+    """``logits(batch)`` of N×C×H×W float32 preprocessed images, or of N×H×W×3 uint8 pixels when the model does its
+    preprocessing itself (``takes_pixels``); ``class_names``, ``preprocessing`` from the file."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         self.path = Path(path)
@@ -41,15 +42,20 @@ class OnnxClassifier:
         self.preprocessing: Preprocessing = metadata.preprocessing_of(self.metadata)
         self.input_name: str = self.metadata["input_name"]
         self.output_name: str = self.metadata["output_name"]
+        self.takes_pixels: bool = metadata.takes_pixels(self.metadata)
 
     @property
     def precision(self) -> str:
         return str(self.metadata.get("runtime", {}).get("precision", "fp32"))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        h, w = self.preprocessing.image_size
-        if batch.ndim != 4 or batch.shape[1:] != (self.preprocessing.channels, h, w):
-            raise ValueError(f"expected N×{self.preprocessing.channels}×{h}×{w} input, got {batch.shape}")
+        if self.takes_pixels:
+            if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+                raise ValueError(f"expected N×H×W×3 uint8 pixels, got {batch.dtype} {batch.shape}")
+        else:
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+            h, w = self.preprocessing.image_size
+            if batch.ndim != 4 or batch.shape[1:] != (self.preprocessing.channels, h, w):
+                raise ValueError(f"expected N×{self.preprocessing.channels}×{h}×{w} input, got {batch.shape}")
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return out
