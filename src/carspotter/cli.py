@@ -145,15 +145,21 @@ def evaluate(
     ckpt: Annotated[Path, typer.Argument(help="A carspotter checkpoint (.ckpt).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
-    out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the checkpoint).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: eval-CKPT-DATASET-SPLIT beside the "
+                                                  "checkpoint); an existing one is kept and a -2, -3 ... folder made.")
+                   ] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
+    allow_class_mismatch: Annotated[bool, typer.Option(help="Evaluate on a dataset whose class names differ from "
+                                                            "the checkpoint's (class ids compared as they are).")
+                                    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n} as JSON.")] = False,
 ) -> None:
     """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a checkpoint on a prepared split."""
-    from carspotter.evaluation.metrics import evaluate_checkpoint, write_report
+    from carspotter.evaluation.metrics import evaluate_on_dataset, new_report_dir, write_report
 
-    result = evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=not as_json)
-    paths = write_report(result, out or ckpt.parent / f"eval-{ckpt.stem}-{split}")
+    result = evaluate_on_dataset(ckpt, data, split, allow_class_mismatch=allow_class_mismatch,
+                                 batch_size=batch_size, progress=not as_json)
+    paths = write_report(result, new_report_dir(ckpt, data, split, out))
     if as_json:
         print(json.dumps(result.to_json()))
         return

@@ -11,9 +11,65 @@ from pathlib import Path
 
 import numpy as np
 
+from carspotter.data.prepared import load_prepared
+from carspotter.errors import UserError
+from carspotter.training.checkpoint import checkpoint_info, read_checkpoint
 from carspotter.training.scoring import EvalResult, evaluate_checkpoint, evaluate_model
 
-__all__ = ["EvalResult", "evaluate_checkpoint", "evaluate_model", "plot_confusion", "write_report"]
+__all__ = [
+    "EvalResult",
+    "check_classes",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "evaluate_on_dataset",
+    "new_report_dir",
+    "plot_confusion",
+    "write_report",
+]
+
+
+def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> None:
+    """Refuse a dataset whose classes are not the checkpoint's: its accuracy would compare unrelated class ids."""
+    if model_classes == data_classes:
+        return
+    for i, (ours, theirs) in enumerate(zip(model_classes, data_classes, strict=False)):
+        if ours != theirs:
+            detail = f"class {i} is {theirs!r} in {data} but {ours!r} in the checkpoint"
+            break
+    else:
+        detail = f"{data} has {len(data_classes)} classes, the checkpoint {len(model_classes)}"
+    raise UserError(
+        f"{data} is not the dataset this checkpoint was trained on: {detail} "
+        "(--allow-class-mismatch compares class ids anyway)"
+    )
+
+
+def evaluate_on_dataset(
+    ckpt: str | Path,
+    data: str | Path,
+    split: str = "test",
+    *,
+    allow_class_mismatch: bool = False,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> EvalResult:
+    """`evaluate_checkpoint` after checking that ``data`` has the checkpoint's classes, in the same order."""
+    model_classes = checkpoint_info(read_checkpoint(ckpt), ckpt).class_names
+    if not allow_class_mismatch:
+        check_classes(model_classes, load_prepared(data).classes, data)
+    return evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=progress)
+
+
+def new_report_dir(ckpt: str | Path, data: str | Path, split: str, out: str | Path | None = None) -> Path:
+    """A report folder that does not exist yet: ``out``, or ``eval-<ckpt>-<dataset>-<split>`` beside the checkpoint;
+    an existing one gets a numeric suffix (``-2``, ``-3``, ...) instead of being overwritten."""
+    default = f"eval-{Path(ckpt).stem}-{Path(data).resolve().name}-{split}"
+    base = Path(out) if out is not None else Path(ckpt).parent / default
+    for i in range(1, 10_000):
+        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise UserError(f"{base}: could not find a free report folder name")
 
 
 def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
