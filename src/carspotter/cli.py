@@ -386,63 +386,53 @@ def runs(
     filter_: Annotated[
         str | None, typer.Option("--filter", help="Comma-separated COLUMN OP VALUE; OP: = != < <= > >= ~ (contains).")
     ] = None,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns to show (default: as many as fit the "
+                                                      "terminal; the headers are the names --sort/--filter take).")
+                       ] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV, every column.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write the curves of the given runs, overlaid, to a PNG.")] = None,
 ) -> None:
     """The runs table (the thesis's dashboard): one row per run folder with its settings and best metrics.
 
     For a browser view: mlflow ui --backend-store-uri sqlite:///RUNS_DIR/mlflow.db
     """
-    from carspotter.runs_table import collect_runs, filter_runs, resolve_run, runs_csv, sort_runs
-    from carspotter.runs_table import plot_runs as plot_curves
+    from carspotter import runs_table
 
     if plot is not None:
         if not plot_runs:
             raise UserError("runs --plot OUT.png needs one or more runs (folders or run ids)")
-        out = plot_curves([resolve_run(r, runs_dir) for r in plot_runs], plot)
+        out = runs_table.plot_runs([runs_table.resolve_run(r, runs_dir) for r in plot_runs], plot)
         console.print(f"curves of {len(plot_runs)} run(s) → {out}")
         return
     if plot_runs:
         raise UserError("runs takes run arguments only with --plot OUT.png")
-    rows = sort_runs(filter_runs(collect_runs(runs_dir), filter_), sort)
+    chosen = runs_table.parse_columns(columns) if columns else None
+    rows = runs_table.sort_runs(runs_table.filter_runs(runs_table.collect_runs(runs_dir), filter_), sort)
     if as_csv:
-        print(runs_csv(rows), end="")
+        print(runs_table.runs_csv(rows), end="")
         return
-    _print_runs_table(rows, runs_dir)
+    _print_runs_table(rows, runs_dir, chosen)
 
 
-def _print_runs_table(rows: list[dict], runs_dir: Path) -> None:
+def _print_runs_table(rows: list[dict], runs_dir: Path, columns: list[str] | None) -> None:
     from rich import box
     from rich.table import Table
 
-    from carspotter.runs_table import COLUMNS
+    from carspotter.runs_table import COLUMNS, fit_columns, format_cell
 
-    short = {"status": "done", "image_size": "size", "optimizer": "opt", "weight_decay": "wd", "scheduler": "sched",
-             "dropout": "drop", "head_width": "head", "epochs": "ep", "best_train_loss": "train loss",
-             "best_train_top1": "train top1", "best_val_loss": "val loss", "best_val_top1": "val top1",
-             "test_top1": "test top1"}
+    shown = columns or fit_columns(rows, console.width)
     table = Table(title=f"{len(rows)} run(s) in {runs_dir} (best values over epochs)", header_style="bold",
-                  box=box.SIMPLE_HEAD)
-    for column in COLUMNS:
-        table.add_column(short.get(column, column), justify="left" if column in ("run_id", "tags") else "right",
-                         no_wrap=True)
+                  box=box.SIMPLE_HEAD, title_justify="left")
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("run_id", "tags", "model") else "right",
+                         overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(column, row[column]) for column in COLUMNS))
-    Console(width=max(console.width, 300)).print(table)  # a narrow terminal wraps whole lines, not every cell
-
-
-def _cell(column: str, value: object) -> str:
-    if value is None:
-        return ""
-    if column == "status":
-        return "yes" if value == "done" else "no"
-    if column == "params":
-        return f"{float(value) / 1e6:.2f}M"
-    if column in ("best_train_top1", "best_val_top1", "test_top1"):
-        return f"{float(value):.1%}"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+        table.add_row(*(format_cell(column, row[column]) for column in shown))
+    console.print(table)
+    hidden = [c for c in COLUMNS if c not in shown]
+    if hidden and columns is None:
+        console.print(f"not shown (too narrow): {', '.join(hidden)}; --columns chooses, --csv gives all",
+                      style="dim", highlight=False)
 
 
 def _quiet_lightning() -> None:
