@@ -33,8 +33,20 @@ def _setup_logging(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from carspotter import __version__
+
+        print(f"carspotter {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     _setup_logging(verbose)
 
 
@@ -175,7 +187,10 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image, as a list.")] = False,
 ) -> None:
-    """Car make/model/year with probabilities for each image."""
+    """Car make/model/year with probabilities for each image.
+
+    An image that cannot be read gets an error line; the others are still predicted, and the exit code is 2.
+    """
     from carspotter.predict import load_classifier, predict_images
 
     results = predict_images(load_classifier(model), images, top_k=top_k)
@@ -190,8 +205,8 @@ def predict(
             console.print(f"[bold]{r['image']}[/bold]")
             for p in r["predictions"]:
                 console.print(f"  {p['probability']:7.2%}  {p['class_name']}")
-    if failed:
-        raise typer.Exit(1 if failed < len(results) else 2)
+    if failed:  # the others were still predicted and printed; an unreadable photo is a user error, like any other
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -234,7 +249,7 @@ def bench_infer(
     data: Annotated[Path | None, typer.Option(help="Prepared dataset: also report each format's top-1.")] = None,
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for every runtime.")] = 1,
-    runs: Annotated[int, typer.Option(min=10, help="Timed batch-1 runs per format.")] = 200,
+    repeats: Annotated[int, typer.Option(min=10, help="Timed batch-1 runs per format.")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Batch-1 CPU latency (median, p90), throughput and, with --data, top-1 of each format, in one run."""
@@ -242,7 +257,7 @@ def bench_infer(
 
     from carspotter.bench_infer import bench_infer as run_bench
 
-    result = run_bench(models, data=data, split=split, threads=threads, runs=runs)
+    result = run_bench(models, data=data, split=split, threads=threads, runs=repeats)
     if as_json:
         print(json.dumps({"threads": result.threads, "runs": result.runs, "split": result.split,
                           "n": result.n_eval, "formats": [f.to_json() for f in result.formats]}, indent=2))
@@ -284,7 +299,8 @@ def serve(
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data and runs.")] = Path("demo_out"),
-    config: Annotated[Path | None, typer.Option(help="Training config (default: configs/demo.yaml).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config (default: configs/demo.yaml).")
+                      ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
 ) -> None:
     """Synthesise a small dataset, prepare it, train briefly on the CPU, evaluate and predict one image."""
@@ -304,7 +320,8 @@ def models(
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input size for --profile.")] = 227,
     classes: Annotated[int, typer.Option("--classes", min=1, help="Classifier outputs for --profile.")] = 196,
     filter_: Annotated[str | None, typer.Option("--filter", help="Pattern: 'ghostnet*' or 'timm/NAME'.")] = None,
-    runs: Annotated[Path | None, typer.Option("--runs", help="Runs folder: add each model's best test top-1.")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Runs folder (output.runs_dir): add each model's best test "
+                                                       "top-1.")] = None,
     out: Annotated[Path, typer.Option(help="Where --profile writes its CSV, JSON, PNG and Markdown.")] = Path(
         "model_profile"
     ),
@@ -328,8 +345,8 @@ def models(
         console.print(table)
         console.print("Any timm architecture is also available as 'timm/<name>'.")
         return
-    profiles = profile_models(names, image_size, classes, runs, threads=threads)
-    with_acc = runs is not None
+    profiles = profile_models(names, image_size, classes, runs_dir, threads=threads)
+    with_acc = runs_dir is not None
     table = Table(title=f"{classes} classes, {image_size}x{image_size}; CPU latency at batch 1 (median)")
     table.add_column("model", no_wrap=True)
     for column in ("params M", "MACs M", "MB", "ms") + (("test top-1",) if with_acc else ()):
@@ -370,7 +387,8 @@ def sweep(
     if result.best_value is None:
         console.print("no completed trial yet")
         return
-    console.print(f"best val top-1 {_pct(result.best_value)}: {result.best_params}")
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    console.print(f"best val top-1 {_pct(result.best_value)}: {params}", highlight=False)
     console.print(f"  run: {result.best_run_dir}")
     if result.best_config is not None:
         console.print(f"  config: {result.best_config}  (carspotter train --config {result.best_config})")
