@@ -181,6 +181,23 @@ def evaluate(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder (with best.ckpt).")],
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset whose test split is shown "
+                                                   "(default: the one the run trained on).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The HTML file [default: RUN/report.html].")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="Test photos in the grid.")] = 24,
+) -> None:
+    """One self-contained HTML page about a run: summary, config, curves, per-class accuracy, confused pairs, photos.
+
+    Opens offline (no CDN, every image embedded); draws RUN/results.png from metrics.csv if the run lacks it.
+    """
+    from carspotter.report import write_run_report
+
+    console.print(f"report: {write_run_report(run, data, out, examples=examples)}")
+
+
+@app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt) or an exported model (.onnx).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from carspotter.errors import UserError
+from carspotter.evaluation.plots import metric_series
 from carspotter.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_epoch_metrics
 
 COLUMNS = [
@@ -248,8 +249,18 @@ def plot_runs(run_dirs: list[Path], out: str | Path) -> Path:
             raise UserError(f"{run_dir}: no metrics.csv rows to plot yet")
         epochs = [int(r["epoch"]) for r in rows]
         for ax, metric in ((ax_loss, "loss"), (ax_top1, "top1")):
-            (line,) = ax.plot(epochs, _series(rows, f"val_{metric}"), label=f"{run_dir.name} val")
-            ax.plot(epochs, _series(rows, f"train_{metric}"), "--", color=line.get_color(), alpha=0.7)
+            (line,) = ax.plot(
+                epochs, metric_series(rows, f"val_{metric}"), marker="o", markersize=3, label=f"{run_dir.name} val"
+            )  # markers: a 1-epoch run is a point, not an empty line
+            ax.plot(
+                epochs,
+                metric_series(rows, f"train_{metric}"),
+                "--",
+                marker="o",
+                markersize=3,
+                color=line.get_color(),
+                alpha=0.7,
+            )
     for ax, title in ((ax_loss, "loss (train dashed)"), (ax_top1, "top-1 (train dashed)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
@@ -261,7 +272,3 @@ def plot_runs(run_dirs: list[Path], out: str | Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-def _series(rows: list[dict[str, str]], key: str) -> list[float]:
-    return [float(r[key]) if r.get(key) else float("nan") for r in rows]

@@ -13,6 +13,7 @@ import numpy as np
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
+from carspotter.evaluation.plots import confused_pairs, plot_confusion
 from carspotter.training.checkpoint import checkpoint_info, read_checkpoint
 from carspotter.training.scoring import EvalResult, evaluate_checkpoint, evaluate_model
 
@@ -23,7 +24,6 @@ __all__ = [
     "evaluate_model",
     "evaluate_on_dataset",
     "new_report_dir",
-    "plot_confusion",
     "write_report",
 ]
 
@@ -73,7 +73,7 @@ def new_report_dir(ckpt: str | Path, data: str | Path, split: str, out: str | Pa
 
 
 def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """Per-class accuracy CSV, confusion matrix (CSV + PNG) and metrics JSON into ``out_dir``."""
+    """Per-class accuracy CSV, confusion matrix (CSV + PNG), the most confused pairs (CSV) and metrics JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -81,6 +81,7 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
         "per_class": out / "per_class_accuracy.csv",
         "confusion_csv": out / "confusion_matrix.csv",
         "confusion_png": out / "confusion_matrix.png",
+        "confused_pairs": out / "confused_pairs.csv",
     }
     paths["metrics"].write_text(json.dumps(result.to_json(), indent=2))
     acc = result.per_class_accuracy
@@ -93,29 +94,11 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
                 [i, name, int(totals[i]), int(result.confusion[i, i]), "" if np.isnan(acc[i]) else f"{acc[i]:.4f}"]
             )
     np.savetxt(paths["confusion_csv"], result.confusion, fmt="%d", delimiter=",")
-    plot_confusion(result, paths["confusion_png"])
+    title = f"Confusion matrix (row-normalised): top-1 {result.top1:.2%}, n={result.n}"
+    plot_confusion(result.confusion, result.class_names, title, paths["confusion_png"])
+    pairs = confused_pairs(result.confusion, result.class_names, limit=50)
+    with open(paths["confused_pairs"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["true_id", "true_name", "predicted_id", "predicted_name", "count", "share"])
+        w.writeheader()
+        w.writerows({**p, "share": f"{p['share']:.4f}"} for p in pairs)
     return paths
-
-
-def plot_confusion(result: EvalResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(result.class_names)
-    totals = result.confusion.sum(axis=1, keepdims=True)
-    norm = result.confusion / np.maximum(totals, 1)
-    size = min(4 + n * 0.08, 24)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix (row-normalised) — top-1 {result.top1:.2%}, n={result.n}")
-    if n <= 40:
-        ax.set_xticks(range(n), result.class_names, rotation=90, fontsize=6)
-        ax.set_yticks(range(n), result.class_names, fontsize=6)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
