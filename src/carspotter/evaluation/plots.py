@@ -46,7 +46,10 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path:
     axes[2].plot(epochs, metric_series(rows, "lr"), marker="o", markersize=3, color="tab:green")
     axes[2].set_title("learning rate")
     axes[2].set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{Path(metrics_csv).parent.name}: {len(rows)} epoch(s)")
