@@ -369,7 +369,7 @@ def models(
     for column in ("params M", "MACs M", "MB", "ms") + (("test top-1",) if with_acc else ()):
         table.add_column(column, justify="right", no_wrap=True)
     for p in profiles:
-        row = [p.name, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}", f"{p.latency_ms:.1f}"]
+        row = [p.label, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}", f"{p.latency_ms:.1f}"]
         if with_acc:
             row.append(_pct(p.best_test_top1))
         table.add_row(*row)
