@@ -27,3 +27,8 @@ def test_one_name_per_idea_across_commands() -> None:
     assert "--repeats" in _options("bench-infer")
     for command in ("train", "demo", "sweep"):
         assert {"--config", "-c"} <= _options(command), command
+
+
+def test_help_shows_the_defaults_of_options_without_one_in_the_signature() -> None:
+    result = CliRunner().invoke(app, ["prepare", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert "(default 0.2;" in result.output and "(default 0)" in result.output

@@ -60,8 +60,9 @@ def prepare(
                                              "or RAW/train/<class>/ and RAW/test/<class>/).")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Rebuild OUT even if it is already complete.")] = False,
     test_fraction: Annotated[float | None, typer.Option(help="folders: share of each class held out for testing "
-                                                             "[default: 0.2].")] = None,
-    seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split [default: 0].")] = None,
+                                                             "(default 0.2; not used when RAW has its own train/ "
+                                                             "and test/).")] = None,
+    seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split (default 0).")] = None,
 ) -> None:
     """Read a raw dataset (layout detected) into a prepared folder: images, train/test/classes CSVs, manifest.json.
 
@@ -185,7 +186,7 @@ def report(
     run: Annotated[Path, typer.Argument(help="A run folder (with best.ckpt).")],
     data: Annotated[Path | None, typer.Option(help="Prepared dataset whose test split is shown "
                                                    "(default: the one the run trained on).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="The HTML file [default: RUN/report.html].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The HTML file (default RUN/report.html).")] = None,
     examples: Annotated[int, typer.Option(min=0, help="Test photos in the grid.")] = 24,
 ) -> None:
     """One self-contained HTML page about a run: summary, config, curves, per-class accuracy, confused pairs, photos.
