@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from carspotter.errors import UserError
-from carspotter.evaluation.plots import metric_series
+from carspotter.evaluation.plots import metric_series, pyplot, save_figure
 from carspotter.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_epoch_metrics
 
 COLUMNS = [
@@ -237,11 +237,7 @@ def resolve_run(run: str | Path, runs_dir: str | Path) -> Path:
 
 def plot_runs(run_dirs: list[Path], out: str | Path) -> Path:
     """Loss and top-1 per epoch of several runs overlaid (train dashed, validation solid), as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run_dir in run_dirs:
         rows = read_epoch_metrics(run_dir / METRICS_FILE)
@@ -266,9 +262,4 @@ def plot_runs(run_dirs: list[Path], out: str | Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     ax_top1.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)

@@ -13,13 +13,24 @@ from carspotter.errors import UserError
 from carspotter.run_files import read_epoch_metrics
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported only when a plot is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out: str | Path, dpi: int = 100) -> Path:
+    """Lay out, write (making the folder) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
 
 
 def metric_series(rows: list[dict[str, str]], key: str) -> list[float]:
@@ -35,7 +46,7 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path:
     rows = read_epoch_metrics(Path(metrics_csv))
     if not rows:
         raise UserError(f"{metrics_csv}: no epochs recorded yet; nothing to plot")
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, metric, title in ((axes[0], "loss", "loss"), (axes[1], "top1", "top-1")):
@@ -53,12 +64,7 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{Path(metrics_csv).parent.name}: {len(rows)} epoch(s)")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def confused_pairs(confusion: np.ndarray, class_names: list[str], limit: int = 20) -> list[dict[str, object]]:
@@ -88,7 +94,7 @@ def confused_pairs(confusion: np.ndarray, class_names: list[str], limit: int = 2
 def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, path: str | Path) -> Path:
     """Row-normalised confusion matrix, sized so that every class gets a readable row: about 0.13 inch per class
     (a 196-class matrix is about 2,600 px wide), labels at every class up to 250 classes."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(class_names)
     norm = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     side = max(6.0, 2.5 + 0.13 * n)
@@ -102,8 +108,4 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
         ax.set_xticks(range(n), class_names, rotation=90, fontsize=fontsize)
         ax.set_yticks(range(n), class_names, fontsize=fontsize)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
