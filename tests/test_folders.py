@@ -77,6 +77,16 @@ def test_a_split_made_by_the_user_is_kept(tmp_path: Path) -> None:
         "test/Seat Ibiza/img_0.jpg",
     ]
     assert data.manifest["source"]["folders"]["presplit"] is True
+    assert not any("--test-fraction" in line for line in report.warnings)
+
+
+def test_test_fraction_with_a_user_split_says_it_was_not_used(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    class_folders(raw / "train", {"Kia Rio": 3, "Seat Ibiza": 3}, seed=1)
+    class_folders(raw / "test", {"Kia Rio": 1, "Seat Ibiza": 1}, seed=2)
+    report = prepare(raw, tmp_path / "out", layout="folders", test_fraction=0.5)
+    assert report.counts == {"train": 6, "test": 2}
+    assert any("--test-fraction and --seed were not used" in line for line in report.warnings)
 
 
 def test_problems_are_skipped_and_reported(tmp_path: Path) -> None:

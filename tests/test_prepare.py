@@ -127,6 +127,14 @@ def test_original_without_test_labels_says_what_to_get(tmp_path: Path) -> None:
         prepare(raw, tmp_path / "out")
 
 
+def test_forced_original_layout_does_not_call_a_present_devkit_missing(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "updated", archives=True)  # car_ims.tgz, cars_annos.mat, car_devkit.tgz
+    assert (raw / "car_devkit.tgz").is_file()
+    with pytest.raises(UserError) as err:
+        prepare(raw, tmp_path / "out", layout="original")
+    assert "cars_train" in str(err.value) and "devkit/ or car_devkit.tgz" not in str(err.value)
+
+
 def test_raw_one_level_down_is_found(tmp_path: Path) -> None:
     """torchvision and Kaggle unpack into a sub-folder (``stanford_cars/``)."""
     _synth(tmp_path / "raw" / "stanford_cars", "updated")

@@ -66,6 +66,20 @@ def test_shipped_thesis_space_is_valid_for_the_thesis_config() -> None:
     assert any(k.startswith("scheduler.") for k in keys) and any(k.startswith("data.image_augmentations") for k in keys)
 
 
+def test_space_addresses_augmentations_as_set_does(tmp_path: Path) -> None:
+    """The shipped space's key form (``...1.params.degrees``) is the one ``--set`` takes; the short form is refused
+    in both places with the same hint."""
+    stanford = ROOT / "configs" / "stanford_ghostnet.yaml"
+    key = "data.image_augmentations.1.params.degrees"
+    space_file = ROOT / "configs" / "sweeps" / "stanford_ghostnet.yaml"
+    assert key in yaml.safe_load(space_file.read_text())["parameters"]
+    assert load_config(stanford, [f"{key}=5"]).data.image_augmentations[1].params["degrees"] == 5
+    bad = tmp_path / "short.yaml"
+    bad.write_text("parameters:\n  data.image_augmentations.1.RandomAffine.degrees: {type: int, low: 0, high: 30}\n")
+    with pytest.raises(UserError, match=r"as data\.image_augmentations\.1\.params\.degrees"):
+        load_space(bad, load_config(stanford).to_dict())
+
+
 def test_three_trial_sweep_prunes_trials_below_the_median(data: Path, space: Path, tmp_path: Path) -> None:
     """An earlier trial at 95% val top-1 per epoch is the median; tiny trials fall below it at their first epoch
     and are stopped there (1 of their 3 epochs runs)."""

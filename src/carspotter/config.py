@@ -385,12 +385,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def set_by_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (``a.b.0.c``) in a raw config dict, whether its list items are in YAML's short or long form.
+
+    An augmentation is addressed by its long form, ``data.image_augmentations.1.params.degrees``, in both ``--set``
+    and sweep spaces: a short-form item (``- RandomAffine: {degrees: 25}``) is rewritten to ``{name, params}`` first.
+    """
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
         if isinstance(node, list):
-            node = node[_index(node, part, key)]
+            index = _index(node, part, key)
+            node[index] = _long_form_item(node[index], nxt, ".".join(parts[: i + 1]), key)
+            node = node[index]
             continue
         if part not in node or node[part] is None:
             node[part] = [] if nxt.isdigit() else {}
@@ -400,6 +407,22 @@ def set_by_path(raw: dict[str, Any], key: str, value: Any) -> None:
         node[_index(node, last, key)] = value
     else:
         node[last] = value
+
+
+def _long_form_item(item: Any, nxt: str, item_key: str, key: str) -> Any:
+    """A list item about to be entered at ``nxt``: ``{Name: params}`` or ``"Name"`` becomes ``{name, params}``."""
+    if isinstance(item, str):
+        item = {item: {}}
+    if isinstance(item, dict) and len(item) == 1 and "name" not in item:
+        ((name, params),) = item.items()
+        item = {"name": name, "params": params or {}}
+    if isinstance(item, dict) and "name" in item and nxt == item["name"]:
+        rest = key.removeprefix(f"{item_key}.{nxt}").lstrip(".")
+        raise UserError(
+            f"{key}: address the parameters of a list item as {item_key}.params{'.' + rest if rest else ''} "
+            f"(the item's class is {item_key}.name)"
+        )
+    return item
 
 
 def _index(node: list[Any], part: str, key: str) -> int:

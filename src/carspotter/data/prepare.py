@@ -93,6 +93,10 @@ def prepare(
     dataset = chosen.read(raw, scratch_dir(out))
     if fetched is not None:
         dataset.details["hub"] = fetched
+    if dataset.details.get("folders", {}).get("presplit") and (test_fraction is not None or seed is not None):
+        dataset.details.setdefault("warnings", []).append(
+            "--test-fraction and --seed were not used: RAW has its own train/ and test/ split, which is kept"
+        )
     report = write_prepared(out, dataset, raw=raw)
     n = report.counts
     log.info("prepared %s: %s train, %s test images, %d classes", out, n["train"], n["test"], report.num_classes)

@@ -273,9 +273,14 @@ _TRAIN_ANCHORS = ("cars_train", "cars_train.tgz", "cars_train.tar.gz", "cars_tra
 
 def detect_original(raw: Path) -> list[str]:
     folder = _dataset_root(raw, *_TRAIN_ANCHORS) or _dataset_root(raw, "cars_test", "cars_test.tgz")
-    if folder is None:
-        return ["cars_train.tgz or cars_train/", "cars_test.tgz or cars_test/", "devkit/ or car_devkit.tgz",
-                "cars_test_annos_withlabels.mat"]
+    if folder is None:  # no image folder or archive: name the devkit only when it is missing too
+        devkit = _dataset_root(raw, "devkit", "car_devkit.tgz", "car_devkit.tar.gz", "car_devkit.tar")
+        lacks = ["cars_train.tgz or cars_train/", "cars_test.tgz or cars_test/"]
+        if devkit is None:
+            lacks.append("devkit/ or car_devkit.tgz")
+        if devkit is None or not _devkit_has(devkit, _TEST_LABELS):
+            lacks.append("cars_test_annos_withlabels.mat")
+        return lacks
     missing = [f"{n}.tgz or {n}/" for n in ("cars_train", "cars_test") if not _has_images(folder, n)]
     for name in ("cars_meta.mat", "cars_train_annos.mat"):
         if not _devkit_has(folder, name):
