@@ -24,6 +24,7 @@ import carspotter
 from carspotter.data.prepared import COLUMNS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, sha256_file
 from carspotter.data.raw import RawDataset, RawImage, lies_inside, listed
 from carspotter.errors import UserError
+from carspotter.preprocessing import max_pixels
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def open_out(out: Path, *, overwrite: bool) -> PrepareReport | None:
         )
     if (out / MANIFEST).is_file():
         if not overwrite:
+            if (out / PARTIAL).exists():  # a run killed during its final clean-up: OUT is complete, the rest is ours
+                _remove(out / PARTIAL)
             report = report_from_manifest(out)
             log.warning("%s: already a complete prepared dataset; left as it is (use overwrite to rebuild it)", out)
             return report
@@ -229,10 +232,14 @@ def _commit(out: Path) -> None:
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of a fully decodable image, None if it cannot be decoded (a truncated file included)."""
+    """(width, height) of a fully decodable image, None if it cannot be decoded (a truncated file included) or has
+    more pixels than the limit (`carspotter.preprocessing.max_pixels`: it is refused before decoding)."""
+    limit = max_pixels()
     try:
         with Image.open(path) as im:
             size = im.size
+            if size[0] * size[1] > limit:
+                return None
             if im.format == "JPEG":  # decode at 1/8 scale: still reads every byte, 10x faster
                 im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()

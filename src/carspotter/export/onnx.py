@@ -21,6 +21,7 @@ from carspotter.data.prepared import sha256_file
 from carspotter.errors import UserError
 from carspotter.export import metadata
 from carspotter.training.checkpoint import CheckpointInfo, load_checkpoint
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None, opset: int = OPSET) -> ExportReport:
     """Export ``ckpt`` to ``out`` (fp32 ONNX) and check it; parity worse than `FP32_TOLERANCE` raises."""
     out = Path(out)
+    check_writable(out.parent, "export folder")
     model, info = load_checkpoint(ckpt)
     to_onnx(model, info, out, opset=opset)
     x, source = check_inputs(info, data)

@@ -29,6 +29,7 @@ from carspotter.export import metadata
 from carspotter.export.inputs import prepared_inputs
 from carspotter.export.onnx import OPSET, ExportReport, compare, onnx_logits, set_metadata, to_onnx, torch_logits
 from carspotter.training.checkpoint import load_checkpoint
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def export(
         raise UserError(f"{out}: an ONNX export's file name must end in .onnx")
     if not (Path(calib) / "manifest.json").is_file():
         raise UserError(f"{calib}: not a complete prepared dataset; --calib needs one (`carspotter prepare RAW OUT`)")
+    check_writable(out.parent, "export folder")
     model, info = load_checkpoint(ckpt)
     calibration, _ = prepared_inputs(calib, "train", info.preprocessing, limit=n_calib)
     if not len(calibration):

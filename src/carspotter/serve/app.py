@@ -3,32 +3,36 @@
 ``create_app(model_path)`` builds a FastAPI app; `carspotter serve` runs it with uvicorn on the loopback interface.
 Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: a body over ``max_bytes`` is cut off
 while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
-non-multipart requests and non-image parts are 415, undecodable or truncated images 400.
+non-multipart requests and non-image parts are 415, undecodable or truncated images 400. Other web sites' pages
+are kept out by `carspotter.serve.security` (security headers, Origin check; ``cors_origins`` lets chosen sites in).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
-from carspotter.preprocessing import image_to_array, open_image, softmax, top_k_predictions
+from carspotter.preprocessing import check_pixels, image_to_array, open_image, softmax, top_k_predictions
+from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.onnx_model import OnnxClassifier
+from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused (413)
-MAX_PIXELS = 40_000_000  # width × height; larger images are refused before decoding (decompression bombs)
 MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the file itself
 TOP_K = 5
 
@@ -40,14 +44,28 @@ class UploadRefused(Exception):
         self.message = message
 
 
-def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
-    """The app serving ``model_path`` (an exported carspotter `.onnx`); the model is loaded once, here."""
+def create_app(
+    model_path: str | Path,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int | None = None,
+    cors_origins: Iterable[str] = (),
+) -> FastAPI:
+    """The app serving ``model_path`` (an exported carspotter `.onnx`); the model is loaded once, here.
+
+    ``max_pixels``: the largest image accepted (default: `carspotter.preprocessing.max_pixels`, as every command);
+    ``cors_origins``: other sites (``https://host[:port]``) whose pages may call the API.
+    """
     model_path = Path(model_path)
+    pixel_limit = configured_max_pixels() if max_pixels is None else max_pixels
+    allowed = [normalise_origin(o) for o in cors_origins]
     if model_path.suffix.lower() != ".onnx":
         raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
     classifier = OnnxClassifier(model_path)
     page = resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="carspotter", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed:  # answers their preflights and lets their pages read the answers
+        app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_methods=["GET", "POST"])
+    app.add_middleware(BrowserGuard, csp=content_security_policy(page), allowed_origins=allowed)  # outermost
 
     @app.exception_handler(UploadRefused)
     async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:
@@ -64,7 +82,7 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
     @app.post("/api/predict")
     async def predict(request: Request) -> dict[str, Any]:
         data = await read_upload(request, max_bytes)
-        probs = await run_in_threadpool(_probabilities, classifier, data, max_pixels)
+        probs = await run_in_threadpool(_probabilities, classifier, data, pixel_limit)
         return {"predictions": top_k_predictions(probs, classifier.class_names, TOP_K)}
 
     return app
@@ -97,8 +115,11 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
         raise UploadRefused(422, "no file in multipart field 'file'")
     part_type = (upload.content_type or "").lower()
     if not part_type.startswith("image/"):
-        raise UploadRefused(415, f"{upload.filename or 'upload'}: content type {part_type or 'missing'!r} is not "
-                                 "an image (send a JPEG, PNG or WebP photo)")
+        raise UploadRefused(
+            415,
+            f"{upload.filename or 'upload'}: content type {part_type or 'missing'!r} is not "
+            "an image (send a JPEG, PNG or WebP photo)",
+        )
     data = await upload.read()
     if len(data) > max_bytes:
         raise UploadRefused(413, f"upload too large ({len(data)} bytes; limit {max_bytes})")
@@ -116,10 +137,12 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
         raise UploadRefused(413, f"image has too many pixels (limit {max_pixels})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UploadRefused(400, "not a readable image (send a JPEG, PNG or WebP photo)") from None
-    if width * height > max_pixels:
-        raise UploadRefused(413, f"image has too many pixels ({width}×{height}; limit {max_pixels})")
     try:
-        x = image_to_array(open_image(data), classifier.preprocessing)
+        check_pixels((width, height), "upload", max_pixels)
+    except UserError as exc:
+        raise UploadRefused(413, str(exc)) from None
+    try:
+        x = image_to_array(open_image(data, max_pixels), classifier.preprocessing)
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
     return softmax(classifier.logits(x[None]))[0]
