@@ -480,3 +480,16 @@ def test_cli_synth_then_prepare(tmp_path: Path) -> None:
     assert "updated layout" in done.output and load_prepared(out).manifest["counts"] == {"train": 2, "test": 4}
     again = runner.invoke(app, ["prepare", str(raw), str(out)])
     assert again.exit_code == 0 and "already" in again.output
+
+
+def test_a_partial_folder_left_beside_a_complete_out_is_removed(tmp_path: Path) -> None:
+    """A prepare killed during its final clean-up leaves OUT complete and ``OUT/.partial`` behind."""
+    raw = _synth(tmp_path / "raw", "original", archives=True)
+    out = tmp_path / "out"
+    prepare(raw, out)
+    leftover = out / writer.PARTIAL / writer.SCRATCH / "cars_train"
+    leftover.mkdir(parents=True)
+    (leftover / "00001.jpg").write_bytes(b"half of an image")
+    again = prepare(raw, out)
+    assert again.already_complete and not (out / writer.PARTIAL).exists()
+    assert len(load_prepared(out).train) == 6
