@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-import scipy.io
 from PIL import Image
+from synthetic_support import rewrite_first_annotation
 
 from carspotter.cli import main
-from carspotter.data.stanford import read_struct
-from carspotter.data.synth import mat_struct, synthesize
+from carspotter.data.synth import synthesize
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 LONG = "a-folder-name-long-enough-that-any-error-line-naming-it-is-wider-than-eighty-columns"
@@ -125,29 +124,21 @@ def _private_photo(tmp: Path) -> Path:
     return private
 
 
-def _rewrite_first(mat: Path, field: str, value: str) -> None:
-    variables = {k: v for k, v in scipy.io.loadmat(str(mat)).items() if not k.startswith("__")}
-    rows = read_struct(mat, "annotations", ())
-    rows[0][field] = value
-    variables["annotations"] = mat_struct(rows, tuple(rows[0]))
-    scipy.io.savemat(str(mat), variables, format="5", do_compression=True)
-
-
 def annotation_absolute(tmp: Path, data: Path) -> None:
     synthetic_raw(tmp, data)
-    _rewrite_first(tmp / "raw" / "cars_annos.mat", "relative_im_path", str(_private_photo(tmp)))
+    rewrite_first_annotation(tmp / "raw" / "cars_annos.mat", "relative_im_path", str(_private_photo(tmp)))
 
 
 def annotation_dotdot(tmp: Path, data: Path) -> None:
     synthetic_raw(tmp, data)
     _private_photo(tmp)
-    _rewrite_first(tmp / "raw" / "cars_annos.mat", "relative_im_path", "car_ims/../../home/me/private.jpg")
+    rewrite_first_annotation(tmp / "raw" / "cars_annos.mat", "relative_im_path", "car_ims/../../home/me/private.jpg")
 
 
 def original_fname_dotdot(tmp: Path, data: Path) -> None:
     synthetic_raw(tmp, data, layout="original")
     _private_photo(tmp)
-    _rewrite_first(tmp / "raw" / "cars_test_annos_withlabels.mat", "fname", "../../home/me/private.jpg")
+    rewrite_first_annotation(tmp / "raw" / "cars_test_annos_withlabels.mat", "fname", "../../home/me/private.jpg")
 
 
 def symlinked_image(tmp: Path, data: Path) -> None:

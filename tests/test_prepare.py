@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import scipy.io
 from PIL import Image
+from synthetic_support import rewrite_first_annotation
 
 from carspotter.data import writer
 from carspotter.data.extract import extract_archive
 from carspotter.data.prepare import detect_layout, prepare
 from carspotter.data.prepared import COLUMNS, load_prepared, sha256_file
 from carspotter.data.stanford import read_class_names, read_struct
-from carspotter.data.synth import StanfordImage, mat_struct, synthesize, write_stanford_raw
+from carspotter.data.synth import StanfordImage, synthesize, write_stanford_raw
 from carspotter.errors import UserError
 
 
@@ -210,15 +211,6 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside_out(tmp_path:
 # ---------------------------------------------------------------------------------- sources outside RAW
 
 
-def _rewrite_first_annotation(mat: Path, field: str, value: str) -> None:
-    """Point the first annotation of a Stanford .mat file elsewhere, written with the project's own .mat writer."""
-    variables = {k: v for k, v in scipy.io.loadmat(str(mat)).items() if not k.startswith("__")}
-    rows = read_struct(mat, "annotations", ())
-    rows[0][field] = value
-    variables["annotations"] = mat_struct(rows, tuple(rows[0]))
-    scipy.io.savemat(str(mat), variables, format="5", do_compression=True)
-
-
 def _tree(root: Path, skip: Path) -> dict[str, str]:
     """Every file, folder and link below ``root`` (except ``skip``) with its content hash or link target."""
     found = {}
@@ -247,7 +239,7 @@ def test_annotations_pointing_outside_raw_are_refused_and_nothing_outside_is_tou
         else ("fname", raw / "cars_test_annos_withlabels.mat")
     )
     hostile = str(private) if kind == "absolute" else "car_ims/" + "../" * 40 + str(private).lstrip("/")
-    _rewrite_first_annotation(mat, field, hostile)
+    rewrite_first_annotation(mat, field, hostile)
     out = tmp_path / "out"
     before = _tree(tmp_path, out)
     with pytest.raises(UserError, match="outside") as err:
