@@ -26,7 +26,10 @@ def set_process_defaults() -> None:
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        ours = tempfile.mkdtemp(prefix=INDUCTOR_PREFIX)
+        try:
+            ours = tempfile.mkdtemp(prefix=INDUCTOR_PREFIX)
+        except OSError:  # no writable temp folder: PyTorch will say so itself if it needs one
+            return
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = ours
         atexit.register(_remove_own_folder, ours, os.getpid())
 
