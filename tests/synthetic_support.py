@@ -34,3 +34,17 @@ def interrupt_prepare_after(monkeypatch: pytest.MonkeyPatch, placed: int) -> Cal
 
     monkeypatch.setattr(writer, "_place", crash_after)
     return real_place
+
+
+def rewrite_first_annotation(mat: Path, field: str, value: str) -> None:
+    """Point the first annotation of a Stanford .mat file elsewhere, written with the project's own .mat writer."""
+    import scipy.io
+
+    from carspotter.data.stanford import read_struct
+    from carspotter.data.synth import mat_struct
+
+    variables = {k: v for k, v in scipy.io.loadmat(str(mat)).items() if not k.startswith("__")}
+    rows = read_struct(mat, "annotations", ())
+    rows[0][field] = value
+    variables["annotations"] = mat_struct(rows, tuple(rows[0]))
+    scipy.io.savemat(str(mat), variables, format="5", do_compression=True)

@@ -72,3 +72,42 @@ def test_page_recognises_an_uploaded_photo(browser, exported_onnx: Path, synthet
         browser.find_element(By.ID, "file").send_keys(str(junk))
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error")
         assert "not an image" in browser.find_element(By.ID, "error").text
+
+
+def test_another_sites_page_cannot_use_the_api(browser, exported_onnx: Path, synthetic_prepared: Path,
+                                               tmp_path: Path) -> None:
+    """A page of another origin posts a photo the way an attacker's page would; the server refuses it unread."""
+    import base64
+
+    from starlette.datastructures import Headers
+    from starlette.staticfiles import StaticFiles
+
+    photo = synthetic_prepared / load_prepared(synthetic_prepared).test["fname"].iloc[0]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<!doctype html><title>another site</title>")
+    app = create_app(exported_onnx)
+    answered: list[tuple[str | None, int]] = []
+
+    async def recording(scope, receive, send):
+        async def spy(message):
+            if message["type"] == "http.response.start" and scope["path"] == "/api/predict":
+                answered.append((Headers(scope=scope).get("origin"), message["status"]))
+            await send(message)
+
+        await app(scope, receive, spy)
+
+    with running_server(recording) as url, running_server(StaticFiles(directory=tmp_path / "site", html=True)) as site:
+        browser.get(site + "/")
+        outcome = browser.execute_async_script(
+            """
+            const [url, b64, done] = arguments;
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const body = new FormData();
+            body.append("file", new Blob([bytes], {type: "image/jpeg"}), "car.jpg");
+            fetch(url + "/api/predict", {method: "POST", body, mode: "no-cors"})
+              .then((r) => done(r.type), (e) => done(String(e)));
+            """,
+            url, base64.b64encode(photo.read_bytes()).decode(),
+        )
+    assert outcome == "opaque"  # the browser sent it ...
+    assert answered == [(site, 403)]  # ... with its Origin, and the server refused it before reading the photo

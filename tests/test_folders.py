@@ -120,6 +120,26 @@ def test_problems_are_skipped_and_reported(tmp_path: Path) -> None:
     assert ".DS_Store" not in text + json.dumps(folders)
 
 
+def test_symlinks_leading_outside_raw_are_skipped_and_listed(tmp_path: Path) -> None:
+    raw = class_folders(tmp_path / "raw", {"Audi A4 2012": 4, "BMW M3 2010": 4})
+    elsewhere = class_folders(tmp_path / "elsewhere", {"Private": 3}, seed=7)
+    (raw / "Audi A4 2012" / "stolen.jpg").symlink_to(elsewhere / "Private" / "img_0.jpg")
+    (raw / "Private").symlink_to(elsewhere / "Private", target_is_directory=True)
+    (raw / "BMW M3 2010" / "alias.jpg").symlink_to(raw / "Audi A4 2012" / "img_0.jpg")  # inside RAW: kept
+    before = {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()}
+
+    report = prepare(raw, tmp_path / "out", layout="folders")
+    data = load_prepared(tmp_path / "out")
+    outside = data.manifest["source"]["folders"]["outside"]
+    assert outside == ["Audi A4 2012/stolen.jpg", "Private"]
+    assert "Private" not in data.classes and any("stolen.jpg" in w and "outside" in w for w in report.warnings)
+    names = set(data.train["fname"]) | set(data.test["fname"])
+    assert "BMW M3 2010/alias.jpg" in {n.split("/", 1)[1] for n in names}
+    assert {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()} == before
+    prepared = {p.read_bytes() for p in (tmp_path / "out").rglob("*.jpg")}
+    assert not prepared & set(before.values())  # no outside photo was copied in
+
+
 def test_duplicate_across_a_user_split_stays_in_train_only(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     class_folders(raw / "train", {"Kia Rio": 3}, seed=1)

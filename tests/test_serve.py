@@ -181,3 +181,50 @@ def open_bytes(data: bytes):
     f = io.BytesIO(data)
     f.name = "upload"
     return contextlib.closing(f)
+
+
+# ------------------------------------------------------------------------------- other sites' pages (issue 11)
+
+
+def test_every_response_carries_the_security_headers(client, car_jpeg: bytes) -> None:
+    responses = [
+        client.get("/"),
+        client.get("/healthz"),
+        client.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")}),
+        client.post("/api/predict", files={"file": ("notes.jpg", b"not a picture", "image/jpeg")}),
+        client.get("/no-such-page"),
+    ]
+    for r in responses:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY"
+        csp = dict(d.strip().split(" ", 1) for d in r.headers["content-security-policy"].split(";"))
+        assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
+        assert csp["connect-src"] == "'self'" and csp["img-src"] == "blob:"
+        assert "unsafe-inline" not in r.headers["content-security-policy"]
+        assert csp["script-src"].startswith("'sha256-") and csp["style-src"].startswith("'sha256-")
+
+
+def test_a_foreign_origin_is_refused_and_the_own_origin_served(server: str, client, car_jpeg: bytes) -> None:
+    photo = {"file": ("car.jpg", car_jpeg, "image/jpeg")}
+    r = client.post("/api/predict", files=photo, headers={"origin": "https://evil.example"})
+    assert_refused(r, 403, "cross-origin", "https://evil.example", "--cors-origin")
+    assert "access-control-allow-origin" not in r.headers
+    assert client.post("/api/predict", files=photo, headers={"origin": server}).status_code == 200  # its own page
+    assert client.post("/api/predict", files=photo, headers={"origin": "null"}).status_code == 403  # sandboxed
+    assert_still_serving(client, car_jpeg)  # no Origin at all (curl, scripts): served
+
+
+def test_cors_origin_lets_one_chosen_site_in(exported_onnx: Path, car_jpeg: bytes) -> None:
+    chosen = "https://cars.example:8443"
+    with running_server(create_app(exported_onnx, cors_origins=[chosen + "/"])) as url:
+        photo = {"file": ("car.jpg", car_jpeg, "image/jpeg")}
+        ok = httpx.post(f"{url}/api/predict", files=photo, headers={"origin": chosen}, timeout=30)
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == chosen
+        preflight = httpx.options(
+            f"{url}/api/predict", headers={"origin": chosen, "access-control-request-method": "POST"}, timeout=30
+        )
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == chosen
+        other = httpx.post(f"{url}/api/predict", files=photo, headers={"origin": "https://cars.example"}, timeout=30)
+        assert other.status_code == 403  # another port is another origin
+    with pytest.raises(UserError, match="expected a site's origin"):
+        create_app(exported_onnx, cors_origins=["cars.example"])

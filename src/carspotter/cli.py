@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from carspotter.errors import UserError
+from carspotter.writable import check_writable
 
 app = typer.Typer(
     name="carspotter",
@@ -22,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # never wrapped: an error line may hold a long path
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -78,6 +80,7 @@ def prepare(
     repository's parquet files into the Hugging Face cache (HF_HOME; resumable; HF_HUB_OFFLINE=1 uses the cache).
     """
     from carspotter.data.prepare import prepare as prepare_dataset
+    from carspotter.data.raw import listed
 
     report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed,
                              class_names=class_names, revision=revision)
@@ -87,11 +90,10 @@ def prepare(
                   f"{report.counts.get('test', 0)} test images, {report.num_classes} classes → {report.out}")
     for what, names in (("missing", report.missing), ("unreadable", report.unreadable)):
         if names:
-            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            err_console.print(f"[yellow]skipped {len(names)} {what} image(s)[/yellow]: {shown} "
+            err_console.print(f"[yellow]skipped {len(names)} {what} image(s)[/yellow]: {escape(listed(names))} "
                               f"(all listed in {report.out / 'manifest.json'})", highlight=False)
     for line in report.warnings:
-        err_console.print(f"[yellow]note[/yellow]: {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]note[/yellow]: {escape(line)}", highlight=False)
 
 
 @app.command()
@@ -153,6 +155,7 @@ def train(
         if config is None:
             raise UserError("train needs --config FILE (e.g. configs/stanford_ghostnet.yaml) or --resume RUN_DIR")
         cfg = load_config(config, set_)
+    check_writable(resume or cfg.output.runs_dir, "runs folder")
     result = run_training(cfg, resume=resume)
     if not result.rank_zero:  # an extra DDP process: rank 0 reports
         return
@@ -181,9 +184,11 @@ def evaluate(
     """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a checkpoint on a prepared split."""
     from carspotter.evaluation.metrics import evaluate_on_dataset, new_report_dir, write_report
 
+    report_dir = new_report_dir(ckpt, data, split, out)
+    check_writable(report_dir, "report folder")
     result = evaluate_on_dataset(ckpt, data, split, allow_class_mismatch=allow_class_mismatch,
                                  batch_size=batch_size, progress=not as_json)
-    paths = write_report(result, new_report_dir(ckpt, data, split, out))
+    paths = write_report(result, report_dir)
     if as_json:
         print(json.dumps(result.to_json()))
         return
@@ -229,7 +234,7 @@ def predict(
     else:
         for r in results:
             if "error" in r:
-                err_console.print(f"[red]error[/red]: {r['error']}")
+                err_console.print(f"[red]error:[/red] {escape(r['error'])}", highlight=False)
                 continue
             console.print(f"[bold]{r['image']}[/bold]")
             for p in r["predictions"]:
@@ -321,14 +326,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     max_bytes: Annotated[int, typer.Option(help="Largest upload accepted, in bytes.")] = 10 * 1024 * 1024,
-    max_pixels: Annotated[int, typer.Option(help="Largest image accepted, in pixels.")] = 40_000_000,
+    max_pixels: Annotated[int | None, typer.Option(min=1, help="Largest image accepted, in pixels [default: "
+                                                              "CARSPOTTER_MAX_PIXELS, else 40000000].")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Another site allowed to call the "
+                                                          "API from its pages, e.g. https://cars.example (repeat for "
+                                                          "more); other sites' requests are refused.")] = None,
 ) -> None:
     """A web page and JSON API (POST /api/predict, GET /healthz) that recognise a car from a photo (ONNX Runtime)."""
     import uvicorn
 
     from carspotter.serve.app import create_app
 
-    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels)
+    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels, cors_origins=cors_origin or ())
     console.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(web_app, host=host, port=port, log_level="info")
 
@@ -504,7 +513,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

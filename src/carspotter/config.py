@@ -349,7 +349,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{source}: invalid configuration\n" + _format_errors(exc)) from None
+        raise UserError(f"{source}: invalid configuration: " + _format_errors(exc)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -438,8 +438,8 @@ def _format_errors(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key{_allowed_keys(err['loc'])}"
-        lines.append(f"  {loc or '<top>'}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{loc or '<top>'}: {msg}")
+    return "; ".join(lines)  # one line, like every user error
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:

@@ -13,6 +13,7 @@ from carspotter.data import folders, hub, parquet, stanford
 from carspotter.data.raw import RawLayout
 from carspotter.data.writer import PrepareReport, commit_pending, open_out, scratch_dir, write_prepared
 from carspotter.errors import UserError
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def prepare(
         raise UserError(f"{raw}: no such folder; RAW must be the folder holding the downloaded dataset files")
     if out.resolve() == raw.resolve():
         raise UserError(f"{out}: OUT must differ from RAW; choose a new folder for the prepared dataset")
+    check_writable(out, "prepared dataset folder")
     existing = open_out(out, overwrite=overwrite)
     if existing is not None:
         return existing
