@@ -40,7 +40,13 @@ def machine() -> dict[str, object]:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def load() -> str:
@@ -73,8 +79,9 @@ def train(name: str, config: Path, data: Path, size: int, epochs: int, workdir: 
     summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
     summary["command"] = "carspotter " + " ".join(cmd[len(CARSPOTTER) :])
     print(
-        f"[{time.strftime('%H:%M:%S')}] {name}: test top-1 {summary['test_top1']:.2%} (top-5 {summary['test_top5']:.2%},"
-        f" n={summary['test_n']}), val top-1 {summary['val_top1']:.2%} at epoch {summary['best_epoch']}"
+        f"[{time.strftime('%H:%M:%S')}] {name}: test top-1 {summary['test_top1']:.2%}"
+        f" (top-5 {summary['test_top5']:.2%}, n={summary['test_n']}),"
+        f" val top-1 {summary['val_top1']:.2%} at epoch {summary['best_epoch']}"
         f" ({summary['selected_by']}), {summary['minutes']} min",
         flush=True,
     )
@@ -83,7 +90,9 @@ def train(name: str, config: Path, data: Path, size: int, epochs: int, workdir: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="raw dataset (any layout prepare reads) or prepared folder")
+    ap.add_argument(
+        "--data", type=Path, required=True, help="raw dataset (any layout prepare reads) or prepared folder"
+    )
     ap.add_argument("--size", type=int, default=96, help="data.image_size")
     ap.add_argument("--epochs", type=int, default=60, help="trainer.max_epochs")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "real_accuracy")
