@@ -8,7 +8,8 @@ prepared data and the same validation split (both recipes carve 10% of train wit
 scored once with the checkpoint each recipe selects. ``--data`` is a raw dataset (any layout ``prepare`` reads; it
 is prepared into ``--workdir`` first) or a prepared folder. ``--bf16`` adds the recommended recipe in bf16 autocast
 (the measurement behind ``precision: auto``). The machine, its load before and after, and every figure go to
-``<workdir>/real_accuracy.json``; with ``--json`` the last line printed is
+``<workdir>/real_accuracy.json``; ``--jobs 2`` trains two recipes at once, one thread each (their minutes are then
+measured side by side). With ``--json`` the last line printed is
 ``{"size", "epochs", "thesis_top1", "recommended_top1", "minutes"}``.
 """
 
@@ -21,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +63,9 @@ def prepared(data: Path, workdir: Path) -> Path:
     return out
 
 
-def train(name: str, config: Path, data: Path, size: int, epochs: int, workdir: Path, extra: list[str]) -> dict:
+def train(
+    name: str, config: Path, data: Path, size: int, epochs: int, workdir: Path, extra: list[str], threads: int | None
+) -> dict:
     """One ``carspotter train`` run; its progress goes to ``<workdir>/<name>.log``, its summary is returned."""
     runs = workdir / "runs"
     run_name = f"{name}-{size}px-{epochs}ep-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -71,8 +75,9 @@ def train(name: str, config: Path, data: Path, size: int, epochs: int, workdir: 
     log_path = workdir / f"{name}.log"
     print(f"[{time.strftime('%H:%M:%S')}] {name}: training ({log_path})", flush=True)
     started = time.perf_counter()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log_path, "w") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
         sys.exit(f"{name}: carspotter train failed (exit {done.returncode}); see {log_path}")
     summary = json.loads((runs / run_name / "summary.json").read_text())
@@ -98,6 +103,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "real_accuracy")
     ap.add_argument("--recipes", default="thesis,recommended", help="comma-separated: thesis, recommended")
     ap.add_argument("--bf16", action="store_true", help="also the recommended recipe with trainer.precision=bf16-mixed")
+    ap.add_argument("--jobs", type=int, default=1, help="recipes trained at once (each with cores/jobs threads)")
     ap.add_argument("--json", action="store_true", help="print the one-line JSON result last")
     args = ap.parse_args()
 
@@ -105,16 +111,21 @@ def main() -> None:
     started = time.perf_counter()
     record: dict[str, object] = {"machine": machine(), "load_before": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
     data = prepared(args.data, args.workdir)
-    runs: dict[str, dict] = {}
-    for name in args.recipes.split(","):
-        if name not in RECIPES:
-            sys.exit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-        runs[name] = train(name, RECIPES[name], data, args.size, args.epochs, args.workdir, [])
+    jobs = [(name, RECIPES.get(name), []) for name in args.recipes.split(",")]
     if args.bf16:
-        runs["recommended_bf16"] = train(
-            "recommended_bf16", RECIPES["recommended"], data, args.size, args.epochs, args.workdir,
-            ["trainer.precision=bf16-mixed"],
-        )  # fmt: skip
+        jobs.append(("recommended_bf16", RECIPES["recommended"], ["trainer.precision=bf16-mixed"]))
+    for name, config, _ in jobs:
+        if config is None:
+            sys.exit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    # --jobs N: N runs at once, each with cores/N threads (on a small CPU two 1-thread runs beat one 2-thread run).
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    record["jobs"] = args.jobs
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            name: pool.submit(train, name, config, data, args.size, args.epochs, args.workdir, extra, threads)
+            for name, config, extra in jobs
+        }
+        runs = {name: f.result() for name, f in futures.items()}
     record["load_after"] = load()
     record["runs"] = runs
     result = {"size": args.size, "epochs": args.epochs}

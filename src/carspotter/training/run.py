@@ -141,7 +141,7 @@ def train(
         raise UserError(f"{resume}: nothing to resume (no last.ckpt); start a new run instead")
     # The data first: a missing or incomplete dataset fails before a run folder is made.
     precision = resolve_precision(cfg)
-    pipeline = resolve_pipeline(cfg.data, cuda=_on_cuda(cfg), cpu_bf16=precision == "bf16-mixed")
+    pipeline = resolve_pipeline(cfg.data)
     if pipeline == "fast":
         datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
     else:
