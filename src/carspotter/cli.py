@@ -180,6 +180,8 @@ def evaluate(
                                                             "the checkpoint's (class ids compared as they are).")
                                     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n} as JSON.")] = False,
+    tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
+                                                              "with its mirror image's (twice the compute).")] = False,
 ) -> None:
     """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a checkpoint on a prepared split."""
     from carspotter.evaluation.metrics import evaluate_on_dataset, new_report_dir, write_report
@@ -187,7 +189,7 @@ def evaluate(
     report_dir = new_report_dir(ckpt, data, split, out)
     check_writable(report_dir, "report folder")
     result = evaluate_on_dataset(ckpt, data, split, allow_class_mismatch=allow_class_mismatch,
-                                 batch_size=batch_size, progress=not as_json)
+                                 batch_size=batch_size, progress=not as_json, tta_flip=tta_flip)
     paths = write_report(result, report_dir)
     if as_json:
         print(json.dumps(result.to_json()))
@@ -220,6 +222,8 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image, as a list.")] = False,
+    tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
+                                                              "with its mirror image's (twice the compute).")] = False,
 ) -> None:
     """Car make/model/year with probabilities for each image.
 
@@ -227,7 +231,7 @@ def predict(
     """
     from carspotter.predict import load_classifier, predict_images
 
-    results = predict_images(load_classifier(model), images, top_k=top_k)
+    results = predict_images(load_classifier(model), images, top_k=top_k, tta_flip=tta_flip)
     failed = sum("error" in r for r in results)
     if as_json:
         print(json.dumps(results, indent=2))

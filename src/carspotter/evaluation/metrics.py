@@ -52,12 +52,13 @@ def evaluate_on_dataset(
     allow_class_mismatch: bool = False,
     batch_size: int = 64,
     progress: bool = True,
+    tta_flip: bool = False,
 ) -> EvalResult:
     """`evaluate_checkpoint` after checking that ``data`` has the checkpoint's classes, in the same order."""
     model_classes = checkpoint_info(read_checkpoint(ckpt), ckpt).class_names
     if not allow_class_mismatch:
         check_classes(model_classes, load_prepared(data).classes, data)
-    return evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=progress)
+    return evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=progress, tta_flip=tta_flip)
 
 
 def new_report_dir(ckpt: str | Path, data: str | Path, split: str, out: str | Path | None = None) -> Path:
