@@ -1,20 +1,35 @@
-# The two commands a user needs: `make demo` and `make test`. Both set up .venv first.
+# The two commands a user needs: `make demo` and `make test`. Both set up .venv first, from requirements.lock.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install lock demo test lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml src/carspotter/serve/web/package-lock.json
+# Exact versions from requirements.lock (the environment the tests passed on); carspotter itself editable, no deps.
+$(STAMP): pyproject.toml requirements.lock src/carspotter/serve/web/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@# onnxruntime-web for `carspotter app` (npm ci of the pinned lock file, once); without npm the app tests skip
 	$(BIN)/carspotter app-setup || echo "warning: no onnxruntime-web (needs npm); \`carspotter app\` will not work"
 	@touch $(STAMP)
+
+# Refresh requirements.lock: resolve pyproject.toml (with [test]) afresh, newest versions allowed; installs nothing.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report .lock-report.json '.[test]'
+	$(BIN)/python -c "import json; r = json.load(open('.lock-report.json')); \
+	pins = sorted(f\"{i['metadata']['name']}=={i['metadata']['version']}\" for i in r['install'] \
+	              if i['metadata']['name'].lower() != 'carspotter'); \
+	head = ['# Exact versions of everything make install puts in .venv: the dependencies of carspotter[test].', \
+	        '# Written by make lock (resolves pyproject.toml afresh); commit it with the change that needed it.']; \
+	open('requirements.lock', 'w').write('\n'.join(head + pins) + '\n')"
+	@rm -f .lock-report.json
+	@echo "requirements.lock: $$(grep -vc '^#' requirements.lock) packages"
 
 demo: install
 	$(BIN)/carspotter demo --workdir demo_out

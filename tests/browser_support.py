@@ -70,3 +70,22 @@ def classify(driver, photo: Path, timeout: float = 60) -> list[dict]:
         "return [...document.querySelectorAll('#predictions li')].map(li => ({class_name: "
         "li.querySelector('.name').textContent, probability: Number(li.dataset.probability)}))"
     )
+
+
+def wait_offline_ready(driver, timeout: float = 60) -> None:
+    """Until the page's service worker holds every file of the app (``body[data-offline=ready]``)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return document.body.dataset.offline") == "ready")
+
+
+def record_csp_violations(driver) -> None:
+    """From the next page load on, collect the page's Content-Security-Policy violations in ``window.cspViolations``
+    (the recorder is injected by DevTools, which the policy does not restrict)."""
+    driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
+            "(e) => window.cspViolations.push(`${e.effectiveDirective} ${e.blockedURI}`));"
+        },
+    )

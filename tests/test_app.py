@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import requests
-from browser_support import classify, requires_browser, wait_ready
+from browser_support import classify, requires_browser, wait_offline_ready, wait_ready
 from PIL import Image
 from serve_support import static_server
 
@@ -178,7 +178,7 @@ def test_app_in_chromium_matches_predict_and_works_offline(
             ms.append(float(browser.execute_script("return document.body.dataset.ms")))
         print(f"\nChromium (headless), synthetic photos: {statistics.median(ms):.1f} ms per photo (median of {ms})")
         assert browser.execute_cdp_cmd("Page.getInstallabilityErrors", {})["installabilityErrors"] == []
-        _wait_offline_ready(browser)
+        wait_offline_ready(browser)
         stop_server()
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/", timeout=5)
@@ -213,12 +213,6 @@ def test_app_in_chromium_on_real_photos(
         f"\nChromium (headless), {len(photos)} real photos: max |Δ probability| {max(diffs):.2e}, "
         f"{statistics.median(ms):.1f} ms per photo (median; p90 {np.percentile(ms, 90):.1f})"
     )
-
-
-def _wait_offline_ready(driver) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.offline") == "ready")
 
 
 def _without_exif(img: Image.Image, out: Path) -> Path:

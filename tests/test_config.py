@@ -13,10 +13,11 @@ from carspotter.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 STANFORD = ROOT / "configs" / "stanford_ghostnet.yaml"
+THESIS = ROOT / "configs" / "thesis_c50.yaml"
 
 
-def test_stanford_config_is_the_thesis_best_run() -> None:
-    cfg = load_config(STANFORD)
+def test_thesis_config_is_the_thesis_best_run() -> None:
+    cfg = load_config(THESIS)
     assert cfg.model.name == "ghostnet_thesis"
     assert cfg.model.args == {"hidden_channels": 320, "drop_rate": 0.2}
     assert cfg.data.image_size == (227, 227) and not cfg.data.grayscale and cfg.data.normalize
@@ -56,7 +57,7 @@ def test_misspelt_batch_size_fails_fast_naming_the_key(tmp_path: Path) -> None:
         ("model.name=ghostnet_thesys", "ghostnet_thesis"),
         ("model.args.hidden=3", "hidden_channels"),
         ("trainer.max_epochs=many", "trainer.max_epochs"),
-        ("data.image_augmentations.0.RandomHorizontalFlip.prob=0.5", "allowed: p"),
+        ("data.image_augmentations.0.params.prob=0.5", "allowed: p"),
         ("optimizer.params.weight_decy=0.1", "weight_decay"),
         ("data.colour=1", "data.colour"),
         ("data.crop_to_bbox=true", "alternatives"),  # together with erase_background below
@@ -77,6 +78,18 @@ def test_unknown_transform_is_refused() -> None:
 def test_overrides_from_the_issue_work(tmp_path: Path) -> None:
     cfg = load_config(STANFORD, [f"data.path={tmp_path}", "trainer.max_epochs=2", f"output.runs_dir={tmp_path}/r"])
     assert cfg.data.path == tmp_path and cfg.trainer.max_epochs == 2 and cfg.output.runs_dir == tmp_path / "r"
+
+
+def test_augmentation_parameters_are_addressed_as_in_the_readme_and_the_sweep_file() -> None:
+    augs = "data.image_augmentations"
+    cfg = load_config(THESIS, [f"{augs}.1.params.degrees=20", f"{augs}.0.params.p=1"])
+    affine = cfg.data.image_augmentations[1]
+    assert affine.name == "RandomAffine" and affine.params["degrees"] == 20 and affine.params["shear"] == 8
+    assert cfg.data.image_augmentations[0].params == {"p": 1}
+    cfg = load_config(THESIS, [f"{augs}.2.name=RandomGrayscale", f"{augs}.2.params={{}}"])
+    assert cfg.data.image_augmentations[2].name == "RandomGrayscale"
+    with pytest.raises(UserError, match=r"as data\.image_augmentations\.1\.params\.degrees"):
+        load_config(THESIS, [f"{augs}.1.RandomAffine.degrees=20"])
 
 
 def test_lambda_schedulers_are_not_offered() -> None:

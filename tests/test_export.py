@@ -123,6 +123,9 @@ def test_bench_infer_times_every_format(trained_checkpoint, exported_onnx, int8_
     assert all(f.median_ms > 0 and f.p90_ms >= f.median_ms and f.throughput > 0 for f in result.formats)
     assert fp32.top1 == eager.top1  # parity: same predictions on every test image
     assert result.n_eval == len(load_prepared(synthetic_prepared).test)
+    # eager's MB is its weights, like the exports' (the .ckpt file also holds the optimizer state)
+    assert eager.size_mb == pytest.approx(fp32.size_mb, rel=0.1)
+    assert eager.size_mb < trained_checkpoint.stat().st_size / 1e6
 
 
 def test_export_mistakes_are_one_line_errors(trained_checkpoint: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from carspotter.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
-THESIS = ROOT / "configs" / "stanford_ghostnet.yaml"
+THESIS = ROOT / "configs" / "thesis_c50.yaml"
 
 
 def data_config(prepared: Path, *extra: str):
@@ -171,8 +171,7 @@ def test_transform_without_batched_equivalent(synthetic_prepared: Path) -> None:
     erasing = data_config(synthetic_prepared, "data.tensor_augmentations=[{RandomErasing: {value: random}}]")
     assert "RandomErasing" in unsupported_transforms(erasing)[0]
     supported = data_config(synthetic_prepared)
-    assert resolve_pipeline(supported, cuda=True) == resolve_pipeline(supported, cpu_bf16=True) == "fast"
-    assert resolve_pipeline(supported, cpu_bf16=False) == "classic"  # CPU in fp32: not reliably faster
+    assert resolve_pipeline(supported) == "fast"
 
 
 def test_device_batches_cover_the_split_once_per_epoch_and_shard_across_ranks() -> None:

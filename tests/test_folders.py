@@ -77,6 +77,16 @@ def test_a_split_made_by_the_user_is_kept(tmp_path: Path) -> None:
         "test/Seat Ibiza/img_0.jpg",
     ]
     assert data.manifest["source"]["folders"]["presplit"] is True
+    assert not any("--test-fraction" in line for line in report.warnings)
+
+
+def test_test_fraction_with_a_user_split_says_it_was_not_used(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    class_folders(raw / "train", {"Kia Rio": 3, "Seat Ibiza": 3}, seed=1)
+    class_folders(raw / "test", {"Kia Rio": 1, "Seat Ibiza": 1}, seed=2)
+    report = prepare(raw, tmp_path / "out", layout="folders", test_fraction=0.5)
+    assert report.counts == {"train": 6, "test": 2}
+    assert any("--test-fraction and --seed were not used" in line for line in report.warnings)
 
 
 def test_problems_are_skipped_and_reported(tmp_path: Path) -> None:
@@ -108,6 +118,26 @@ def test_problems_are_skipped_and_reported(tmp_path: Path) -> None:
     for needle in ("README.md", "notes.txt", "Empty Class", "img_0 (copy).jpg", "'Lada Niva 1990' (1)", "at least 2"):
         assert needle in text, needle
     assert ".DS_Store" not in text + json.dumps(folders)
+
+
+def test_symlinks_leading_outside_raw_are_skipped_and_listed(tmp_path: Path) -> None:
+    raw = class_folders(tmp_path / "raw", {"Audi A4 2012": 4, "BMW M3 2010": 4})
+    elsewhere = class_folders(tmp_path / "elsewhere", {"Private": 3}, seed=7)
+    (raw / "Audi A4 2012" / "stolen.jpg").symlink_to(elsewhere / "Private" / "img_0.jpg")
+    (raw / "Private").symlink_to(elsewhere / "Private", target_is_directory=True)
+    (raw / "BMW M3 2010" / "alias.jpg").symlink_to(raw / "Audi A4 2012" / "img_0.jpg")  # inside RAW: kept
+    before = {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()}
+
+    report = prepare(raw, tmp_path / "out", layout="folders")
+    data = load_prepared(tmp_path / "out")
+    outside = data.manifest["source"]["folders"]["outside"]
+    assert outside == ["Audi A4 2012/stolen.jpg", "Private"]
+    assert "Private" not in data.classes and any("stolen.jpg" in w and "outside" in w for w in report.warnings)
+    names = set(data.train["fname"]) | set(data.test["fname"])
+    assert "BMW M3 2010/alias.jpg" in {n.split("/", 1)[1] for n in names}
+    assert {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()} == before
+    prepared = {p.read_bytes() for p in (tmp_path / "out").rglob("*.jpg")}
+    assert not prepared & set(before.values())  # no outside photo was copied in
 
 
 def test_duplicate_across_a_user_split_stays_in_train_only(tmp_path: Path) -> None:

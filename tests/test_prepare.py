@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 from PIL import Image
+from synthetic_support import interrupt_prepare_after, rewrite_first_annotation
 
 from carspotter.data import writer
 from carspotter.data.extract import extract_archive
@@ -126,6 +127,14 @@ def test_original_without_test_labels_says_what_to_get(tmp_path: Path) -> None:
         prepare(raw, tmp_path / "out")
 
 
+def test_forced_original_layout_does_not_call_a_present_devkit_missing(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "updated", archives=True)  # car_ims.tgz, cars_annos.mat, car_devkit.tgz
+    assert (raw / "car_devkit.tgz").is_file()
+    with pytest.raises(UserError) as err:
+        prepare(raw, tmp_path / "out", layout="original")
+    assert "cars_train" in str(err.value) and "devkit/ or car_devkit.tgz" not in str(err.value)
+
+
 def test_raw_one_level_down_is_found(tmp_path: Path) -> None:
     """torchvision and Kaggle unpack into a sub-folder (``stanford_cars/``)."""
     _synth(tmp_path / "raw" / "stanford_cars", "updated")
@@ -207,6 +216,65 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside_out(tmp_path:
     assert not list((out / writer.PARTIAL / writer.SCRATCH).glob("car_ims*"))
 
 
+# ---------------------------------------------------------------------------------- sources outside RAW
+
+
+def _tree(root: Path, skip: Path) -> dict[str, str]:
+    """Every file, folder and link below ``root`` (except ``skip``) with its content hash or link target."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if Path(dirpath) / d != skip]
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            found[str(p)] = "-> " + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir() else sha256_file(p)
+    return found
+
+
+@pytest.mark.parametrize("archives", [True, False], ids=["archives", "folders"])
+@pytest.mark.parametrize("kind", ["absolute", "dotdot"])
+@pytest.mark.parametrize("layout", ["updated", "original"])
+def test_annotations_pointing_outside_raw_are_refused_and_nothing_outside_is_touched(
+    tmp_path: Path, layout: str, kind: str, archives: bool
+) -> None:
+    raw = _synth(tmp_path / "raw", layout, archives=archives)
+    private = tmp_path / "home" / "me" / "private.jpg"
+    private.parent.mkdir(parents=True)
+    synthesize(tmp_path / "photo", layout="updated", num_classes=1, per_class=1, seed=5, archives=False)
+    shutil.copy(next((tmp_path / "photo").rglob("*.jpg")), private)  # a real JPEG that prepare would accept
+    field, mat = (
+        ("relative_im_path", raw / "cars_annos.mat")
+        if layout == "updated"
+        else ("fname", raw / "cars_test_annos_withlabels.mat")
+    )
+    hostile = str(private) if kind == "absolute" else "car_ims/" + "../" * 40 + str(private).lstrip("/")
+    rewrite_first_annotation(mat, field, hostile)
+    out = tmp_path / "out"
+    before = _tree(tmp_path, out)
+    with pytest.raises(UserError, match="outside") as err:
+        prepare(raw, out)
+    assert hostile in str(err.value) and "\n" not in str(err.value)
+    assert _tree(tmp_path, out) == before  # nothing outside OUT moved, copied, changed or deleted
+    assert private.is_file() and not (out / "manifest.json").exists()
+    assert not [p for p in out.rglob("*") if p.is_file() and sha256_file(p) == sha256_file(private)]
+
+
+def test_symlinked_image_leading_outside_raw_is_refused_by_name(tmp_path: Path) -> None:
+    raw = _synth(tmp_path / "raw", "updated", archives=False)
+    private = tmp_path / "private.jpg"
+    os.replace(raw / "car_ims" / "000001.jpg", private)
+    (raw / "car_ims" / "000001.jpg").symlink_to(private)
+    (raw / "car_ims" / "000002.jpg").unlink()
+    (raw / "car_ims" / "000002.jpg").symlink_to(raw / "car_ims" / "000003.jpg")  # inside RAW: fine
+    out = tmp_path / "out"
+    before = _tree(tmp_path, out)
+    with pytest.raises(UserError, match="outside") as err:
+        prepare(raw, out)
+    assert "car_ims/000001.jpg" in str(err.value) and "000002" not in str(err.value)
+    assert _tree(tmp_path, out) == before and not (out / "manifest.json").exists()
+    (raw / "car_ims" / "000001.jpg").unlink()
+    assert prepare(raw, out).missing == ["car_ims/000001.jpg"]  # the link inside RAW is followed
+
+
 def test_extract_archive_reuses_a_finished_extraction(tmp_path: Path) -> None:
     raw = _synth(tmp_path / "raw", "original", archives=True)
     dest = extract_archive(raw / "car_devkit.tgz", tmp_path / "x" / "devkit")
@@ -226,16 +294,7 @@ def test_extract_archive_reuses_a_finished_extraction(tmp_path: Path) -> None:
 def test_interrupted_copy_then_rerun_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = _synth(tmp_path / "raw", "original", archives=True)
     out = tmp_path / "out"
-    real_place = writer._place
-    calls = {"n": 0}
-
-    def crash_after_five(source: Path, dest: Path, *, move: bool) -> None:
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise KeyboardInterrupt
-        real_place(source, dest, move=move)
-
-    monkeypatch.setattr(writer, "_place", crash_after_five)
+    real_place = interrupt_prepare_after(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         prepare(raw, out)
     with pytest.raises(UserError, match="not a complete prepared dataset"):
@@ -361,8 +420,9 @@ def _real_sample(stanford_shared: Path, layout: str) -> tuple[list[str], list[St
         box = (2, 3, w - 1, h + 5)  # 1-based inclusive; the bottom overshoots and must be clipped
         data = (stanford_shared / "sample" / "images" / row.fname).read_bytes()
         images.append(StanfordImage(data=data, class_id=int(row.class_id) - 1, test=test, bbox=box, name=name))
-        expected.append({"name": name, "split": "test" if test else "train", "class_name": row.class_name,
-                         "width": w, "height": h})
+        expected.append(
+            {"name": name, "split": "test" if test else "train", "class_name": row.class_name, "width": w, "height": h}
+        )
     return classes, images, pd.DataFrame(expected)
 
 
@@ -372,8 +432,9 @@ def test_prepare_real_images_both_layouts(stanford_shared: Path, tmp_path: Path,
     classes, images, expected = _real_sample(stanford_shared, layout)
     raw = tmp_path / "raw"
     raw.mkdir()
-    write_stanford_raw(raw, layout=layout, class_names=classes, images=images, archives=True,
-                       nested=layout == "original")
+    write_stanford_raw(
+        raw, layout=layout, class_names=classes, images=images, archives=True, nested=layout == "original"
+    )
     report = prepare(raw, tmp_path / "out")
     n_test = int((expected["split"] == "test").sum())
     assert report.layout == layout and report.counts == {"train": 418 - n_test, "test": n_test}
@@ -410,3 +471,16 @@ def test_cli_synth_then_prepare(tmp_path: Path) -> None:
     assert "updated layout" in done.output and load_prepared(out).manifest["counts"] == {"train": 2, "test": 4}
     again = runner.invoke(app, ["prepare", str(raw), str(out)])
     assert again.exit_code == 0 and "already" in again.output
+
+
+def test_a_partial_folder_left_beside_a_complete_out_is_removed(tmp_path: Path) -> None:
+    """A prepare killed during its final clean-up leaves OUT complete and ``OUT/.partial`` behind."""
+    raw = _synth(tmp_path / "raw", "original", archives=True)
+    out = tmp_path / "out"
+    prepare(raw, out)
+    leftover = out / writer.PARTIAL / writer.SCRATCH / "cars_train"
+    leftover.mkdir(parents=True)
+    (leftover / "00001.jpg").write_bytes(b"half of an image")
+    again = prepare(raw, out)
+    assert again.already_complete and not (out / writer.PARTIAL).exists()
+    assert len(load_prepared(out).train) == 6

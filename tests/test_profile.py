@@ -20,9 +20,9 @@ def test_ghostnet_macs_match_the_paper() -> None:
     assert 141e6 <= macs <= 150e6
 
 
-def _write_summary(runs: Path, run_id: str, model: str, test_top1: float | None) -> None:
+def _write_summary(runs: Path, run_id: str, model: str, test_top1: float | None, args: dict | None = None) -> None:
     (runs / run_id).mkdir(parents=True)
-    summary = {"run_id": run_id, "model": {"name": model, "args": {}}, "test_top1": test_top1, "val_top1": 0.5,
+    summary = {"run_id": run_id, "model": {"name": model, "args": args or {}}, "test_top1": test_top1, "val_top1": 0.5,
                "num_parameters": 1}  # fmt: skip
     (runs / run_id / "summary.json").write_text(json.dumps(summary))
 
@@ -55,6 +55,21 @@ def test_profile_two_models_and_write_files(tmp_path: Path) -> None:
     assert payload["machine"] and len(payload["models"]) == 2
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| ghostnet_050 | ghostnet |" in paths["md"].read_text()
+
+
+def test_runs_are_matched_to_models_by_their_actual_arguments(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _write_summary(runs, "small-head", "ghostnet_thesis", 0.55, {"hidden_channels": 320})
+    profiles = profile_models(["ghostnet_thesis", "ghostnet_050"], 64, 196, runs, repeats=3, progress=False)
+    by_label = {p.label: p for p in profiles}
+    assert set(by_label) == {"ghostnet_thesis", "ghostnet_thesis(hidden_channels=320)", "ghostnet_050"}
+    trained = by_label["ghostnet_thesis(hidden_channels=320)"]
+    assert trained.best_test_top1 == 0.55 and trained.best_run == "small-head"
+    assert trained.params == 3_041_412  # the thesis's C-50 head, not the 1280-channel default
+    assert by_label["ghostnet_thesis"].best_test_top1 is None
+    assert by_label["ghostnet_thesis"].params > 3.5e6
+    paths = write_profiles(profiles, tmp_path / "out")
+    assert "| ghostnet_thesis(hidden_channels=320) | ghostnet |" in paths["md"].read_text()
 
 
 def test_models_command(tmp_path: Path) -> None:

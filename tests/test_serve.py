@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
+import re
 import struct
 import zlib
 from importlib import resources
@@ -50,6 +53,10 @@ def png_header_only(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def sha256_b64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
 
 
 def assert_refused(response: httpx.Response, status: int, *words: str) -> None:
@@ -203,3 +210,56 @@ def open_bytes(data: bytes):
     f = io.BytesIO(data)
     f.name = "upload"
     return contextlib.closing(f)
+
+
+# ------------------------------------------------------------------------------- other sites' pages (issue 11)
+
+
+def test_every_response_carries_the_security_headers(client, car_jpeg: bytes) -> None:
+    responses = [
+        client.get("/"),
+        client.get("/healthz"),
+        client.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")}),
+        client.post("/api/predict", files={"file": ("notes.jpg", b"not a picture", "image/jpeg")}),
+        client.get("/no-such-page"),
+    ]
+    page_styles = re.findall(r"<style>(.*?)</style>", responses[0].text, re.DOTALL)
+    for r in responses:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY"
+        policy = r.headers["content-security-policy"]
+        csp = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
+        # the app's page: its scripts, WASM, service worker, manifest, model and icons from this server only
+        assert csp["script-src"] == "'self' 'wasm-unsafe-eval'"
+        assert csp["connect-src"] == csp["worker-src"] == csp["manifest-src"] == "'self'"
+        assert csp["img-src"] == "'self' blob:"
+        assert csp["style-src"].split() == ([f"'sha256-{sha256_b64(s)}'" for s in page_styles] or ["'none'"])
+        assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+        assert not re.search(r"https?:|\*", policy)  # no other site
+
+
+def test_a_foreign_origin_is_refused_and_the_own_origin_served(server: str, client, car_jpeg: bytes) -> None:
+    photo = {"file": ("car.jpg", car_jpeg, "image/jpeg")}
+    r = client.post("/api/predict", files=photo, headers={"origin": "https://evil.example"})
+    assert_refused(r, 403, "cross-origin", "https://evil.example", "--cors-origin")
+    assert "access-control-allow-origin" not in r.headers
+    assert client.post("/api/predict", files=photo, headers={"origin": server}).status_code == 200  # its own page
+    assert client.post("/api/predict", files=photo, headers={"origin": "null"}).status_code == 403  # sandboxed
+    assert_still_serving(client, car_jpeg)  # no Origin at all (curl, scripts): served
+
+
+def test_cors_origin_lets_one_chosen_site_in(exported_onnx: Path, car_jpeg: bytes) -> None:
+    chosen = "https://cars.example:8443"
+    with running_server(create_app(exported_onnx, cors_origins=[chosen + "/"])) as url:
+        photo = {"file": ("car.jpg", car_jpeg, "image/jpeg")}
+        ok = httpx.post(f"{url}/api/predict", files=photo, headers={"origin": chosen}, timeout=30)
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == chosen
+        preflight = httpx.options(
+            f"{url}/api/predict", headers={"origin": chosen, "access-control-request-method": "POST"}, timeout=30
+        )
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == chosen
+        other = httpx.post(f"{url}/api/predict", files=photo, headers={"origin": "https://cars.example"}, timeout=30)
+        assert other.status_code == 403  # another port is another origin
+    with pytest.raises(UserError, match="expected a site's origin"):
+        create_app(exported_onnx, cors_origins=["cars.example"])

@@ -58,12 +58,28 @@ def test_space_keys_are_checked_against_the_base_config(tmp_path: Path) -> None:
         load_space(bad, base)
 
 
-def test_shipped_thesis_space_is_valid_for_the_thesis_config() -> None:
+def test_shipped_space_is_valid_for_the_recommended_recipe() -> None:
     base = load_config(ROOT / "configs" / "stanford_ghostnet.yaml").to_dict()
     space = load_space(ROOT / "configs" / "sweeps" / "stanford_ghostnet.yaml", base)
     keys = set(space.parameters)
-    assert {"optimizer.params.weight_decay", "model.args.drop_rate", "model.args.hidden_channels"} <= keys
-    assert any(k.startswith("scheduler.") for k in keys) and any(k.startswith("data.image_augmentations") for k in keys)
+    assert {"optimizer.params.lr", "optimizer.params.weight_decay", "scheduler.params.warmup"} <= keys
+    assert any(k.startswith("data.image_augmentations.0.params.scale") for k in keys)
+
+
+def test_space_addresses_augmentations_as_set_does(tmp_path: Path) -> None:
+    """The shipped space's key form (``...2.params.brightness``, list items by index) is the one ``--set`` takes;
+    the short form (``...2.ColorJitter.brightness``) is refused in both places with the same hint."""
+    stanford = ROOT / "configs" / "stanford_ghostnet.yaml"
+    space = yaml.safe_load((ROOT / "configs" / "sweeps" / "stanford_ghostnet.yaml").read_text())["parameters"]
+    key, scale = "data.image_augmentations.2.params.brightness", "data.image_augmentations.0.params.scale.0"
+    assert key in space and scale in space
+    cfg = load_config(stanford, [f"{key}=0.3", f"{scale}=0.5"])
+    assert cfg.data.image_augmentations[2].params["brightness"] == 0.3
+    assert cfg.data.image_augmentations[0].params["scale"] == [0.5, 1.0]
+    bad = tmp_path / "short.yaml"
+    bad.write_text("parameters:\n  data.image_augmentations.2.ColorJitter.brightness: {type: float, low: 0, high: 1}\n")
+    with pytest.raises(UserError, match=r"as data\.image_augmentations\.2\.params\.brightness"):
+        load_space(bad, load_config(stanford).to_dict())
 
 
 def test_three_trial_sweep_prunes_trials_below_the_median(data: Path, space: Path, tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def test_cli_train_evaluate_predict(learned_run, learnable_prepared: Path, tmp_p
          "--json", "--top-k", "3"],
         capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 1  # one of two images failed
+    assert proc.returncode == 2  # one of two images failed: a user error; the other one is still predicted
     results = json.loads(proc.stdout)
     assert [r["image"] for r in results] == [str(image), str(junk)]
     assert len(results[0]["predictions"]) == 3 and "error" in results[1]

@@ -118,7 +118,7 @@ def bench_infer(
             median_ms=float(np.median(times_ms)),
             p90_ms=float(np.percentile(times_ms, 90)),
             throughput=_throughput(clf, np.repeat(one, throughput_batch, axis=0)),
-            size_mb=path.stat().st_size / 1e6,
+            size_mb=_weights_mb(clf) if label == EAGER else path.stat().st_size / 1e6,
         ))
     eager = next((r for r in results if r.label == EAGER), None)
     for r in results:
@@ -128,6 +128,11 @@ def bench_infer(
             r.top1 = _top1(clf, images, labels)
     return BenchResult(results, threads, runs, throughput_batch, split if data is not None else None,
                        None if images is None else len(images))
+
+
+def _weights_mb(clf: Classifier) -> float:
+    """The eager model's weights (fp32 parameters and buffers), not its checkpoint: that also holds optimizer state."""
+    return sum(t.numel() * t.element_size() for t in clf.model.state_dict().values()) / 1e6
 
 
 def _interleaved_latency(

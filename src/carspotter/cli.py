@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from carspotter.errors import UserError
+from carspotter.writable import check_writable
 
 app = typer.Typer(
     name="carspotter",
@@ -22,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # never wrapped: an error line may hold a long path
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -33,42 +35,65 @@ def _setup_logging(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from carspotter import __version__
+
+        print(f"carspotter {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     _setup_logging(verbose)
 
 
 @app.command()
 def prepare(
-    raw: Annotated[Path, typer.Argument(help="Folder with the downloaded Stanford Cars files (either release), "
-                                             "or your photos in one folder per class (--layout folders).")],
+    raw: Annotated[str, typer.Argument(help="Folder with the downloaded Stanford Cars files (either release, or the "
+                                            "Hugging Face parquet files), hf://OWNER/NAME to fetch a Hugging Face "
+                                            "dataset repository, or your photos in one folder per class "
+                                            "(--layout folders).")],
     out: Annotated[Path, typer.Argument(help="Where to write the prepared dataset.")],
     layout: Annotated[str, typer.Option(help="auto, updated (car_ims.tgz + cars_annos.mat), original "
-                                             "(cars_train/, cars_test/, devkit/) or folders (RAW/<class>/<images>, "
+                                             "(cars_train/, cars_test/, devkit/), parquet (data/train-*.parquet, "
+                                             "data/test-*.parquet) or folders (RAW/<class>/<images>, "
                                              "or RAW/train/<class>/ and RAW/test/<class>/).")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Rebuild OUT even if it is already complete.")] = False,
     test_fraction: Annotated[float | None, typer.Option(help="folders: share of each class held out for testing "
-                                                             "[default: 0.2].")] = None,
-    seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split [default: 0].")] = None,
+                                                             "(default 0.2; not used when RAW has its own train/ "
+                                                             "and test/).")] = None,
+    seed: Annotated[int | None, typer.Option(help="folders: seed of the train/test split (default 0).")] = None,
+    class_names: Annotated[Path | None, typer.Option(help="parquet: the class names, one per line (line 1 is "
+                                                          "label 0), for a release without a dataset card "
+                                                          "(README.md); replaces the card's names.")] = None,
+    revision: Annotated[str | None, typer.Option(help="hf://: branch, tag or commit of the repository "
+                                                      "(default: main).")] = None,
 ) -> None:
     """Read a raw dataset (layout detected) into a prepared folder: images, train/test/classes CSVs, manifest.json.
 
-    Archives are extracted safely; an interrupted run resumes when re-run.
+    Archives are extracted safely; an interrupted run resumes when re-run. hf://OWNER/NAME downloads the
+    repository's parquet files into the Hugging Face cache (HF_HOME; resumable; HF_HUB_OFFLINE=1 uses the cache).
     """
     from carspotter.data.prepare import prepare as prepare_dataset
+    from carspotter.data.raw import listed
 
-    report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed)
+    report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed,
+                             class_names=class_names, revision=revision)
     if report.already_complete:
         console.print(f"{out} is already a complete prepared dataset; left as it is (--overwrite rebuilds it)")
     console.print(f"prepared ({report.layout} layout): {report.counts.get('train', 0)} train, "
                   f"{report.counts.get('test', 0)} test images, {report.num_classes} classes → {report.out}")
     for what, names in (("missing", report.missing), ("unreadable", report.unreadable)):
         if names:
-            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            err_console.print(f"[yellow]skipped {len(names)} {what} image(s)[/yellow]: {shown} "
+            err_console.print(f"[yellow]skipped {len(names)} {what} image(s)[/yellow]: {escape(listed(names))} "
                               f"(all listed in {report.out / 'manifest.json'})", highlight=False)
     for line in report.warnings:
-        err_console.print(f"[yellow]note[/yellow]: {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]note[/yellow]: {escape(line)}", highlight=False)
 
 
 @app.command()
@@ -96,7 +121,8 @@ def stats(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="New folder for the synthetic raw dataset.")],
-    layout: Annotated[str, typer.Option(help="updated or original: the Stanford Cars release to imitate.")] = "updated",
+    layout: Annotated[str, typer.Option(help="updated, original or parquet (Hugging Face): the release to "
+                                             "imitate.")] = "updated",
     classes: Annotated[int, typer.Option("--classes", min=1, help="Number of car classes.")] = 10,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Images per class (half go to test).")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
@@ -129,6 +155,7 @@ def train(
         if config is None:
             raise UserError("train needs --config FILE (e.g. configs/stanford_ghostnet.yaml) or --resume RUN_DIR")
         cfg = load_config(config, set_)
+    check_writable(resume or cfg.output.runs_dir, "runs folder")
     result = run_training(cfg, resume=resume)
     if not result.rank_zero:  # an extra DDP process: rank 0 reports
         return
@@ -145,15 +172,25 @@ def evaluate(
     ckpt: Annotated[Path, typer.Argument(help="A carspotter checkpoint (.ckpt).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
-    out: Annotated[Path | None, typer.Option(help="Report folder (default: beside the checkpoint).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: eval-CKPT-DATASET-SPLIT beside the "
+                                                  "checkpoint); an existing one is kept and a -2, -3 ... folder made.")
+                   ] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
+    allow_class_mismatch: Annotated[bool, typer.Option(help="Evaluate on a dataset whose class names differ from "
+                                                            "the checkpoint's (class ids compared as they are).")
+                                    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n} as JSON.")] = False,
+    tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
+                                                              "with its mirror image's (twice the compute).")] = False,
 ) -> None:
     """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a checkpoint on a prepared split."""
-    from carspotter.evaluation.metrics import evaluate_checkpoint, write_report
+    from carspotter.evaluation.metrics import evaluate_on_dataset, new_report_dir, write_report
 
-    result = evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=not as_json)
-    paths = write_report(result, out or ckpt.parent / f"eval-{ckpt.stem}-{split}")
+    report_dir = new_report_dir(ckpt, data, split, out)
+    check_writable(report_dir, "report folder")
+    result = evaluate_on_dataset(ckpt, data, split, allow_class_mismatch=allow_class_mismatch,
+                                 batch_size=batch_size, progress=not as_json, tta_flip=tta_flip)
+    paths = write_report(result, report_dir)
     if as_json:
         print(json.dumps(result.to_json()))
         return
@@ -163,29 +200,51 @@ def evaluate(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder (with best.ckpt).")],
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset whose test split is shown "
+                                                   "(default: the one the run trained on).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The HTML file (default RUN/report.html).")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="Test photos in the grid.")] = 24,
+) -> None:
+    """One self-contained HTML page about a run: summary, config, curves, per-class accuracy, confused pairs, photos.
+
+    Opens offline (no CDN, every image embedded); draws RUN/results.png from metrics.csv if the run lacks it.
+    """
+    from carspotter.report import write_run_report
+
+    console.print(f"report: {write_run_report(run, data, out, examples=examples)}")
+
+
+@app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt) or an exported model (.onnx).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image, as a list.")] = False,
+    tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
+                                                              "with its mirror image's (twice the compute).")] = False,
 ) -> None:
-    """Car make/model/year with probabilities for each image."""
+    """Car make/model/year with probabilities for each image.
+
+    An image that cannot be read gets an error line; the others are still predicted, and the exit code is 2.
+    """
     from carspotter.predict import load_classifier, predict_images
 
-    results = predict_images(load_classifier(model), images, top_k=top_k)
+    results = predict_images(load_classifier(model), images, top_k=top_k, tta_flip=tta_flip)
     failed = sum("error" in r for r in results)
     if as_json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             if "error" in r:
-                err_console.print(f"[red]error[/red]: {r['error']}")
+                err_console.print(f"[red]error:[/red] {escape(r['error'])}", highlight=False)
                 continue
             console.print(f"[bold]{r['image']}[/bold]")
             for p in r["predictions"]:
                 console.print(f"  {p['probability']:7.2%}  {p['class_name']}")
-    if failed:
-        raise typer.Exit(1 if failed < len(results) else 2)
+    if failed:  # the others were still predicted and printed; an unreadable photo is a user error, like any other
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -236,7 +295,7 @@ def bench_infer(
     data: Annotated[Path | None, typer.Option(help="Prepared dataset: also report each format's top-1.")] = None,
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for every runtime.")] = 1,
-    runs: Annotated[int, typer.Option(min=10, help="Timed batch-1 runs per format.")] = 200,
+    repeats: Annotated[int, typer.Option(min=10, help="Timed batch-1 runs per format.")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Batch-1 CPU latency (median, p90), throughput and, with --data, top-1 of each format, in one run."""
@@ -244,7 +303,7 @@ def bench_infer(
 
     from carspotter.bench_infer import bench_infer as run_bench
 
-    result = run_bench(models, data=data, split=split, threads=threads, runs=runs)
+    result = run_bench(models, data=data, split=split, threads=threads, runs=repeats)
     if as_json:
         print(json.dumps({"threads": result.threads, "runs": result.runs, "split": result.split,
                           "n": result.n_eval, "formats": [f.to_json() for f in result.formats]}, indent=2))
@@ -271,14 +330,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     max_bytes: Annotated[int, typer.Option(help="Largest upload accepted, in bytes.")] = 10 * 1024 * 1024,
-    max_pixels: Annotated[int, typer.Option(help="Largest image accepted, in pixels.")] = 40_000_000,
+    max_pixels: Annotated[int | None, typer.Option(min=1, help="Largest image accepted, in pixels [default: "
+                                                              "CARSPOTTER_MAX_PIXELS, else 40000000].")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Another site allowed to call the "
+                                                          "API from its pages, e.g. https://cars.example (repeat for "
+                                                          "more); other sites' requests are refused.")] = None,
 ) -> None:
     """A web page and JSON API (POST /api/predict, GET /healthz) that recognise a car from a photo (ONNX Runtime)."""
     import uvicorn
 
     from carspotter.serve.app import create_app
 
-    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels)
+    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels, cors_origins=cors_origin or ())
     console.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(web_app, host=host, port=port, log_level="info")
 
@@ -311,7 +374,8 @@ def app_setup() -> None:
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data and runs.")] = Path("demo_out"),
-    config: Annotated[Path | None, typer.Option(help="Training config (default: configs/demo.yaml).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config (default: configs/demo.yaml).")
+                      ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
 ) -> None:
     """Synthesise a small dataset, prepare it, train briefly on the CPU, evaluate and predict one image."""
@@ -331,7 +395,8 @@ def models(
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input size for --profile.")] = 227,
     classes: Annotated[int, typer.Option("--classes", min=1, help="Classifier outputs for --profile.")] = 196,
     filter_: Annotated[str | None, typer.Option("--filter", help="Pattern: 'ghostnet*' or 'timm/NAME'.")] = None,
-    runs: Annotated[Path | None, typer.Option("--runs", help="Runs folder: add each model's best test top-1.")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Runs folder (output.runs_dir): add each model's best test "
+                                                       "top-1.")] = None,
     out: Annotated[Path, typer.Option(help="Where --profile writes its CSV, JSON, PNG and Markdown.")] = Path(
         "model_profile"
     ),
@@ -355,14 +420,14 @@ def models(
         console.print(table)
         console.print("Any timm architecture is also available as 'timm/<name>'.")
         return
-    profiles = profile_models(names, image_size, classes, runs, threads=threads)
-    with_acc = runs is not None
+    profiles = profile_models(names, image_size, classes, runs_dir, threads=threads)
+    with_acc = runs_dir is not None
     table = Table(title=f"{classes} classes, {image_size}x{image_size}; CPU latency at batch 1 (median)")
     table.add_column("model", no_wrap=True)
     for column in ("params M", "MACs M", "MB", "ms") + (("test top-1",) if with_acc else ()):
         table.add_column(column, justify="right", no_wrap=True)
     for p in profiles:
-        row = [p.name, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}", f"{p.latency_ms:.1f}"]
+        row = [p.label, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}", f"{p.latency_ms:.1f}"]
         if with_acc:
             row.append(_pct(p.best_test_top1))
         table.add_row(*row)
@@ -397,7 +462,8 @@ def sweep(
     if result.best_value is None:
         console.print("no completed trial yet")
         return
-    console.print(f"best val top-1 {_pct(result.best_value)}: {result.best_params}")
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    console.print(f"best val top-1 {_pct(result.best_value)}: {params}", highlight=False)
     console.print(f"  run: {result.best_run_dir}")
     if result.best_config is not None:
         console.print(f"  config: {result.best_config}  (carspotter train --config {result.best_config})")
@@ -413,63 +479,53 @@ def runs(
     filter_: Annotated[
         str | None, typer.Option("--filter", help="Comma-separated COLUMN OP VALUE; OP: = != < <= > >= ~ (contains).")
     ] = None,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
+    columns: Annotated[str | None, typer.Option(help="Comma-separated columns to show (default: as many as fit the "
+                                                      "terminal; the headers are the names --sort/--filter take).")
+                       ] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV, every column.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write the curves of the given runs, overlaid, to a PNG.")] = None,
 ) -> None:
     """The runs table (the thesis's dashboard): one row per run folder with its settings and best metrics.
 
     For a browser view: mlflow ui --backend-store-uri sqlite:///RUNS_DIR/mlflow.db
     """
-    from carspotter.runs_table import collect_runs, filter_runs, resolve_run, runs_csv, sort_runs
-    from carspotter.runs_table import plot_runs as plot_curves
+    from carspotter import runs_table
 
     if plot is not None:
         if not plot_runs:
             raise UserError("runs --plot OUT.png needs one or more runs (folders or run ids)")
-        out = plot_curves([resolve_run(r, runs_dir) for r in plot_runs], plot)
+        out = runs_table.plot_runs([runs_table.resolve_run(r, runs_dir) for r in plot_runs], plot)
         console.print(f"curves of {len(plot_runs)} run(s) → {out}")
         return
     if plot_runs:
         raise UserError("runs takes run arguments only with --plot OUT.png")
-    rows = sort_runs(filter_runs(collect_runs(runs_dir), filter_), sort)
+    chosen = runs_table.parse_columns(columns) if columns else None
+    rows = runs_table.sort_runs(runs_table.filter_runs(runs_table.collect_runs(runs_dir), filter_), sort)
     if as_csv:
-        print(runs_csv(rows), end="")
+        print(runs_table.runs_csv(rows), end="")
         return
-    _print_runs_table(rows, runs_dir)
+    _print_runs_table(rows, runs_dir, chosen)
 
 
-def _print_runs_table(rows: list[dict], runs_dir: Path) -> None:
+def _print_runs_table(rows: list[dict], runs_dir: Path, columns: list[str] | None) -> None:
     from rich import box
     from rich.table import Table
 
-    from carspotter.runs_table import COLUMNS
+    from carspotter.runs_table import COLUMNS, fit_columns, format_cell
 
-    short = {"status": "done", "image_size": "size", "optimizer": "opt", "weight_decay": "wd", "scheduler": "sched",
-             "dropout": "drop", "head_width": "head", "epochs": "ep", "best_train_loss": "train loss",
-             "best_train_top1": "train top1", "best_val_loss": "val loss", "best_val_top1": "val top1",
-             "test_top1": "test top1"}
+    shown = columns or fit_columns(rows, console.width)
     table = Table(title=f"{len(rows)} run(s) in {runs_dir} (best values over epochs)", header_style="bold",
-                  box=box.SIMPLE_HEAD)
-    for column in COLUMNS:
-        table.add_column(short.get(column, column), justify="left" if column in ("run_id", "tags") else "right",
-                         no_wrap=True)
+                  box=box.SIMPLE_HEAD, title_justify="left")
+    for column in shown:
+        table.add_column(column, justify="left" if column in ("run_id", "tags", "model") else "right",
+                         overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(column, row[column]) for column in COLUMNS))
-    Console(width=max(console.width, 300)).print(table)  # a narrow terminal wraps whole lines, not every cell
-
-
-def _cell(column: str, value: object) -> str:
-    if value is None:
-        return ""
-    if column == "status":
-        return "yes" if value == "done" else "no"
-    if column == "params":
-        return f"{float(value) / 1e6:.2f}M"
-    if column in ("best_train_top1", "best_val_top1", "test_top1"):
-        return f"{float(value):.1%}"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+        table.add_row(*(format_cell(column, row[column]) for column in shown))
+    console.print(table)
+    hidden = [c for c in COLUMNS if c not in shown]
+    if hidden and columns is None:
+        console.print(f"not shown (too narrow): {', '.join(hidden)}; --columns chooses, --csv gives all",
+                      style="dim", highlight=False)
 
 
 def _quiet_lightning() -> None:
@@ -486,7 +542,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -77,6 +77,9 @@ class Transform(_Section):
         return self
 
 
+BATCH_TRANSFORMS = ("MixUp", "CutMix")
+
+
 class DataConfig(_Section):
     path: Path = Path("data/stanford")
     image_size: tuple[int, int] = (227, 227)
@@ -95,6 +98,19 @@ class DataConfig(_Section):
     cache_dir: Path | None = None  # decoded-image cache of the fast pipeline; None: <data.path>/.cache
     image_augmentations: list[Transform] = Field(default_factory=list)
     tensor_augmentations: list[Transform] = Field(default_factory=list)
+    # Whole-batch mixing of training images and labels (torchvision.transforms.v2 MixUp / CutMix, num_classes from the
+    # data); with several entries one of them is drawn per batch. Runs on the training device in both pipelines.
+    batch_augmentations: list[Transform] = Field(default_factory=list)
+
+    @field_validator("batch_augmentations", mode="after")
+    @classmethod
+    def _mixing_only(cls, value: list[Transform]) -> list[Transform]:
+        for spec in value:
+            if spec.name not in BATCH_TRANSFORMS:
+                raise ValueError(f"{spec.name} is not a batch augmentation; allowed: {', '.join(BATCH_TRANSFORMS)}")
+            if "num_classes" in spec.params or "labels_getter" in spec.params:
+                raise ValueError(f"{spec.name}: num_classes and labels_getter come from the data; give alpha only")
+        return value
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -165,6 +181,8 @@ class OptimizerConfig(_Section):
     name: str = "AdamW"
     params: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-3, "weight_decay": 0.6})
     backbone_lr: float | None = Field(None, gt=0.0)  # None: one lr for all; else the backbone's (params.lr: the head's)
+    # false: no weight decay on biases and normalisation weights (every parameter with fewer than 2 dimensions)
+    weight_decay_norm_and_bias: bool = True
 
     @model_validator(mode="after")
     def _known(self) -> OptimizerConfig:
@@ -183,10 +201,19 @@ class OptimizerConfig(_Section):
         return self
 
 
+# Schedules that scale with the run: their params are fractions of the run's optimizer steps, stepped every batch.
+RUN_SCHEDULES: dict[str, dict[str, Any]] = {
+    "cosine": {"warmup": 0.0, "final_lr": 0.0},  # linear warm-up, then cosine to final_lr x the base lr
+    "step": {"warmup": 0.0, "milestones": [0.5, 0.75], "gamma": 0.1},  # warm-up, then x gamma at each fraction
+}
+
+
 class SchedulerConfig(_Section):
+    """``cosine`` / ``step``: carspotter's run-scaled schedules; or any ``torch.optim.lr_scheduler`` class by name."""
+
     name: str | None = "MultiStepLR"  # None: constant learning rate
     params: dict[str, Any] = Field(default_factory=lambda: {"milestones": [67, 82, 95, 107], "gamma": 0.1})
-    interval: Literal["epoch", "step"] = "epoch"
+    interval: Literal["epoch", "step"] = "epoch"  # torch classes only; cosine and step are always stepped per batch
     monitor: str = "val/loss"  # only ReduceLROnPlateau reads it
 
     @model_validator(mode="after")
@@ -195,11 +222,38 @@ class SchedulerConfig(_Section):
 
         if self.name is None:
             return self
-        names = scheduler_names()
+        if self.name in RUN_SCHEDULES:
+            _check_run_schedule(self.name, self.params)
+            return self
+        names = [*RUN_SCHEDULES, *scheduler_names()]
         if self.name not in names:
             raise ValueError(f"unknown scheduler {self.name!r}.{_close(self.name, names)} Allowed: {', '.join(names)}")
         _check_params("scheduler", self.name, getattr(lr_scheduler, self.name), self.params, skip=("optimizer",))
         return self
+
+
+def _check_run_schedule(name: str, params: dict[str, Any]) -> None:
+    allowed = RUN_SCHEDULES[name]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"scheduler {name!r} has no parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    p = {**allowed, **params}
+    if not isinstance(p["warmup"], int | float) or not 0.0 <= p["warmup"] < 1.0:
+        raise ValueError(f"scheduler {name!r}: warmup is a fraction of the run in [0, 1), got {p['warmup']!r}")
+    if name == "cosine" and (not isinstance(p["final_lr"], int | float) or p["final_lr"] < 0):
+        raise ValueError(f"scheduler 'cosine': final_lr is a fraction of the base lr (>= 0), got {p['final_lr']!r}")
+    if name == "step":
+        ms = p["milestones"]
+        if (
+            not isinstance(ms, list)
+            or not all(isinstance(m, int | float) and p["warmup"] < m < 1 for m in ms)
+            or ms != sorted(ms)
+        ):
+            raise ValueError(
+                f"scheduler 'step': milestones are increasing fractions of the run between warmup and 1, got {ms!r}"
+            )
+        if not isinstance(p["gamma"], int | float) or p["gamma"] <= 0:
+            raise ValueError(f"scheduler 'step': gamma must be a positive number, got {p['gamma']!r}")
 
 
 def scheduler_names() -> list[str]:
@@ -223,6 +277,14 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = 0.0
 
 
+class EmaConfig(_Section):
+    """An exponential moving average of the weights (timm's ModelEmaV3); validated, selected and saved when on."""
+
+    decay: float = Field(0.9998, gt=0.0, lt=1.0)
+    # timm's warm-up: the effective decay is min(decay, 1 - (1 + step)^-2/3), so short runs average over fewer steps
+    warmup: bool = True
+
+
 class TrainerConfig(_Section):
     max_epochs: int = Field(200, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -239,6 +301,10 @@ class TrainerConfig(_Section):
     compile: bool = False  # torch.compile the model (training and validation)
     channels_last: bool | Literal["auto"] = "auto"  # auto: on with CUDA or the fast pipeline
     freeze_backbone_epochs: int = Field(0, ge=0)  # fine-tuning: train only the classifier for the first K epochs
+    ema: EmaConfig | None = None  # null: no weight averaging
+    # Which weights become best.ckpt (and are tested): best_val = the epoch with the highest val/top1; last = the
+    # final epoch, the sound choice after a schedule that decays to (near) zero, above all with EMA on small data.
+    select: Literal["best_val", "last"] = "best_val"
 
 
 class OutputConfig(_Section):
@@ -283,7 +349,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{source}: invalid configuration\n" + _format_errors(exc)) from None
+        raise UserError(f"{source}: invalid configuration: " + _format_errors(exc)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -319,12 +385,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def set_by_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (``a.b.0.c``) in a raw config dict, whether its list items are in YAML's short or long form.
+
+    An augmentation is addressed by its long form, ``data.image_augmentations.1.params.degrees``, in both ``--set``
+    and sweep spaces: a short-form item (``- RandomAffine: {degrees: 25}``) is rewritten to ``{name, params}`` first.
+    """
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
         if isinstance(node, list):
-            node = node[_index(node, part, key)]
+            index = _index(node, part, key)
+            node[index] = _long_form_item(node[index], nxt, ".".join(parts[: i + 1]), key)
+            node = node[index]
             continue
         if part not in node or node[part] is None:
             node[part] = [] if nxt.isdigit() else {}
@@ -334,6 +407,22 @@ def set_by_path(raw: dict[str, Any], key: str, value: Any) -> None:
         node[_index(node, last, key)] = value
     else:
         node[last] = value
+
+
+def _long_form_item(item: Any, nxt: str, item_key: str, key: str) -> Any:
+    """A list item about to be entered at ``nxt``: ``{Name: params}`` or ``"Name"`` becomes ``{name, params}``."""
+    if isinstance(item, str):
+        item = {item: {}}
+    if isinstance(item, dict) and len(item) == 1 and "name" not in item:
+        ((name, params),) = item.items()
+        item = {"name": name, "params": params or {}}
+    if isinstance(item, dict) and "name" in item and nxt == item["name"]:
+        rest = key.removeprefix(f"{item_key}.{nxt}").lstrip(".")
+        raise UserError(
+            f"{key}: address the parameters of a list item as {item_key}.params{'.' + rest if rest else ''} "
+            f"(the item's class is {item_key}.name)"
+        )
+    return item
 
 
 def _index(node: list[Any], part: str, key: str) -> int:
@@ -349,8 +438,8 @@ def _format_errors(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key{_allowed_keys(err['loc'])}"
-        lines.append(f"  {loc or '<top>'}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{loc or '<top>'}: {msg}")
+    return "; ".join(lines)  # one line, like every user error
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:

@@ -31,6 +31,11 @@ def model_input(classifier: Classifier, img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8) if classifier.takes_pixels else image_to_array(img, classifier.preprocessing)
 
 
+def mirror(classifier: Classifier, x: np.ndarray) -> np.ndarray:
+    """The `model_input` of the photo's mirror image: pixels are H×W×C, preprocessed arrays C×H×W."""
+    return np.ascontiguousarray(x[:, ::-1] if classifier.takes_pixels else x[..., ::-1])
+
+
 def batched_logits(classifier: Classifier, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
     """Logits of `model_input` arrays, batching neighbours of equal shape (photos of any size go one by one)."""
     out: list[np.ndarray] = []
@@ -78,9 +83,16 @@ def load_classifier(model_path: str | Path) -> Classifier:
 
 
 def predict_images(
-    classifier: Classifier, images: Sequence[str | Path], top_k: int = 5, batch_size: int = 32
+    classifier: Classifier,
+    images: Sequence[str | Path],
+    top_k: int = 5,
+    batch_size: int = 32,
+    tta_flip: bool = False,
 ) -> list[dict[str, Any]]:
-    """One result per image, in order: ``{"image", "predictions": [...]}`` or ``{"image", "error"}``."""
+    """One result per image, in order: ``{"image", "predictions": [...]}`` or ``{"image", "error"}``.
+
+    ``tta_flip``: each photo's probabilities are the mean of the photo's and its mirror image's.
+    """
     results: list[dict[str, Any]] = [{"image": str(p)} for p in images]
     ready: list[tuple[int, np.ndarray]] = []
     for i, path in enumerate(images):
@@ -88,7 +100,10 @@ def predict_images(
             ready.append((i, model_input(classifier, open_photo(path))))
         except UserError as exc:
             results[i]["error"] = str(exc)
-    probs = softmax(batched_logits(classifier, [arr for _, arr in ready], batch_size))
+    inputs = [arr for _, arr in ready]
+    probs = softmax(batched_logits(classifier, inputs, batch_size))
+    if tta_flip:
+        probs = (probs + softmax(batched_logits(classifier, [mirror(classifier, a) for a in inputs], batch_size))) / 2
     for (i, _), p in zip(ready, probs, strict=True):
         results[i]["predictions"] = top_k_predictions(p, classifier.class_names, top_k)
     return results

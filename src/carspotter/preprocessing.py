@@ -7,6 +7,8 @@ sees exactly the same pixels wherever it runs. No torch import here: the ONNX se
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from carspotter.errors import UserError
+
+# One limit for every command that decodes images (prepare, stats, train, evaluate, predict, export, serve):
+# a larger image is refused from its header, before any pixel is decoded (decompression bombs). PIL's own limit
+# only warns below 179 Mpx; its warning is silenced because this check comes first and is an error.
+MAX_PIXELS_ENV = "CARSPOTTER_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # The thesis's statistics of the Stanford Cars training images at 227x227 (original_repo.md §1).
 THESIS_MEAN_RGB = (0.4707, 0.4602, 0.4550)
@@ -54,28 +63,57 @@ class Preprocessing:
         return cls(**d)
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
+def max_pixels() -> int:
+    """The pixel limit: ``CARSPOTTER_MAX_PIXELS`` from the environment (so DataLoader workers share it), else 40 M."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{MAX_PIXELS_ENV}={text!r}: must be a positive whole number of pixels (e.g. 40000000)")
+    return value
+
+
+def check_pixels(size: tuple[int, int], name: str, limit: int | None = None) -> None:
+    """Refuse an image whose header announces more pixels than the limit, before it is decoded."""
+    limit = max_pixels() if limit is None else limit
+    width, height = size
+    if width * height > limit:
+        raise UserError(
+            f"{name}: image has too many pixels ({width}×{height} = {width * height:,}; limit {limit:,}); "
+            f"shrink it, or raise the limit with {MAX_PIXELS_ENV}"
+        )
+
+
+def open_image(source: str | Path | bytes, limit: int | None = None) -> Image.Image:
     """Decode an image fully and convert it to RGB, pixels as stored (a dataset's boxes refer to them); a missing,
-    non-image or truncated file is a `UserError`."""
-    return _decode(source, orient=False)
+    non-image, truncated or oversized (`max_pixels`) file is a `UserError`."""
+    return _decode(source, orient=False, limit=limit)
 
 
-def open_photo(source: str | Path | bytes) -> Image.Image:
+def open_photo(source: str | Path | bytes, limit: int | None = None) -> Image.Image:
     """A user's photo as it is seen: `open_image` with its EXIF orientation applied, as browsers and phones do (a
     phone stores a portrait photo sideways and says so in EXIF). `predict`, `serve` and the app agree on this."""
-    return _decode(source, orient=True)
+    return _decode(source, orient=True, limit=limit)
 
 
-def _decode(source: str | Path | bytes, *, orient: bool) -> Image.Image:
+def _decode(source: str | Path | bytes, *, orient: bool, limit: int | None) -> Image.Image:
     name = "upload" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            check_pixels(img.size, name, limit)
             img.load()
             return (ImageOps.exif_transpose(img) if orient else img).convert("RGB")
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except Image.DecompressionBombError:
-        raise UserError(f"{name}: image has too many pixels (limit {Image.MAX_IMAGE_PIXELS})") from None
+        raise UserError(
+            f"{name}: image has too many pixels (limit {max_pixels() if limit is None else limit:,}; "
+            f"raise it with {MAX_PIXELS_ENV})"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{name}: not a readable image ({exc})") from None
 

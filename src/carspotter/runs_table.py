@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from carspotter.errors import UserError
-from carspotter.training.callbacks import read_epoch_metrics
-from carspotter.training.run import CONFIG_FILE, SUMMARY_FILE
+from carspotter.evaluation.plots import metric_series, pyplot, save_figure
+from carspotter.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_epoch_metrics
 
 COLUMNS = [
     "run_id",
@@ -42,6 +42,28 @@ COLUMNS = [
     "best_val_loss",
     "best_val_top1",
     "test_top1",
+    "tags",
+]
+# What a narrow terminal shows first; the table keeps COLUMNS' order. `--columns` chooses, `--csv` gives all.
+_PRIORITY = [
+    "run_id",
+    "best_val_top1",
+    "test_top1",
+    "model",
+    "epochs",
+    "status",
+    "lr",
+    "weight_decay",
+    "batch",
+    "image_size",
+    "dropout",
+    "head_width",
+    "params",
+    "optimizer",
+    "scheduler",
+    "best_val_loss",
+    "best_train_top1",
+    "best_train_loss",
     "tags",
 ]
 _NUMERIC = {"batch", "lr", "weight_decay", "dropout", "head_width", "params", "epochs"} | {
@@ -82,7 +104,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir / CONFIG_FILE}: unreadable run config ({exc})") from None
     summary_path = run_dir / SUMMARY_FILE
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    rows = read_epoch_metrics(run_dir / "metrics.csv")
+    rows = read_epoch_metrics(run_dir / METRICS_FILE)
     model, optimizer, scheduler = cfg.get("model", {}), cfg.get("optimizer", {}), cfg.get("scheduler", {})
     model_args, opt_params = model.get("args") or {}, optimizer.get("params") or {}
     size = cfg.get("data", {}).get("image_size")
@@ -156,6 +178,46 @@ def sort_runs(rows: list[dict[str, Any]], key: str | None) -> list[dict[str, Any
     return sorted(present, key=lambda r: r[column], reverse=descending) + missing
 
 
+def parse_columns(text: str) -> list[str]:
+    """``--columns run_id,lr,best_val_top1`` → the columns, checked against `COLUMNS`."""
+    columns = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown or not columns:
+        raise UserError(
+            f"--columns {text!r}: unknown column(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(COLUMNS)}"
+        )
+    return columns
+
+
+def format_cell(column: str, value: Any) -> str:
+    """A value as the terminal table shows it: percentages for top-1, millions for params, 3 significant digits."""
+    if value is None:
+        return ""
+    if column == "params":
+        return f"{float(value) / 1e6:.2f}M"
+    if column in ("best_train_top1", "best_val_top1", "test_top1"):
+        return f"{float(value):.1%}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def fit_columns(rows: list[dict[str, Any]], width: int, gap: int = 3) -> list[str]:
+    """The most useful columns (`_PRIORITY`) whose headers and cells fit in ``width`` characters, in table order.
+
+    A column takes its widest cell or header plus ``gap`` (padding and separator); ``run_id`` is always shown.
+    """
+    chosen: set[str] = set()
+    used = 1
+    for column in _PRIORITY:
+        need = max([len(column), *(len(format_cell(column, r[column])) for r in rows)]) + gap
+        if used + need <= width or not chosen:
+            chosen.add(column)
+            used += need
+    return [c for c in COLUMNS if c in chosen]
+
+
 def runs_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -175,32 +237,29 @@ def resolve_run(run: str | Path, runs_dir: str | Path) -> Path:
 
 def plot_runs(run_dirs: list[Path], out: str | Path) -> Path:
     """Loss and top-1 per epoch of several runs overlaid (train dashed, validation solid), as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run_dir in run_dirs:
-        rows = read_epoch_metrics(run_dir / "metrics.csv")
+        rows = read_epoch_metrics(run_dir / METRICS_FILE)
         if not rows:
             raise UserError(f"{run_dir}: no metrics.csv rows to plot yet")
         epochs = [int(r["epoch"]) for r in rows]
         for ax, metric in ((ax_loss, "loss"), (ax_top1, "top1")):
-            (line,) = ax.plot(epochs, _series(rows, f"val_{metric}"), label=f"{run_dir.name} val")
-            ax.plot(epochs, _series(rows, f"train_{metric}"), "--", color=line.get_color(), alpha=0.7)
+            (line,) = ax.plot(
+                epochs, metric_series(rows, f"val_{metric}"), marker="o", markersize=3, label=f"{run_dir.name} val"
+            )  # markers: a 1-epoch run is a point, not an empty line
+            ax.plot(
+                epochs,
+                metric_series(rows, f"train_{metric}"),
+                "--",
+                marker="o",
+                markersize=3,
+                color=line.get_color(),
+                alpha=0.7,
+            )
     for ax, title in ((ax_loss, "loss (train dashed)"), (ax_top1, "top-1 (train dashed)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     ax_top1.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
-def _series(rows: list[dict[str, str]], key: str) -> list[float]:
-    return [float(r[key]) if r.get(key) else float("nan") for r in rows]
+    return save_figure(fig, out, dpi=120)

@@ -14,8 +14,12 @@ RandomAffine             RandomAffine (p=1)              degrees, translate, sca
 RandomRotation           RandomRotation (p=1)            degrees; interpolation; no ``expand``/``center``/fill
 ColorJitter              ColorJitter                     brightness, contrast, saturation, hue (PIL semantics)
 RandomGrayscale          RandomGrayscale                 ``p``
+RandomResizedCrop        RandomResizedCrop (p=1)         size (default: data.image_size), scale, ratio; bilinear
 RandomErasing            RandomErasing                   p, scale, ratio, scalar ``value`` (tensor augmentation)
 =======================  ==============================  ==========================================================
+
+MixUp and CutMix (``data.batch_augmentations``) mix whole batches and their labels; both pipelines run torchvision's
+own v2 classes on the training device (`carspotter.training.module.build_batch_mixing`).
 
 A configured transform outside this table has no batched equivalent: `unsupported_transforms` names it, and the
 fast pipeline refuses it (``data.pipeline: fast``) or falls back to the classic path (``auto``).
@@ -31,9 +35,11 @@ import torch
 import torch.nn as nn
 
 from carspotter.config import DataConfig, Transform
+from carspotter.data.transforms import with_default_size
 from carspotter.errors import UserError
 
 IMAGE_TRANSFORMS = (
+    "RandomResizedCrop",
     "RandomHorizontalFlip",
     "RandomVerticalFlip",
     "RandomAffine",
@@ -56,7 +62,7 @@ def unsupported_transforms(cfg: DataConfig) -> list[str]:
                 problems.append(f"data.{section}: {spec.name} (batched: {', '.join(allowed)})")
                 continue
             try:
-                _build(spec, channels=1 if cfg.grayscale else 3)
+                _build(spec, channels=1 if cfg.grayscale else 3, image_size=cfg.image_size)
             except ValueError as exc:
                 problems.append(f"data.{section}: {spec.name} ({exc})")
     return problems
@@ -78,10 +84,20 @@ def _scalar_fill(value: Any) -> float:
     raise ValueError(f"fill/value {value!r}: only a single number has a batched equivalent")
 
 
-def _build(spec: Transform, channels: int) -> nn.Module:
+def _build(spec: Transform, channels: int, image_size: tuple[int, int]) -> nn.Module:
     import kornia.augmentation as K
 
-    p = dict(spec.params)
+    p = with_default_size(spec, image_size)
+    if spec.name == "RandomResizedCrop":
+        size = p["size"]
+        size = (size, size) if isinstance(size, int) else tuple(size) * (2 if len(size) == 1 else 1)
+        return K.RandomResizedCrop(
+            size=size,
+            scale=_tuple(p.get("scale", (0.08, 1.0))),
+            ratio=_tuple(p.get("ratio", (3 / 4, 4 / 3))),
+            resample=_interpolation({"interpolation": "bilinear", **p}),  # torchvision's default here is bilinear
+            p=1.0,
+        )
     if spec.name == "RandomHorizontalFlip":
         return K.RandomHorizontalFlip(p=p.get("p", 0.5))
     if spec.name == "RandomVerticalFlip":
@@ -167,8 +183,8 @@ class BatchPreprocess(nn.Module):
                 + ". Use data.pipeline: classic (or auto, which falls back to it)"
             )
         channels = 1 if cfg.grayscale else 3
-        self.image_augs = nn.Sequential(*[_build(s, channels) for s in cfg.image_augmentations])
-        self.tensor_augs = nn.Sequential(*[_build(s, channels) for s in cfg.tensor_augmentations])
+        self.image_augs = nn.Sequential(*[_build(s, channels, cfg.image_size) for s in cfg.image_augmentations])
+        self.tensor_augs = nn.Sequential(*[_build(s, channels, cfg.image_size) for s in cfg.tensor_augmentations])
         self.normalize = cfg.normalize
         self.register_buffer("mean", torch.tensor(cfg.resolved_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.resolved_std).view(1, -1, 1, 1), persistent=False)

@@ -59,6 +59,13 @@ class CarsDataModule(L.LightningDataModule):
         self.dataset: PreparedDataset = load_prepared(cfg.path)
         self.preprocessing = preprocessing_from_config(cfg)
         self.train_frame, self.val_frame = self._split()
+        if (cfg.crop_to_bbox or cfg.erase_background) and not self.dataset.manifest.get("boxes", True):
+            log.warning(
+                "%s has no bounding boxes (%s layout): every box is the whole image, so data.%s changes nothing",
+                cfg.path,
+                self.dataset.manifest.get("source_layout", "?"),
+                "crop_to_bbox" if cfg.crop_to_bbox else "erase_background",
+            )
         if len(self.train_frame) == 0:
             raise UserError(f"{cfg.path}: the training split is empty")
 

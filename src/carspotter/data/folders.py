@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from carspotter.data.prepared import sha256_file, stratified_split
-from carspotter.data.raw import RawDataset, RawImage, RawLayout
+from carspotter.data.raw import RawDataset, RawImage, RawLayout, lies_inside, listed
 from carspotter.data.writer import image_size
 from carspotter.errors import UserError
 
@@ -46,6 +46,7 @@ class FoldersReport:
     test_fraction: float | None  # None when the user split
     seed: int | None
     skipped: list[str] = field(default_factory=list)  # not images (by extension) or outside any class folder
+    outside: list[str] = field(default_factory=list)  # symlinked files or class folders that lead outside RAW
     unreadable: list[str] = field(default_factory=list)  # image extension, but does not decode
     duplicate_groups: list[list[str]] = field(default_factory=list)  # identical files, each group on one side
     dropped_duplicates: list[str] = field(default_factory=list)  # test files identical to a training file
@@ -62,21 +63,26 @@ class FoldersReport:
         out = []
         if self.skipped:
             out.append(
-                f"skipped {len(self.skipped)} file(s) that are not images in a class folder: {_few(self.skipped)}"
+                f"skipped {len(self.skipped)} file(s) that are not images in a class folder: {listed(self.skipped)}"
+            )
+        if self.outside:
+            out.append(
+                f"skipped {len(self.outside)} symlinked file(s) or class folder(s) leading outside RAW (nothing is "
+                f"read from outside RAW; copy them in to use them): {listed(self.outside)}"
             )
         if self.empty_classes:
             out.append(
                 f"left out {len(self.empty_classes)} class folder(s) without a readable image (empty, or only "
-                f"unreadable or non-image files): {_few(self.empty_classes)}"
+                f"unreadable or non-image files): {listed(self.empty_classes)}"
             )
         if self.duplicate_groups:
             where = "the same split" if not self.presplit else "one split"
             groups = ["=".join(g) for g in self.duplicate_groups]
-            out.append(f"{len(groups)} group(s) of identical files, each kept in {where}: {_few(groups, 5)}")
+            out.append(f"{len(groups)} group(s) of identical files, each kept in {where}: {listed(groups, 5)}")
         if self.dropped_duplicates:
             out.append(
                 f"left out {len(self.dropped_duplicates)} test image(s) identical to a training image: "
-                f"{_few(self.dropped_duplicates)}"
+                f"{listed(self.dropped_duplicates)}"
             )
         if self.too_few:
             shown = ", ".join(f"{name!r} ({n})" for name, n in list(self.too_few.items())[:10])
@@ -88,16 +94,12 @@ class FoldersReport:
         if self.without_train:
             out.append(
                 f"{len(self.without_train)} class(es) have test images but no training image (the model cannot "
-                f"learn them): {_few(self.without_train)}"
+                f"learn them): {listed(self.without_train)}"
             )
         others = [c for c in self.without_test if c not in self.too_few]
         if others:
-            out.append(f"{len(others)} class(es) have no test image: {_few(others)}")
+            out.append(f"{len(others)} class(es) have no test image: {listed(others)}")
         return out
-
-
-def _few(names: list[str], limit: int = 10) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def _is_presplit(raw: Path) -> bool:
         others = [p.name for p in _subdirs(raw) if p.name not in _SPLIT_DIRS]
         if others:
             raise UserError(
-                f"{raw}: has train/ and test/ (a split you made) and also the folder(s) {_few(others, 5)}; put every "
+                f"{raw}: has train/ and test/ (a split you made) and also the folder(s) {listed(others, 5)}; put every "
                 "class folder inside train/ and test/, or remove train/ and test/ to let carspotter split"
             )
         return True
@@ -160,8 +162,14 @@ def _list_files(raw: Path, presplit: bool, report: FoldersReport) -> list[_File]
             if p.is_file() and not _is_hidden(p.name):
                 report.skipped.append(p.relative_to(raw).as_posix())  # not inside any class folder
         for cls_dir in _subdirs(root):
+            if not lies_inside(cls_dir, raw):
+                report.outside.append(cls_dir.relative_to(raw).as_posix())
+                continue
             for path in _walk(cls_dir):
                 name = path.relative_to(raw).as_posix()
+                if not lies_inside(path, raw):
+                    report.outside.append(name)
+                    continue
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     report.skipped.append(name)
                     continue
@@ -245,7 +253,7 @@ def read_folders(
 
 def _class_dirs(raw: Path, presplit: bool) -> set[str]:
     roots = [raw / s for s in _SPLIT_DIRS] if presplit else [raw]
-    return {d.name for root in roots for d in _subdirs(root)}
+    return {d.name for root in roots for d in _subdirs(root) if lies_inside(d, raw)}
 
 
 def _place_split(

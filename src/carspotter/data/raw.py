@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 
@@ -24,6 +24,7 @@ class RawImage:
     bbox: tuple[int, int, int, int] | None = None  # PIL box (0-based, right/bottom exclusive); None: whole image
     name: str = ""  # how the raw dataset names it, for reports (e.g. "car_ims/000123.jpg")
     movable: bool = False  # the source is our own scratch copy (extracted archive): move it instead of copying
+    # (the writer still checks that it lies inside that scratch folder before moving anything)
 
 
 @dataclass
@@ -40,3 +41,19 @@ class RawLayout:
     expects: str  # one line: the files this layout needs, for error messages
     detect: Callable[[Path], list[str]]  # RAW -> what is missing (empty: RAW has this layout)
     read: Callable[[Path, Path], RawDataset]  # (RAW, scratch folder for extracted archives) -> the images
+
+
+def lies_inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, every symlink followed, is ``root`` or below it (``root`` resolved too)."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def escapes(name: str) -> bool:
+    """Whether a path written in an annotation file is absolute or climbs out with ``..`` (either slash)."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+
+
+def listed(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names, comma-separated, and how many more there are: for one-line reports."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

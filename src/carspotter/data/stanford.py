@@ -23,7 +23,7 @@ import numpy as np
 import scipy.io
 
 from carspotter.data.extract import archive_names, extract_archive
-from carspotter.data.raw import RawDataset, RawImage, RawLayout
+from carspotter.data.raw import RawDataset, RawImage, RawLayout, escapes, listed
 from carspotter.data.writer import PrepareReport
 from carspotter.errors import UserError
 
@@ -99,6 +99,18 @@ def _box(row: dict[str, Any]) -> tuple[int, int, int, int]:
     """MATLAB 1-based inclusive (x1, y1, x2, y2) -> PIL box (0-based, right/bottom exclusive)."""
     x1, y1, x2, y2 = (int(row[f]) for f in _BOX_FIELDS)
     return x1 - 1, y1 - 1, x2, y2
+
+
+def _refuse_escaping(path: Path, field: str, rows: list[dict[str, Any]]) -> None:
+    """Refuse annotations whose image path is absolute or climbs out with ``..``: nothing outside the image folder
+    may be read, copied or moved, so the whole file is refused before any image is touched."""
+    bad = [str(row[field]) for row in rows if escapes(str(row[field]))]
+    if bad:
+        raise UserError(
+            f"{path}: refusing to prepare: {len(bad)} annotation(s) have a {field} leading outside the image folder "
+            f"(absolute or with '..'): {listed(bad, 5)}; the file is damaged or hostile, download it again "
+            "(nothing was copied or moved)"
+        )
 
 
 def _class_index(row: dict[str, Any], num_classes: int, path: Path, what: str) -> int:
@@ -236,6 +248,7 @@ def read_updated(raw: Path, scratch: Path) -> RawDataset:
     if folder is None or annos_path is None:
         raise UserError(f"{raw}: no cars_annos.mat; the updated release needs it next to car_ims.tgz")
     rows = read_struct(annos_path, "annotations", ("relative_im_path", *_BOX_FIELDS, "class", "test"))
+    _refuse_escaping(annos_path, "relative_im_path", rows)
     meta = _devkit_file(folder, "cars_meta.mat", scratch)
     if meta is not None:
         classes = read_class_names(meta)
@@ -273,9 +286,14 @@ _TRAIN_ANCHORS = ("cars_train", "cars_train.tgz", "cars_train.tar.gz", "cars_tra
 
 def detect_original(raw: Path) -> list[str]:
     folder = _dataset_root(raw, *_TRAIN_ANCHORS) or _dataset_root(raw, "cars_test", "cars_test.tgz")
-    if folder is None:
-        return ["cars_train.tgz or cars_train/", "cars_test.tgz or cars_test/", "devkit/ or car_devkit.tgz",
-                "cars_test_annos_withlabels.mat"]
+    if folder is None:  # no image folder or archive: name the devkit only when it is missing too
+        devkit = _dataset_root(raw, "devkit", "car_devkit.tgz", "car_devkit.tar.gz", "car_devkit.tar")
+        lacks = ["cars_train.tgz or cars_train/", "cars_test.tgz or cars_test/"]
+        if devkit is None:
+            lacks.append("devkit/ or car_devkit.tgz")
+        if devkit is None or not _devkit_has(devkit, _TEST_LABELS):
+            lacks.append("cars_test_annos_withlabels.mat")
+        return lacks
     missing = [f"{n}.tgz or {n}/" for n in ("cars_train", "cars_test") if not _has_images(folder, n)]
     for name in ("cars_meta.mat", "cars_train_annos.mat"):
         if not _devkit_has(folder, name):
@@ -307,6 +325,7 @@ def read_original(raw: Path, scratch: Path) -> RawDataset:
     for split, annos_key in (("train", "train"), ("test", "test")):
         annos = found[annos_key]
         rows = read_struct(annos, "annotations", (*_BOX_FIELDS, "class", "fname"))
+        _refuse_escaping(annos, "fname", rows)
         images_dir, movable, images_from = _images_folder(folder, f"cars_{split}", scratch)
         used[f"{split}_annotations"] = str(annos)
         used[f"{split}_images"] = images_from

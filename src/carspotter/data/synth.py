@@ -14,6 +14,7 @@ from __future__ import annotations
 import colorsys
 import gzip
 import io
+import json
 import logging
 import math
 import os
@@ -25,13 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
 
-LAYOUT_CHOICES = ("updated", "original")
+STANFORD_LAYOUTS = ("updated", "original")
+LAYOUT_CHOICES = (*STANFORD_LAYOUTS, "parquet")  # parquet: the Hugging Face release (data/train-*.parquet, card)
 _MAKES = ("Synthmotors", "Pixelwagen", "Voxela", "Rasterra", "Bitline", "Kernelford", "Tensora")
 _MODELS = ("Aurora", "Vega", "Orbit", "Comet", "Zephyr", "Nimbus", "Pulsar", "Quasar", "Nova", "Halo")
 _BODIES = ("Sedan", "Coupe", "SUV", "Hatchback", "Van", "Pickup", "Wagon", "Convertible")
@@ -135,8 +138,8 @@ def write_stanford_raw(
     ``nested`` mimics the Kaggle mirrors' ``cars_train/cars_train/`` (original layout); ``test_labels_in_devkit``
     puts ``cars_test_annos_withlabels.mat`` into ``devkit/`` instead of next to it. Returns the split counts.
     """
-    if layout not in LAYOUT_CHOICES:
-        raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}")
+    if layout not in STANFORD_LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(STANFORD_LAYOUTS)}")
     out = Path(out)
     sink = _Sink(out)
     meta = {"class_names": mat_cell(class_names)}
@@ -178,6 +181,91 @@ def write_stanford_raw(
         else:
             (out / "cars_test_annos_withlabels.mat").write_bytes(labels)
     sink.close()
+    return counts
+
+
+# ------------------------------------------------------------------------------------------ parquet (Hugging Face)
+
+
+def _card(class_names: list[str], counts: dict[str, int]) -> str:
+    """A dataset card whose YAML header is what the Hub's Stanford Cars repositories carry."""
+    header = {
+        "dataset_info": {
+            "features": [
+                {"name": "image", "dtype": "image"},
+                {"name": "label", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(class_names)}}}},
+            ],
+            "splits": [{"name": s, "num_examples": n} for s, n in counts.items()],
+        },
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in counts]}
+        ],
+    }
+    body = "# Synthetic Stanford Cars\n\nProcedurally drawn cars written by `carspotter synth --layout parquet`.\n"
+    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{body}"
+
+
+def write_parquet_raw(
+    out: Path,
+    *,
+    class_names: list[str],
+    images: Iterable[StanfordImage],
+    rows_per_shard: int = 1000,
+    rows_per_group: int = 100,
+    card: bool = True,
+) -> dict[str, int]:
+    """Write the Hugging Face parquet release into the existing folder ``out``: ``data/{split}-0000k-of-0000n.parquet``
+    (``image`` {bytes, path}, ``label``; ``rows_per_group`` rows per row group, as `datasets` writes image data) and,
+    with ``card``, ``README.md`` and the ``huggingface`` schema metadata naming the classes. Returns split counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {"image": {"_type": "Image"}, "label": {"names": class_names, "_type": "ClassLabel"}}
+    schema = pa.schema(
+        [pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), pa.field("label", pa.int64())],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})} if card else None,
+    )
+    data = Path(out) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    counts = {"train": 0, "test": 0}
+    shards: dict[str, list[Path]] = {"train": [], "test": []}
+    writers: dict[str, pq.ParquetWriter] = {}
+    pending: dict[str, list[StanfordImage]] = {"train": [], "test": []}
+
+    def flush(split: str) -> None:
+        rows = pending[split]
+        if not rows:
+            return
+        start = counts[split] - len(rows)
+        table = pa.table(
+            {
+                "image": [{"bytes": r.data, "path": r.name or f"{start + j + 1:05d}.jpg"} for j, r in enumerate(rows)],
+                "label": [r.class_id for r in rows],
+            },
+            schema=schema,
+        )
+        writers[split].write_table(table, row_group_size=rows_per_group)
+        rows.clear()
+
+    for img in images:
+        split = "test" if img.test else "train"
+        if counts[split] % rows_per_shard == 0:
+            flush(split)
+            if split in writers:
+                writers[split].close()
+            shards[split].append(data / f"{split}-{len(shards[split]):05d}.partial")
+            writers[split] = pq.ParquetWriter(shards[split][-1], schema)
+        pending[split].append(img)
+        counts[split] += 1
+        if len(pending[split]) == rows_per_group:
+            flush(split)
+    for split, writer in writers.items():
+        flush(split)
+        writer.close()
+        for k, path in enumerate(shards[split]):
+            path.rename(data / f"{split}-{k:05d}-of-{len(shards[split]):05d}.parquet")
+    if card:
+        (Path(out) / "README.md").write_text(_card(class_names, counts))
     return counts
 
 
@@ -427,7 +515,7 @@ def synthesize(
     for k in range(num_classes):
         test_idx = set(order_rng.permutation(per_class)[:n_test].tolist())
         items.extend((k, i, i in test_idx) for i in range(per_class))
-    if layout == "original":  # the original release numbers train and test images in a shuffled order
+    if layout != "updated":  # the original release (and the Hub's copies) number images in a shuffled order
         items = [items[j] for j in order_rng.permutation(len(items))]
 
     def render() -> Iterable[StanfordImage]:
@@ -441,8 +529,14 @@ def synthesize(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        counts = write_stanford_raw(tmp, layout=layout, class_names=[s.name for s in styles], images=render(),
-                                    archives=archives, nested=nested, test_labels_in_devkit=test_labels_in_devkit)
+        names = [s.name for s in styles]
+        if layout == "parquet":  # two shards per split, like the Hub's Stanford Cars
+            n_test_total = sum(test for *_, test in items)
+            per_shard = max(1, math.ceil(max(n_test_total, len(items) - n_test_total) / 2))
+            counts = write_parquet_raw(tmp, class_names=names, images=render(), rows_per_shard=per_shard)
+        else:
+            counts = write_stanford_raw(tmp, layout=layout, class_names=names, images=render(), archives=archives,
+                                        nested=nested, test_labels_in_devkit=test_labels_in_devkit)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -55,11 +55,25 @@ def _clip(img: Image.Image, box: Box) -> tuple[int, int, int, int]:
     return x1, y1, x2, y2
 
 
-def build_augmentations(specs: Sequence[Transform]) -> v2.Compose | None:
-    """Instantiate ``torchvision.transforms.v2`` classes by name, in the configured order."""
+def build_augmentations(specs: Sequence[Transform], image_size: tuple[int, int]) -> v2.Compose | None:
+    """Instantiate ``torchvision.transforms.v2`` classes by name, in the configured order.
+
+    ``RandomResizedCrop`` without ``size`` crops back to ``data.image_size``, so a recipe keeps working when only the
+    image size is changed.
+    """
     if not specs:
         return None
-    return v2.Compose([getattr(v2, s.name)(**s.params) for s in specs])
+    return v2.Compose([getattr(v2, s.name)(**with_default_size(s, image_size)) for s in specs])
+
+
+def with_default_size(spec: Transform, image_size: tuple[int, int]) -> dict:
+    """The transform's params, with ``size`` = the training image size for the resized crops that need one."""
+    if spec.name in SIZED_TRANSFORMS and "size" not in spec.params:
+        return {**spec.params, "size": list(image_size)}
+    return dict(spec.params)
+
+
+SIZED_TRANSFORMS = ("RandomResizedCrop",)
 
 
 class TrainTransform:
@@ -69,8 +83,8 @@ class TrainTransform:
         self.prep = preprocessing_from_config(cfg)
         self.crop = cfg.crop_to_bbox
         self.erase = cfg.erase_background
-        self.image_augs = build_augmentations(cfg.image_augmentations)
-        self.tensor_augs = build_augmentations(cfg.tensor_augmentations)
+        self.image_augs = build_augmentations(cfg.image_augmentations, cfg.image_size)
+        self.tensor_augs = build_augmentations(cfg.tensor_augmentations, cfg.image_size)
 
     def __call__(self, img: Image.Image, box: Box | None) -> torch.Tensor:
         if box is not None and self.crop:

@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 import carspotter
 from carspotter.data.prepared import COLUMNS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, sha256_file
-from carspotter.data.raw import RawDataset
+from carspotter.data.raw import RawDataset, RawImage, lies_inside, listed
 from carspotter.errors import UserError
+from carspotter.preprocessing import max_pixels
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def open_out(out: Path, *, overwrite: bool) -> PrepareReport | None:
         )
     if (out / MANIFEST).is_file():
         if not overwrite:
+            if (out / PARTIAL).exists():  # a run killed during its final clean-up: OUT is complete, the rest is ours
+                _remove(out / PARTIAL)
             report = report_from_manifest(out)
             log.warning("%s: already a complete prepared dataset; left as it is (use overwrite to rebuild it)", out)
             return report
@@ -107,10 +110,11 @@ def report_from_manifest(out: Path) -> PrepareReport:
     )
 
 
-def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -> PrepareReport:
+def write_prepared(out: Path, dataset: RawDataset, *, raw: Path) -> PrepareReport:
     """Copy (or move, for our own scratch copies) every readable image into place and write the CSVs and manifest."""
     out = Path(out)
     work = out / PARTIAL
+    _refuse_outside(dataset.images, raw, scratch_dir(out))
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     missing: list[str] = []
@@ -138,7 +142,7 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -
             if dest.parent not in made_dirs:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 made_dirs.add(dest.parent)
-            _place(img.source, dest, move=img.movable)
+            _place(img.source, dest, move=_ours_to_move(img, scratch_dir(out)))
         wanted.add(rel)
         width, height = size
         x1, y1, x2, y2 = clip_box(img.bbox, width, height)
@@ -158,7 +162,7 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -
     total = len(dataset.images)
     if not any(rows.values()):
         raise UserError(
-            f"{raw or dataset.layout}: none of the {total} images listed in the annotations could be read "
+            f"{raw}: none of the {total} images listed in the annotations could be read "
             f"({len(missing)} missing, {len(unreadable)} unreadable, e.g. {(missing + unreadable)[:3]}); "
             "check that the image archive or folder is complete and belongs to these annotations"
         )
@@ -177,9 +181,10 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "source_layout": dataset.layout,
-        "source": {"raw": str(Path(raw).resolve()) if raw is not None else None, **dataset.details},
+        "source": {"raw": str(Path(raw).resolve()), **dataset.details},
         "counts": {s: len(rows[s]) for s in SPLITS},
         "num_classes": len(dataset.classes),
+        "boxes": any(img.bbox is not None for img in dataset.images),  # False: every box is the whole image
         "checksums": {name: sha256_file(work / name) for name in _CSVS},
         "missing": missing,
         "unreadable": unreadable,
@@ -195,6 +200,26 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path | None = None) -
     return report
 
 
+def _refuse_outside(images: list[RawImage], raw: Path, scratch: Path) -> None:
+    """Every source must lie inside RAW or inside what prepare extracted, symlinks followed; checked before
+    anything is copied or moved, so a refused dataset leaves every file outside OUT as it was."""
+    outside = [
+        img.name or str(img.source)
+        for img in images
+        if not (lies_inside(img.source, raw) or lies_inside(img.source, scratch))
+    ]
+    if outside:
+        raise UserError(
+            f"{raw}: refusing to prepare: {len(outside)} image(s) lead outside RAW through a symlink or a path: "
+            f"{listed(outside, 5)}; copy those images into RAW or remove the links (nothing was copied or moved)"
+        )
+
+
+def _ours_to_move(img: RawImage, scratch: Path) -> bool:
+    """Only a plain file that prepare itself extracted is moved; anything else is copied and stays where it is."""
+    return img.movable and not img.source.is_symlink() and lies_inside(img.source, scratch)
+
+
 def _commit(out: Path) -> None:
     """Move the built pieces from ``.partial`` into OUT, manifest last; safe to repeat after an interruption."""
     work = out / PARTIAL
@@ -208,10 +233,14 @@ def _commit(out: Path) -> None:
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of a fully decodable image, None if it cannot be decoded (a truncated file included)."""
+    """(width, height) of a fully decodable image, None if it cannot be decoded (a truncated file included) or has
+    more pixels than the limit (`carspotter.preprocessing.max_pixels`: it is refused before decoding)."""
+    limit = max_pixels()
     try:
         with Image.open(path) as im:
             size = im.size
+            if size[0] * size[1] > limit:
+                return None
             if im.format == "JPEG":  # decode at 1/8 scale: still reads every byte, 10x faster
                 im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()

@@ -11,13 +11,70 @@ from pathlib import Path
 
 import numpy as np
 
+from carspotter.data.prepared import load_prepared
+from carspotter.errors import UserError
+from carspotter.evaluation.plots import confused_pairs, plot_confusion
+from carspotter.training.checkpoint import checkpoint_info, read_checkpoint
 from carspotter.training.scoring import EvalResult, evaluate_checkpoint, evaluate_model
 
-__all__ = ["EvalResult", "evaluate_checkpoint", "evaluate_model", "plot_confusion", "write_report"]
+__all__ = [
+    "EvalResult",
+    "check_classes",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "evaluate_on_dataset",
+    "new_report_dir",
+    "write_report",
+]
+
+
+def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> None:
+    """Refuse a dataset whose classes are not the checkpoint's: its accuracy would compare unrelated class ids."""
+    if model_classes == data_classes:
+        return
+    for i, (ours, theirs) in enumerate(zip(model_classes, data_classes, strict=False)):
+        if ours != theirs:
+            detail = f"class {i} is {theirs!r} in {data} but {ours!r} in the checkpoint"
+            break
+    else:
+        detail = f"{data} has {len(data_classes)} classes, the checkpoint {len(model_classes)}"
+    raise UserError(
+        f"{data} is not the dataset this checkpoint was trained on: {detail} "
+        "(--allow-class-mismatch compares class ids anyway)"
+    )
+
+
+def evaluate_on_dataset(
+    ckpt: str | Path,
+    data: str | Path,
+    split: str = "test",
+    *,
+    allow_class_mismatch: bool = False,
+    batch_size: int = 64,
+    progress: bool = True,
+    tta_flip: bool = False,
+) -> EvalResult:
+    """`evaluate_checkpoint` after checking that ``data`` has the checkpoint's classes, in the same order."""
+    model_classes = checkpoint_info(read_checkpoint(ckpt), ckpt).class_names
+    if not allow_class_mismatch:
+        check_classes(model_classes, load_prepared(data).classes, data)
+    return evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=progress, tta_flip=tta_flip)
+
+
+def new_report_dir(ckpt: str | Path, data: str | Path, split: str, out: str | Path | None = None) -> Path:
+    """A report folder that does not exist yet: ``out``, or ``eval-<ckpt>-<dataset>-<split>`` beside the checkpoint;
+    an existing one gets a numeric suffix (``-2``, ``-3``, ...) instead of being overwritten."""
+    default = f"eval-{Path(ckpt).stem}-{Path(data).resolve().name}-{split}"
+    base = Path(out) if out is not None else Path(ckpt).parent / default
+    for i in range(1, 10_000):
+        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise UserError(f"{base}: could not find a free report folder name")
 
 
 def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """Per-class accuracy CSV, confusion matrix (CSV + PNG) and metrics JSON into ``out_dir``."""
+    """Per-class accuracy CSV, confusion matrix (CSV + PNG), the most confused pairs (CSV) and metrics JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -25,6 +82,7 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
         "per_class": out / "per_class_accuracy.csv",
         "confusion_csv": out / "confusion_matrix.csv",
         "confusion_png": out / "confusion_matrix.png",
+        "confused_pairs": out / "confused_pairs.csv",
     }
     paths["metrics"].write_text(json.dumps(result.to_json(), indent=2))
     acc = result.per_class_accuracy
@@ -37,29 +95,11 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
                 [i, name, int(totals[i]), int(result.confusion[i, i]), "" if np.isnan(acc[i]) else f"{acc[i]:.4f}"]
             )
     np.savetxt(paths["confusion_csv"], result.confusion, fmt="%d", delimiter=",")
-    plot_confusion(result, paths["confusion_png"])
+    title = f"Confusion matrix (row-normalised): top-1 {result.top1:.2%}, n={result.n}"
+    plot_confusion(result.confusion, result.class_names, title, paths["confusion_png"])
+    pairs = confused_pairs(result.confusion, result.class_names, limit=50)
+    with open(paths["confused_pairs"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["true_id", "true_name", "predicted_id", "predicted_name", "count", "share"])
+        w.writeheader()
+        w.writerows({**p, "share": f"{p['share']:.4f}"} for p in pairs)
     return paths
-
-
-def plot_confusion(result: EvalResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(result.class_names)
-    totals = result.confusion.sum(axis=1, keepdims=True)
-    norm = result.confusion / np.maximum(totals, 1)
-    size = min(4 + n * 0.08, 24)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix (row-normalised) — top-1 {result.top1:.2%}, n={result.n}")
-    if n <= 40:
-        ax.set_xticks(range(n), result.class_names, rotation=90, fontsize=6)
-        ax.set_yticks(range(n), result.class_names, fontsize=6)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -15,8 +15,9 @@ import platform
 import statistics
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,17 @@ class ModelProfile:
     threads: int
     best_test_top1: float | None = None
     best_run: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # besides num_classes/in_chans; {}: the model's defaults
+
+    @property
+    def label(self) -> str:
+        """``ghostnet_thesis`` for the defaults, ``ghostnet_thesis(hidden_channels=320)`` for a trained variant."""
+        inner = ", ".join(f"{k}={v}" for k, v in sorted(self.args.items()))
+        return f"{self.name}({inner})" if inner else self.name
+
+
+def _args_key(args: dict[str, Any]) -> str:
+    return json.dumps(args, sort_keys=True)
 
 
 def model_family(name: str) -> str:
@@ -91,23 +103,26 @@ def measure_latency_ms(
     return statistics.median(times) * 1000
 
 
-def best_run_accuracy(runs_dir: str | Path) -> dict[str, tuple[float, str]]:
-    """``{model name: (best test top-1, run id)}`` over ``RUNS_DIR/*/summary.json`` (runs without a test score skip)."""
+def best_run_accuracy(runs_dir: str | Path) -> dict[tuple[str, str], tuple[float, str, dict[str, Any]]]:
+    """``{(model name, its arguments as JSON): (best test top-1, run id, arguments)}`` over ``RUNS_DIR/*/summary.json``
+    (runs without a test score skip): a run counts for the model built with the arguments it actually trained."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise UserError(f"{runs_dir}: runs folder not found (--runs expects the folder that holds the run folders)")
-    best: dict[str, tuple[float, str]] = {}
+        raise UserError(f"{runs_dir}: runs folder not found (--runs-dir expects the folder that holds the run folders)")
+    best: dict[tuple[str, str], tuple[float, str, dict[str, Any]]] = {}
     for summary_path in sorted(runs_dir.glob("*/summary.json")):
         try:
             summary = json.loads(summary_path.read_text())
             name = summary["model"]["name"]
+            args = dict(summary["model"].get("args") or {})
             top1 = summary.get("test_top1")
             run_id = summary.get("run_id", summary_path.parent.name)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: skipped (%s)", summary_path, exc)
             continue
-        if top1 is not None and (name not in best or top1 > best[name][0]):
-            best[name] = (float(top1), str(run_id))
+        key = (name, _args_key(args))
+        if top1 is not None and (key not in best or top1 > best[key][0]):
+            best[key] = (float(top1), str(run_id), args)
     return best
 
 
@@ -121,19 +136,22 @@ def profile_models(
     threads: int | None = None,
     progress: bool = True,
 ) -> list[ModelProfile]:
-    """Profile each model (default arguments) at ``image_size`` with ``num_classes`` outputs; sorted by MACs.
+    """Profile each model with its default arguments, plus every other set of arguments a run in ``runs_dir``
+    trained it with, at ``image_size`` with ``num_classes`` outputs; sorted by MACs.
 
     ``threads`` sets torch's CPU threads for the latency runs (default: torch's own choice, usually the core count).
     """
     names = list(names)
     accuracy = best_run_accuracy(runs_dir) if runs_dir is not None else {}
+    variants = [(name, {}) for name in names]
+    variants += [(name, args) for (name, key), (_, _, args) in accuracy.items() if name in names and args]
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         profiles = [
-            _profile_one(name, image_size, num_classes, accuracy.get(name, (None, None)), repeats)
-            for name in tqdm(names, desc="profiling", unit="model", disable=not progress)
+            _profile_one(name, args, image_size, num_classes, accuracy.get((name, _args_key(args))), repeats)
+            for name, args in tqdm(variants, desc="profiling", unit="model", disable=not progress)
         ]
     finally:
         torch.set_num_threads(previous_threads)
@@ -141,10 +159,15 @@ def profile_models(
 
 
 def _profile_one(
-    name: str, image_size: int, num_classes: int, accuracy: tuple[float | None, str | None], repeats: int
+    name: str,
+    args: dict[str, Any],
+    image_size: int,
+    num_classes: int,
+    accuracy: tuple[float, str, dict[str, Any]] | None,
+    repeats: int,
 ) -> ModelProfile:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes).eval()
+    model = create_model(name, num_classes=num_classes, **args).eval()
     return ModelProfile(
         name=name,
         family=model_family(name),
@@ -155,8 +178,9 @@ def _profile_one(
         image_size=image_size,
         num_classes=num_classes,
         threads=torch.get_num_threads(),
-        best_test_top1=accuracy[0],
-        best_run=accuracy[1],
+        best_test_top1=accuracy[0] if accuracy else None,
+        best_run=accuracy[1] if accuracy else None,
+        args=args,
     )
 
 
@@ -184,7 +208,7 @@ def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: 
     stem = stem or f"models_{profiles[0].image_size}px_{profiles[0].num_classes}cls"
     paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("csv", "json", "png", "md")}
 
-    rows = [asdict(p) for p in profiles]
+    rows = [{**asdict(p), "args": _args_key(p.args)} for p in profiles]
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -208,7 +232,7 @@ def profiles_markdown(profiles: Sequence[ModelProfile]) -> str:
     header += ["best test top-1"] if with_acc else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in profiles:
-        row = [p.name, p.family, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}"]
+        row = [p.label, p.family, f"{p.params / 1e6:.2f}", f"{p.macs / 1e6:,.0f}", f"{p.weights_mb:.1f}"]
         row.append(f"{p.latency_ms:.1f}")
         if with_acc:
             row.append("" if p.best_test_top1 is None else f"{p.best_test_top1:.2%}")
@@ -222,33 +246,37 @@ def profiles_markdown(profiles: Sequence[ModelProfile]) -> str:
 
 
 def _scatter_plot(profiles: Sequence[ModelProfile], path: Path) -> None:
+    """MACs against latency for every model, and, beside it, MACs against best test top-1 for those with runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with_acc = [p for p in profiles if p.best_test_top1 is not None]
-    points = with_acc or list(profiles)
-    ys = [p.best_test_top1 * 100 for p in with_acc] if with_acc else [p.latency_ms for p in points]
-    ylabel = "best test top-1 (%)" if with_acc else "CPU latency, batch 1 (ms)"
-    xs = [p.macs / 1e6 for p in points]
-
-    fig, ax = plt.subplots(figsize=(10, 7), dpi=120)
-    families = sorted({p.family for p in points})
+    panels = [(list(profiles), lambda p: p.latency_ms, "CPU latency, batch 1 (ms)", True)]
+    if with_acc:
+        panels.append((with_acc, lambda p: p.best_test_top1 * 100, "best test top-1 (%)", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(10 * len(panels), 7), dpi=120, squeeze=False)
+    families = sorted({p.family for p in profiles})
     cmap = plt.get_cmap("tab10")
-    for i, family in enumerate(families):
-        idx = [j for j, p in enumerate(points) if p.family == family]
-        ax.scatter([xs[j] for j in idx], [ys[j] for j in idx], color=cmap(i % 10), label=family, s=30)
-    for x, y, p in zip(xs, ys, points, strict=True):
-        ax.annotate(p.name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xscale("log")
-    if not with_acc:
-        ax.set_yscale("log")
-    ax.set_xlabel(f"MACs at {points[0].image_size}x{points[0].image_size} (millions, log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"carspotter model zoo, {points[0].num_classes} classes")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    p0 = profiles[0]
+    for ax, (points, y_of, ylabel, log_y) in zip(axes[0], panels, strict=True):
+        for i, family in enumerate(families):
+            members = [p for p in points if p.family == family]
+            if members:
+                ax.scatter(
+                    [p.macs / 1e6 for p in members], [y_of(p) for p in members], color=cmap(i % 10), label=family, s=30
+                )
+        for p in points:
+            ax.annotate(p.label, (p.macs / 1e6, y_of(p)), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(f"MACs at {p0.image_size}x{p0.image_size} (millions, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"carspotter model zoo, {p0.num_classes} classes")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -18,6 +18,7 @@ from carspotter.export import metadata
 from carspotter.export.inputs import images_to_batch
 from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_images, compare, describe_export, torch_logits
 from carspotter.training.checkpoint import load_checkpoint
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None)
     out = Path(out)
     if out.suffix.lower() != ".pte":
         raise UserError(f"{out}: an ExecuTorch export's file name must end in .pte")
+    check_writable(out.parent, "export folder")
     model, info = load_checkpoint(ckpt)
     h, w = info.preprocessing.image_size
     example = (torch.randn(1, info.preprocessing.channels, h, w),)

@@ -25,6 +25,7 @@ from carspotter.export.inputs import images_to_batch
 from carspotter.export.pixels import embed_preprocessing as embed_pixels
 from carspotter.preprocessing import Preprocessing, softmax
 from carspotter.training.checkpoint import CheckpointInfo, load_checkpoint
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def export(
     ``embed_preprocessing``: the model takes uint8 RGB pixels of any size (`carspotter.export.pixels`).
     """
     out = Path(out)
+    check_writable(out.parent, "export folder")
     model, info = load_checkpoint(ckpt)
     to_onnx(model, info, out, opset=opset, embed_preprocessing=embed_preprocessing)
     images, source = check_images(info, data)

@@ -48,6 +48,7 @@ from carspotter.export.onnx import (
 from carspotter.export.pixels import embed_preprocessing as embed_pixels
 from carspotter.preprocessing import Preprocessing
 from carspotter.training.checkpoint import load_checkpoint
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def export(
         raise UserError(f"{calib}: not a complete prepared dataset; --calib needs one (`carspotter prepare RAW OUT`)")
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"--min-agreement must be between 0 and 1, got {min_agreement}")
+    check_writable(out.parent, "export folder")
     model, info = load_checkpoint(ckpt)
     calibration, _ = prepared_inputs(calib, "train", info.preprocessing, limit=n_calib)
     if not len(calibration):

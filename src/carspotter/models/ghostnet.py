@@ -54,6 +54,21 @@ def make_divisible(value: float, divisor: int = 4, min_value: int | None = None,
     return new_value
 
 
+def init_conv_fan_out(conv: nn.Conv2d) -> None:
+    """Kaiming-normal with the fan-out of one group: ``k*k*out_channels/groups`` (TF's and timm's EfficientNet rule).
+
+    The thesis's code (and the official GhostNet code it came from) called ``kaiming_normal_(mode="fan_out")``, whose
+    fan-out ignores ``groups``: a depthwise conv with C channels got weights sqrt(C) times too small (31x at C=960),
+    so its BatchNorm saw a batch variance near 1e-3 while ``running_var`` starts at 1 and moves 10% a step. In train
+    mode BN divides by the batch's own variance and nothing shows; in eval mode it divides by the lagging running
+    variance, the depthwise outputs collapse, and a short run predicts one class (val loss = ln(classes)) while train
+    top-1 climbs. With the group's fan-out the weights have the intended scale and the running statistics are right
+    from the first epoch.
+    """
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,10 +241,11 @@ class GhostNet(nn.Module):
         return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def _init_weights(self) -> None:
-        # The thesis's init (kept for both heads): Kaiming-normal convs, BN2d at (1, 0); Linear/BN1d keep defaults.
+        # Kaiming-normal convs with the fan-out of one group (see `init_conv_fan_out`), BN2d at (1, 0); Linear/BN1d
+        # keep PyTorch's defaults.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                init_conv_fan_out(m)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

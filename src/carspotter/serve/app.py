@@ -7,7 +7,8 @@ Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: 
 while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
 non-multipart requests and non-image parts are 415, undecodable or truncated images 400. A part sent without a
 content type or with a generic one (``requests`` sends none) is accepted when its bytes are an image (sniffed by
-PIL from the header). ``GET /docs``: the OpenAPI documentation.
+PIL from the header). ``GET /docs``: the OpenAPI documentation. Other web sites' pages are kept out by
+`carspotter.serve.security` (security headers, Origin check; ``cors_origins`` lets chosen sites in).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import html
 import io
 import logging
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -30,14 +33,15 @@ from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
 from carspotter.predict import model_input
-from carspotter.preprocessing import open_photo, softmax, top_k_predictions
+from carspotter.preprocessing import check_pixels, open_photo, softmax, top_k_predictions
+from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.onnx_model import OnnxClassifier
+from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
 from carspotter.serve.site import build_site
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024  # an upload larger than this is refused (413)
-MAX_PIXELS = 40_000_000  # width × height; larger images are refused before decoding (decompression bombs)
 MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the file itself
 TOP_K = 5
 GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")  # "unknown": the bytes decide
@@ -56,9 +60,20 @@ class UploadRefused(Exception):
         self.message = message
 
 
-def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
-    """The app serving ``model_path`` (an exported carspotter `.onnx`); the model is loaded once, here."""
+def create_app(
+    model_path: str | Path,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int | None = None,
+    cors_origins: Iterable[str] = (),
+) -> FastAPI:
+    """The app serving ``model_path`` (an exported carspotter `.onnx`); the model is loaded once, here.
+
+    ``max_pixels``: the largest image accepted (default: `carspotter.preprocessing.max_pixels`, as every command);
+    ``cors_origins``: other sites (``https://host[:port]``) whose pages may call the API.
+    """
     model_path = Path(model_path)
+    pixel_limit = configured_max_pixels() if max_pixels is None else max_pixels
+    allowed = [normalise_origin(o) for o in cors_origins]
     if model_path.suffix.lower() != ".onnx":
         raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
     classifier = OnnxClassifier(model_path)
@@ -67,10 +82,14 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
     site = Path(app.state.site_dir.name) / "site"
     try:
         build_site(model_path, site)
+        page = (site / "index.html").read_text(encoding="utf-8")
     except UserError as exc:
         log.warning("no app page (the JSON API still serves): %s", exc)
         site = None
-        missing = f"<!doctype html><title>carspotter</title><p>The app page is not available: {html.escape(str(exc))}"
+        page = f"<!doctype html><title>carspotter</title><p>The app page is not available: {html.escape(str(exc))}"
+    if allowed:  # answers their preflights and lets their pages read the answers
+        app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_methods=["GET", "POST"])
+    app.add_middleware(BrowserGuard, csp=content_security_policy(page), allowed_origins=allowed)  # outermost
 
     @app.exception_handler(UploadRefused)
     async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:
@@ -86,7 +105,7 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
     ) -> dict[str, Any]:
         """The ``top_k`` most likely makes/models of the photo in multipart field ``file``, with probabilities."""
         data = await read_upload(request, max_bytes)
-        probs = await run_in_threadpool(_probabilities, classifier, data, max_pixels)
+        probs = await run_in_threadpool(_probabilities, classifier, data, pixel_limit)
         return {"predictions": top_k_predictions(probs, classifier.class_names, top_k)}
 
     @app.exception_handler(RequestValidationError)
@@ -98,7 +117,7 @@ def create_app(model_path: str | Path, max_bytes: int = MAX_BYTES, max_pixels: i
 
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)
         async def no_page() -> HTMLResponse:
-            return HTMLResponse(missing, status_code=503)
+            return HTMLResponse(page, status_code=503)
 
     else:
         app.mount("/", StaticFiles(directory=site, html=True), name="app")  # last: the API routes come first
@@ -162,10 +181,12 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
         raise UploadRefused(413, f"image has too many pixels (limit {max_pixels})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UploadRefused(400, "not a readable image (send a JPEG, PNG or WebP photo)") from None
-    if width * height > max_pixels:
-        raise UploadRefused(413, f"image has too many pixels ({width}×{height}; limit {max_pixels})")
     try:
-        x = model_input(classifier, open_photo(data))
+        check_pixels((width, height), "upload", max_pixels)
+    except UserError as exc:
+        raise UploadRefused(413, str(exc)) from None
+    try:
+        x = model_input(classifier, open_photo(data, max_pixels))
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
     return softmax(classifier.logits(x[None]))[0]

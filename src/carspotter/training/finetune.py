@@ -64,15 +64,26 @@ def reset_classifier_for_new_classes(model: nn.Module, pretrained: str | Path, c
     return True
 
 
-def parameter_groups(model: nn.Module, cfg: Config) -> Any:
-    """What the optimizer is built on: all parameters, or the classifier then the backbone with ``backbone_lr``.
+def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """What the optimizer is built on: all parameters, or the classifier then the backbone with ``backbone_lr``;
+    with ``optimizer.weight_decay_norm_and_bias: false`` each group is split into decayed weights and undecayed
+    biases and normalisation weights (every parameter with fewer than 2 dimensions).
 
     The classifier's group comes first, so the logged ``lr`` (group 0) is ``optimizer.params.lr`` either way.
     """
     if cfg.optimizer.backbone_lr is None:
-        return model.parameters()
-    head, backbone = split_parameters(model)
-    return [{"params": head}, {"params": backbone, "lr": cfg.optimizer.backbone_lr}]
+        groups = [{"params": list(model.parameters())}]
+    else:
+        head, backbone = split_parameters(model)
+        groups = [{"params": head}, {"params": backbone, "lr": cfg.optimizer.backbone_lr}]
+    if cfg.optimizer.weight_decay_norm_and_bias:
+        return groups
+    split = []
+    for group in groups:
+        decay = [p for p in group["params"] if p.ndim > 1]
+        no_decay = [p for p in group["params"] if p.ndim <= 1]
+        split += [{**group, "params": decay}, {**group, "params": no_decay, "weight_decay": 0.0}]
+    return [g for g in split if g["params"]]
 
 
 def backbone_modules(model: nn.Module) -> list[nn.Module]:

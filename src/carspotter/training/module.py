@@ -9,12 +9,17 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.optim as optim
+from timm.utils import ModelEmaV3
 from torch.optim import lr_scheduler
 from torchmetrics.classification import MulticlassAccuracy
 
-from carspotter.config import Config
+from carspotter.config import RUN_SCHEDULES, Config
+from carspotter.errors import UserError
 from carspotter.training.checkpoint import CheckpointInfo
 from carspotter.training.finetune import parameter_groups
+
+RAW_WEIGHTS_KEY = "raw_state_dict"  # with EMA on: the trained (not averaged) weights, under their ``model.`` keys
+EMA_PREFIX = "ema.module."
 
 # By design the module, not the data module, shapes batches on the device (fast pipeline, channels_last).
 warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
@@ -28,11 +33,51 @@ def build_optimizer(cfg: Config, params: Any) -> optim.Optimizer:
     return getattr(optim, cfg.optimizer.name)(params, **cfg.optimizer.params)
 
 
-def build_scheduler(cfg: Config, optimizer: optim.Optimizer) -> dict[str, Any] | None:
+def build_scheduler(cfg: Config, optimizer: optim.Optimizer, total_steps: int) -> dict[str, Any] | None:
+    """The configured schedule; ``cosine`` and ``step`` are laid out over ``total_steps`` optimizer steps."""
     if cfg.scheduler.name is None:
         return None
+    if cfg.scheduler.name in RUN_SCHEDULES:
+        scheduler = build_run_schedule(cfg.scheduler.name, cfg.scheduler.params, optimizer, total_steps)
+        return {"scheduler": scheduler, "interval": "step", "name": "lr"}
     scheduler = getattr(lr_scheduler, cfg.scheduler.name)(optimizer, **cfg.scheduler.params)
     return {"scheduler": scheduler, "interval": cfg.scheduler.interval, "monitor": cfg.scheduler.monitor, "name": "lr"}
+
+
+def build_run_schedule(
+    name: str, params: dict[str, Any], optimizer: optim.Optimizer, total_steps: int
+) -> lr_scheduler.LRScheduler:
+    """Linear warm-up over a fraction of the run, then cosine (or step decay at fractions of the run).
+
+    Everything is a fraction of ``total_steps``, so ``--set trainer.max_epochs=N`` keeps the shape of the schedule.
+    Built from torch's own `LinearLR`, `CosineAnnealingLR`, `MultiStepLR` and `SequentialLR`.
+    """
+    p = {**RUN_SCHEDULES[name], **params}
+    total_steps = max(1, int(total_steps))
+    warm = min(round(p["warmup"] * total_steps), total_steps - 1)
+    if name == "cosine":
+        eta_min = p["final_lr"] * optimizer.defaults["lr"]
+        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, total_steps - warm), eta_min=eta_min
+        )
+    else:
+        milestones = [max(1, round(m * total_steps) - warm) for m in p["milestones"]]
+        main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=p["gamma"])
+    if warm == 0:
+        return main
+    # lr rises linearly from base/(warm+1) at the first step to the base lr at step `warm`.
+    warmup = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warm + 1), end_factor=1.0, total_iters=warm)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+
+
+def build_batch_mixing(cfg: Config, num_classes: int) -> nn.Module | None:
+    """MixUp / CutMix from ``data.batch_augmentations`` (torchvision v2); one drawn per batch when several."""
+    from torchvision.transforms import v2
+
+    mixers = [getattr(v2, s.name)(num_classes=num_classes, **s.params) for s in cfg.data.batch_augmentations]
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 class CarClassifier(L.LightningModule):
@@ -54,23 +99,38 @@ class CarClassifier(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # The weights' moving average: what validation sees, best.ckpt holds, and evaluate/export use (see
+        # on_save_checkpoint); the raw weights keep training and travel in the checkpoint for --resume.
+        self.ema: ModelEmaV3 | None = None
+        if cfg.trainer.ema is not None:
+            self.ema = ModelEmaV3(self.model, decay=cfg.trainer.ema.decay, use_warmup=cfg.trainer.ema.warmup)
+            self.ema.requires_grad_(False).train()  # its mode follows the module's, like every other submodule
         if cfg.trainer.compile:
             self.model.compile()  # in place: the state_dict keys (and so the checkpoints) stay as they are
         self.cfg = cfg
         self.info = info
         self.criterion = build_loss(cfg)
         n = info.num_classes
+        self.batch_mixing = build_batch_mixing(cfg, n)
         self.train_top1 = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro")
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and saved as the model: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
+        training = self.trainer.training
         if self.batch_transform is not None:
-            x = self.batch_transform(x, train=self.trainer.training)
+            x = self.batch_transform(x, train=training)
+        if training and self.batch_mixing is not None:
+            x, y = self.batch_mixing(x, y)  # y becomes N×classes probabilities (each row sums to one)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
@@ -78,15 +138,19 @@ class CarClassifier(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = self.criterion(logits, y)
-        self.train_top1(logits, y)
+        loss = self.criterion(logits, y)  # CrossEntropyLoss takes class ids or (mixed) class probabilities
+        self.train_top1(logits, y.argmax(1) if y.ndim == 2 else y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self.eval_model(x)
         self.val_top1(logits, y)
         self.val_top5(logits, y)
         loss = self.criterion(logits, y)
@@ -100,8 +164,26 @@ class CarClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.cfg, parameter_groups(self.model, self.cfg))
-        scheduler = build_scheduler(self.cfg, optimizer)
+        scheduler = build_scheduler(self.cfg, optimizer, self.trainer.estimated_stepping_batches)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["carspotter"] = self.info.describe()
+        if self.ema is not None:
+            # The checkpoint's model (``model.*``, what evaluate, predict and export load) is the EMA; the raw
+            # weights go beside it, for --resume.
+            state = checkpoint["state_dict"]
+            checkpoint[RAW_WEIGHTS_KEY] = {k: state.pop(k) for k in list(state) if k.startswith("model.")}
+            for key in [k for k in state if k.startswith(EMA_PREFIX)]:
+                state["model." + key.removeprefix(EMA_PREFIX)] = state.pop(key)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        raw = checkpoint.pop(RAW_WEIGHTS_KEY, None)
+        if self.ema is None:
+            return
+        state = checkpoint["state_dict"]
+        if raw is None:
+            raise UserError("this run has trainer.ema on, but its checkpoint was written without EMA weights")
+        for key in [k for k in state if k.startswith("model.")]:
+            state[EMA_PREFIX + key.removeprefix("model.")] = state.pop(key)
+        state.update(raw)

@@ -7,6 +7,7 @@ the same function, so the two always agree.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,17 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate_model(
-    model: nn.Module, loader, class_names: list[str], device: str = "cpu", progress: bool = True
+    model: nn.Module,
+    loader,
+    class_names: list[str],
+    device: str = "cpu",
+    progress: bool = True,
+    tta_flip: bool = False,
 ) -> EvalResult:
-    """Run ``model`` over ``loader`` once and count hits; the loss is plain cross-entropy."""
+    """Run ``model`` over ``loader`` once and count hits; the loss is plain cross-entropy.
+
+    ``tta_flip``: each image's class probabilities are the mean of the image's and its mirror image's.
+    """
     model = model.to(device).eval()
     cuda = torch.device(device).type == "cuda"
     if cuda:  # as in training on a GPU: channels_last and bf16 autocast
@@ -60,6 +69,9 @@ def evaluate_model(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = model(x).float()
+            if tta_flip:  # log of the mean probability: the loss and the ranking of the averaged prediction
+                mirrored = model(x.flip(3)).float()
+                logits = torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0) - math.log(2)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         topk = logits.topk(k, dim=1).indices
         hit1 += int((topk[:, 0] == y).sum())
@@ -79,6 +91,7 @@ def evaluate_checkpoint(
     workers: int = 2,
     device: str | None = None,
     progress: bool = True,
+    tta_flip: bool = False,
 ) -> EvalResult:
     """Evaluate a checkpoint on a prepared split, rebuilding the model and preprocessing from the checkpoint."""
     model, info = load_checkpoint(ckpt_path)
@@ -87,4 +100,4 @@ def evaluate_checkpoint(
         log.warning("the dataset's class names differ from the checkpoint's; class ids are compared as they are")
     loader = eval_loader(dataset, split, info.preprocessing, batch_size=batch_size, workers=workers)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return evaluate_model(model, loader, info.class_names, device=device, progress=progress)
+    return evaluate_model(model, loader, info.class_names, device=device, progress=progress, tta_flip=tta_flip)

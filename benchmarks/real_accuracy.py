@@ -1,0 +1,148 @@
+"""Real-photo accuracy of the thesis recipe and the recommended recipe, trained the way a user trains them.
+
+    .venv/bin/python benchmarks/real_accuracy.py --data ../shared/stanford_cars/odd98 --size 96 --epochs 60 --json
+
+Each recipe is trained by ``carspotter train -c <recipe> --set data.path=.. --set data.image_size=.. --set
+trainer.max_epochs=..`` (nothing else changed but where the run folder goes), one after the other, on the same
+prepared data and the same validation split (both recipes carve 10% of train with seed 42), and the test split is
+scored once with the checkpoint each recipe selects. ``--data`` is a raw dataset (any layout ``prepare`` reads; it
+is prepared into ``--workdir`` first) or a prepared folder. ``--bf16`` adds the recommended recipe in bf16 autocast
+(the measurement behind ``precision: auto``). The machine, its load before and after, and every figure go to
+``<workdir>/real_accuracy.json``; ``--jobs 2`` trains two recipes at once, one thread each (their minutes are then
+measured side by side). With ``--json`` the last line printed is
+``{"size", "epochs", "thesis_top1", "recommended_top1", "minutes"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {
+    "thesis": ROOT / "configs" / "thesis_c50.yaml",
+    "recommended": ROOT / "configs" / "stanford_ghostnet.yaml",
+}
+CARSPOTTER = [sys.executable, "-m", "carspotter.cli"]
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def prepared(data: Path, workdir: Path) -> Path:
+    if (data / "manifest.json").is_file():
+        return data
+    out = workdir / "prepared"
+    subprocess.run([*CARSPOTTER, "prepare", str(data), str(out)], check=True)
+    return out
+
+
+def train(
+    name: str, config: Path, data: Path, size: int, epochs: int, workdir: Path, extra: list[str], threads: int | None
+) -> dict:
+    """One ``carspotter train`` run; its progress goes to ``<workdir>/<name>.log``, its summary is returned."""
+    runs = workdir / "runs"
+    run_name = f"{name}-{size}px-{epochs}ep-{time.strftime('%Y%m%d-%H%M%S')}"
+    sets = [f"data.path={data}", f"data.image_size={size}", f"trainer.max_epochs={epochs}",
+            f"output.runs_dir={runs}", f"output.run_name={run_name}", *extra]  # fmt: skip
+    cmd = [*CARSPOTTER, "train", "-c", str(config), *[a for s in sets for a in ("--set", s)]]
+    log_path = workdir / f"{name}.log"
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: training ({log_path})", flush=True)
+    started = time.perf_counter()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    with open(log_path, "w") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{name}: carspotter train failed (exit {done.returncode}); see {log_path}")
+    summary = json.loads((runs / run_name / "summary.json").read_text())
+    summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    summary["command"] = "carspotter " + " ".join(cmd[len(CARSPOTTER) :])
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}: test top-1 {summary['test_top1']:.2%}"
+        f" (top-5 {summary['test_top5']:.2%}, n={summary['test_n']}),"
+        f" val top-1 {summary['val_top1']:.2%} at epoch {summary['best_epoch']}"
+        f" ({summary['selected_by']}), {summary['minutes']} min",
+        flush=True,
+    )
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--data", type=Path, required=True, help="raw dataset (any layout prepare reads) or prepared folder"
+    )
+    ap.add_argument("--size", type=int, default=96, help="data.image_size")
+    ap.add_argument("--epochs", type=int, default=60, help="trainer.max_epochs")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "real_accuracy")
+    ap.add_argument("--recipes", default="thesis,recommended", help="comma-separated: thesis, recommended")
+    ap.add_argument("--bf16", action="store_true", help="also the recommended recipe with trainer.precision=bf16-mixed")
+    ap.add_argument("--jobs", type=int, default=1, help="recipes trained at once (each with cores/jobs threads)")
+    ap.add_argument("--json", action="store_true", help="print the one-line JSON result last")
+    args = ap.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    record: dict[str, object] = {"machine": machine(), "load_before": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    data = prepared(args.data, args.workdir)
+    jobs = [(name, RECIPES.get(name), []) for name in args.recipes.split(",")]
+    if args.bf16:
+        jobs.append(("recommended_bf16", RECIPES["recommended"], ["trainer.precision=bf16-mixed"]))
+    for name, config, _ in jobs:
+        if config is None:
+            sys.exit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    # --jobs N: N runs at once, each with cores/N threads (on a small CPU two 1-thread runs beat one 2-thread run).
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    record["jobs"] = args.jobs
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            name: pool.submit(train, name, config, data, args.size, args.epochs, args.workdir, extra, threads)
+            for name, config, extra in jobs
+        }
+        runs = {name: f.result() for name, f in futures.items()}
+    record["load_after"] = load()
+    record["runs"] = runs
+    result = {"size": args.size, "epochs": args.epochs}
+    result.update({f"{name}_top1": round(s["test_top1"], 4) for name, s in runs.items()})
+    result["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    record["result"] = result
+    (args.workdir / "real_accuracy.json").write_text(json.dumps(record, indent=2))
+
+    print(f"\n{record['machine']['cpu']}, {record['machine']['cores']} cores; load {record['load_before']} → "
+          f"{record['load_after']}")  # fmt: skip
+    print(f"{'recipe':<18} {'test top-1':>10} {'top-5':>7} {'val top-1':>9} {'epoch':>5} {'minutes':>7}")
+    for name, s in runs.items():
+        print(f"{name:<18} {s['test_top1']:>10.2%} {s['test_top5']:>7.2%} {s['val_top1']:>9.2%} "
+              f"{s['best_epoch']:>5} {s['minutes']:>7}")  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The reliability figures of README.md's "Reliability" section, measured on real processes.
+
+    .venv/bin/python benchmarks/reliability.py prepare-kill [--points 7]
+    .venv/bin/python benchmarks/reliability.py serve-load [--requests 2000] [--concurrency 16]
+
+- ``prepare-kill``: `carspotter prepare` of a synthetic raw dataset (archives, updated layout) is killed with
+  SIGKILL at evenly spaced moments of an uninterrupted run, then run again; every resumed OUT must equal the
+  uninterrupted one (every image's bytes, the CSVs, the manifest but its creation time) with no ``.partial`` left.
+- ``serve-load``: `carspotter serve` (a real uvicorn process) answers a mix of good photos and hostile requests
+  (non-images, truncated JPEGs, a decompression bomb's header, oversize bodies, wrong content types, another site's
+  Origin) from several client threads; counts server errors (5xx), dropped connections and wrong answers.
+
+Everything happens in a temporary folder, removed at the end. Prints one line of figures per check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "carspotter.cli"]
+
+
+def _tree(out: Path) -> dict[str, str]:
+    """Every file of a prepared folder with its SHA-256; the manifest without its creation time and OUT's path."""
+    found = {}
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "manifest.json":
+                manifest = json.loads(data.replace(str(out).encode(), b"OUT"))
+                manifest.pop("created")
+                data = json.dumps(manifest, sort_keys=True).encode()
+            found[p.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
+    return found
+
+
+def _timed_prepare(raw: Path, out: Path) -> tuple[float, float]:
+    """Run an uninterrupted prepare; (seconds until OUT appears, total seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([*CLI, "prepare", raw, out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    begins = time.perf_counter() - start  # before this, the interpreter is only starting: nothing to interrupt
+    if proc.wait() != 0:
+        raise SystemExit("the uninterrupted prepare failed")
+    return begins, time.perf_counter() - start
+
+
+def prepare_kill(points: int) -> None:
+    from carspotter.data.synth import synthesize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        synthesize(work / "raw", layout="updated", num_classes=10, per_class=150, seed=0, archives=True)
+        _timed_prepare(work / "raw", work / "warm-up")  # the first run also warms the file cache: time the second
+        begins, duration = _timed_prepare(work / "raw", work / "reference")
+        reference = _tree(work / "reference")  # OUT's own path is normalised away
+        identical = 0
+        for k in range(1, points + 1):
+            out = work / f"killed-{k}"
+            at = begins + (duration - begins) * k / (points + 1)
+            proc = subprocess.Popen(
+                [*CLI, "prepare", work / "raw", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(at)
+            proc.send_signal(signal.SIGKILL)
+            killed = proc.wait() == -signal.SIGKILL
+            state = (
+                "partial"
+                if (out / ".partial").exists()
+                else "complete"
+                if (out / "manifest.json").exists()
+                else "empty"
+            )
+            subprocess.run([*CLI, "prepare", work / "raw", out], check=True, capture_output=True)
+            resumed = _tree(out)
+            same = resumed == reference and not (out / ".partial").exists()
+            if not same:
+                print(
+                    "    differs:",
+                    sorted(k for k in reference.keys() | resumed.keys() if reference.get(k) != resumed.get(k))[:5],
+                )
+            identical += same
+            print(
+                f"  kill at {at:5.2f}s ({'killed' if killed else 'had finished'}, OUT {state}): "
+                f"{'identical' if same else 'DIFFERENT'}"
+            )
+        print(
+            f"prepare-kill: {identical} of {points} kill points gave output identical to the uninterrupted run "
+            f"({len(reference)} files; uninterrupted run {duration:.1f}s, writing from {begins:.1f}s)"
+        )
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _model(work: Path) -> tuple[Path, bytes]:
+    """A tiny model trained on synthetic data and exported to ONNX, and one of its test photos."""
+    from carspotter.config import load_config
+    from carspotter.data.prepare import prepare
+    from carspotter.data.synth import synthesize
+    from carspotter.export.onnx import export
+    from carspotter.training.run import train
+
+    synthesize(work / "raw", layout="original", num_classes=5, per_class=12, seed=0, archives=False)
+    prepare(work / "raw", work / "prepared")
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(
+        demo,
+        [
+            f"data.path={work / 'prepared'}",
+            f"output.runs_dir={work / 'runs'}",
+            "trainer.max_epochs=1",
+            "data.image_size=[48,48]",
+            "data.num_workers=0",
+            "logging.loggers=[csv]",
+        ],
+    )
+    onnx = export(train(cfg, progress=False).best_ckpt, work / "model.onnx").path
+    return onnx, next((work / "prepared" / "test").glob("*.jpg")).read_bytes()
+
+
+def serve_load(requests: int, concurrency: int) -> None:
+    import httpx
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        onnx, photo = _model(work)
+        noise = io.BytesIO()
+        Image.frombytes("RGB", (2000, 2000), os.urandom(12_000_000)).save(noise, "PNG")  # 12 MB: over 10 MiB
+        # kind -> (request arguments, expected status)
+        kinds = {
+            "photo": ({"files": {"file": ("car.jpg", photo, "image/jpeg")}}, 200),
+            "not-an-image": ({"files": {"file": ("x.jpg", b"not a picture", "image/jpeg")}}, 400),
+            "truncated": ({"files": {"file": ("cut.jpg", photo[: len(photo) // 2], "image/jpeg")}}, 400),
+            "bomb-header": ({"files": {"file": ("bomb.png", _png_header(100_000, 100_000), "image/png")}}, 413),
+            "oversize": ({"files": {"file": ("big.png", noise.getvalue(), "image/png")}}, 413),
+            "json-body": ({"json": {"file": "car.jpg"}}, 415),
+            "text-part": ({"files": {"file": ("car.txt", photo, "text/plain")}}, 415),
+            "no-file-field": ({"files": {"photo": ("car.jpg", photo, "image/jpeg")}}, 422),
+            "foreign-origin": (
+                {"files": {"file": ("car.jpg", photo, "image/jpeg")}, "headers": {"origin": "https://evil.example"}},
+                403,
+            ),
+        }
+        port = 18000 + os.getpid() % 1000
+        server = subprocess.Popen(
+            [*CLI, "serve", onnx, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            names = list(kinds)
+            plan = [names[i % len(names)] for i in range(requests)]
+            outcomes: Counter[str] = Counter()
+
+            def send(kind: str) -> None:
+                args, expected = kinds[kind]
+                try:
+                    with httpx.Client(timeout=60) as client:
+                        status = client.post(f"{url}/api/predict", **args).status_code
+                except httpx.TransportError:  # the server may answer 413 and close while an oversize body streams in
+                    outcomes["oversize closed mid-upload" if kind == "oversize" else "dropped"] += 1
+                    return
+                outcomes["5xx" if status >= 500 else "as expected" if status == expected else f"{kind}: {status}"] += 1
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(send, plan))
+            elapsed = time.perf_counter() - start
+            alive = httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        print(
+            f"serve-load: {requests} requests ({len(kinds)} kinds, {concurrency} client threads) in {elapsed:.0f}s: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+            + f"; 5xx {outcomes['5xx']}, dropped {outcomes['dropped']}; still serving afterwards: {alive}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="check", required=True)
+    kill = sub.add_parser("prepare-kill")
+    kill.add_argument("--points", type=int, default=7)
+    load = sub.add_parser("serve-load")
+    load.add_argument("--requests", type=int, default=2000)
+    load.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    if args.check == "prepare-kill":
+        prepare_kill(args.points)
+    else:
+        serve_load(args.requests, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
