@@ -9,11 +9,13 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # Exact versions from requirements.lock (the environment the tests passed on); carspotter itself editable, no deps.
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock src/carspotter/serve/web/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
+	@# onnxruntime-web for `carspotter app` (npm ci of the pinned lock file, once); without npm the app tests skip
+	$(BIN)/carspotter app-setup || echo "warning: no onnxruntime-web (needs npm); \`carspotter app\` will not work"
 	@touch $(STAMP)
 
 # Refresh requirements.lock: resolve pyproject.toml (with [test]) afresh, newest versions allowed; installs nothing.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from browser_support import start_chromium
 from synthetic_support import make_synthetic_prepared
 
 # Real Stanford Cars material beside the repository (never committed); tests that read it are marked `realdata`.
@@ -56,6 +57,33 @@ def trained_checkpoint(synthetic_prepared: Path, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
+def responsive_checkpoint(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose answer depends on the photo, for comparing runtimes: `trained_checkpoint` gives every photo
+    nearly the same probabilities (logits move by 3e-4 from photo to photo), which would hide any difference.
+    6 epochs without label smoothing, weight decay or augmentation (48×48), about 20 s."""
+    from carspotter.config import load_config
+    from carspotter.training.run import train
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(
+        demo,
+        [
+            f"data.path={synthetic_prepared}",
+            f"output.runs_dir={tmp_path_factory.mktemp('runs')}",
+            "trainer.max_epochs=6",
+            "data.image_size=[48,48]",
+            "data.num_workers=0",
+            "data.image_augmentations=[]",
+            "scheduler.name=null",
+            "loss.params.label_smoothing=0.0",
+            "optimizer.params.weight_decay=0.0",
+            "logging.loggers=[csv]",
+        ],
+    )
+    return train(cfg, progress=False).best_ckpt
+
+
+@pytest.fixture(scope="session")
 def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`trained_checkpoint` exported to fp32 ONNX (checked against PyTorch on the synthetic test images)."""
     from carspotter.export.onnx import export
@@ -63,3 +91,14 @@ def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_f
     out = tmp_path_factory.mktemp("exported") / "model.onnx"
     export(trained_checkpoint, out, data=synthetic_prepared)
     return out
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """Headless Chromium (Selenium), its own profile; skipped without Selenium."""
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    driver = start_chromium(tmp_path / "profile")
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -1,12 +1,16 @@
-"""A real uvicorn server on a free loopback port, in a thread, always stopped: for the API and browser tests."""
+"""Real servers on a free loopback port, in a thread, always stopped: uvicorn for the API and browser tests, and
+Python's static file server for the app's site."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 
@@ -34,3 +38,32 @@ def running_server(app, timeout: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def static_server(directory: str | Path) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Python's own static file server (`http.server`) on 127.0.0.1 serving ``directory``, as any static host would;
+    yields the base URL and a function that stops it early (the network gone)."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="static-test", daemon=True)
+    thread.start()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", stop
+    finally:
+        stop()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
+        pass

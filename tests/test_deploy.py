@@ -20,11 +20,11 @@ from carspotter.serve.onnx_model import OnnxClassifier
 
 
 @pytest.fixture(scope="module")
-def pixels_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
+def pixels_onnx(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
     from carspotter.export.onnx import export
 
     out = tmp_path_factory.mktemp("pixels") / "model-pixels.onnx"
-    report = export(trained_checkpoint, out, data=synthetic_prepared, embed_preprocessing=True)
+    report = export(responsive_checkpoint, out, data=synthetic_prepared, embed_preprocessing=True)
     assert report.agreement.max_prob_diff <= 1e-2
     return out
 
@@ -50,13 +50,13 @@ def test_pixels_model_describes_its_input(pixels_onnx: Path) -> None:
 
 @pytest.mark.realdata
 def test_pixels_model_matches_predict_on_real_photos(
-    stanford_shared: Path, trained_checkpoint: Path, pixels_onnx: Path
+    stanford_shared: Path, responsive_checkpoint: Path, pixels_onnx: Path
 ) -> None:
     """Every real sample photo, PIL-decoded at its own size, straight into the model: same top-1 as `predict` on the
     checkpoint, probabilities within 1e-2, in ONNX Runtime and in onnx's reference evaluator."""
     photos = sorted((stanford_shared / "sample" / "images").glob("*.jpg"))
     assert len(photos) > 400
-    expected = predict_images(load_classifier(trained_checkpoint), photos, top_k=1000)
+    expected = predict_images(load_classifier(responsive_checkpoint), photos, top_k=1000)
     want = np.array(
         [[p["probability"] for p in sorted(r["predictions"], key=lambda p: p["class_id"])] for r in expected]
     )
@@ -77,16 +77,16 @@ def test_pixels_model_matches_predict_on_real_photos(
 
 
 def test_pixels_model_through_predict_and_bench(
-    trained_checkpoint: Path, pixels_onnx: Path, synthetic_prepared: Path
+    responsive_checkpoint: Path, pixels_onnx: Path, synthetic_prepared: Path
 ) -> None:
     from carspotter.bench_infer import bench_infer
     from carspotter.data.prepared import load_prepared
 
     images = [synthetic_prepared / f for f in load_prepared(synthetic_prepared).test["fname"][:4]]
-    a = predict_images(load_classifier(trained_checkpoint), images, top_k=3)
+    a = predict_images(load_classifier(responsive_checkpoint), images, top_k=3)
     b = predict_images(load_classifier(pixels_onnx), images, top_k=3)
     assert [p["class_id"] for r in a for p in r["predictions"]] == [p["class_id"] for r in b for p in r["predictions"]]
-    result = bench_infer([pixels_onnx, trained_checkpoint], data=synthetic_prepared, runs=10, warmup=1)
+    result = bench_infer([pixels_onnx, responsive_checkpoint], data=synthetic_prepared, runs=10, warmup=1)
     eager, pixels = result.formats
     assert pixels.label == "onnx-fp32-pixels" and pixels.top1 == eager.top1
 
@@ -99,7 +99,10 @@ def test_int8_is_portable(int8_pixels: tuple[Path, object]) -> None:
     x = np.random.default_rng(0).integers(0, 256, (1, 90, 130, 3), dtype=np.uint8)
     ort_logits = OnnxClassifier(out).logits(x)
     ref_logits = ReferenceEvaluator(str(out)).run(None, {"pixels": x})[0]
-    np.testing.assert_allclose(ref_logits, ort_logits, atol=1e-3)
+    # The two runtimes' Resize may land a pixel a level apart at a rounding tie, which can move an int8 activation
+    # by one quantisation step (0.005 in the logits here): a few steps apart at most, same answer.
+    np.testing.assert_allclose(ref_logits, ort_logits, atol=2e-2)
+    assert ref_logits.argmax() == ort_logits.argmax()
 
 
 @pytest.fixture(scope="module")

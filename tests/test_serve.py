@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
+import re
 import struct
 import zlib
+from importlib import resources
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
 from PIL import Image
 from serve_support import running_server
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
+from carspotter.serve import web_runtime
 from carspotter.serve.app import create_app
 
 MAX_BYTES = 300_000
@@ -49,6 +55,10 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def sha256_b64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
 def assert_refused(response: httpx.Response, status: int, *words: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -78,12 +88,31 @@ def test_predict_returns_top5_of_the_models_classes(client, car_jpeg: bytes, exp
 
 
 def test_healthz_and_page(client) -> None:
+    """The page is the app's (`carspotter app`): the model, the in-browser runtime and the service worker beside it."""
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    try:
+        web_runtime.runtime_files()
+    except UserError as exc:
+        pytest.skip(str(exc))
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="file"' in page.text and "api/predict" in page.text
+    assert page.text == resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    assert 'id="file"' in page.text and 'src="app.js"' in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: the page works offline
+    for name in ("app.js", "sw.js", "manifest.webmanifest", "model.json", *(f"ort/{f}" for f in web_runtime.FILES)):
+        assert client.get(f"/{name}").status_code == 200, name
+    model = client.get("/model.onnx")
+    assert model.status_code == 200 and onnx.load_from_string(model.content).graph.input[0].name == "pixels"
+
+
+def test_without_the_browser_runtime_the_api_still_serves(exported_onnx: Path, car_jpeg: bytes, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARSPOTTER_WEB_RUNTIME", str(tmp_path / "not-fetched"))
+    with running_server(create_app(exported_onnx)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        page = c.get("/")
+        assert page.status_code == 503 and "carspotter app-setup" in page.text
+        assert c.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")}).status_code == 200
 
 
 def test_non_image_is_refused(client, car_jpeg) -> None:
@@ -194,14 +223,20 @@ def test_every_response_carries_the_security_headers(client, car_jpeg: bytes) ->
         client.post("/api/predict", files={"file": ("notes.jpg", b"not a picture", "image/jpeg")}),
         client.get("/no-such-page"),
     ]
+    page_styles = re.findall(r"<style>(.*?)</style>", responses[0].text, re.DOTALL)
     for r in responses:
         assert r.headers["x-content-type-options"] == "nosniff", r.url
         assert r.headers["x-frame-options"] == "DENY"
-        csp = dict(d.strip().split(" ", 1) for d in r.headers["content-security-policy"].split(";"))
+        policy = r.headers["content-security-policy"]
+        csp = dict(d.strip().split(" ", 1) for d in policy.split(";"))
         assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
-        assert csp["connect-src"] == "'self'" and csp["img-src"] == "blob:"
-        assert "unsafe-inline" not in r.headers["content-security-policy"]
-        assert csp["script-src"].startswith("'sha256-") and csp["style-src"].startswith("'sha256-")
+        # the app's page: its scripts, WASM, service worker, manifest, model and icons from this server only
+        assert csp["script-src"] == "'self' 'wasm-unsafe-eval'"
+        assert csp["connect-src"] == csp["worker-src"] == csp["manifest-src"] == "'self'"
+        assert csp["img-src"] == "'self' blob:"
+        assert csp["style-src"].split() == ([f"'sha256-{sha256_b64(s)}'" for s in page_styles] or ["'none'"])
+        assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+        assert not re.search(r"https?:|\*", policy)  # no other site
 
 
 def test_a_foreign_origin_is_refused_and_the_own_origin_served(server: str, client, car_jpeg: bytes) -> None:

@@ -346,6 +346,31 @@ def serve(
     uvicorn.run(web_app, host=host, port=port, log_level="info")
 
 
+@app.command("app")
+def app_site(
+    model: Annotated[Path, typer.Argument(help="An exported model (.onnx), with or without --embed-preprocessing.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (empty, new, or a site built "
+                                                         "before, which is replaced).")],
+    title: Annotated[str, typer.Option(help="The app's name on the page and on the home screen.")] = "carspotter",
+) -> None:
+    """A static site that recognises cars on the phone itself: an installable PWA running the model in the browser
+    (onnxruntime-web), offline after the first visit. Host the folder on any static web server."""
+    from carspotter.serve.site import build_site
+
+    site = build_site(model, out, title=title)
+    wrapped = " (preprocessing graph added: the page feeds decoded pixels)" if site.wrapped else ""
+    console.print(f"wrote {site.path}: {len(site.files)} files, {site.size_bytes / 1e6:.1f} MB{wrapped}")
+    console.print(f"try it: python -m http.server -d {site.path} 8000, then open http://127.0.0.1:8000/")
+
+
+@app.command("app-setup")
+def app_setup() -> None:
+    """Fetch onnxruntime-web, the app's in-browser runtime, once (npm ci of the pinned lock file; needs npm)."""
+    from carspotter.serve.web_runtime import PACKAGE, install_runtime, pinned_version
+
+    console.print(f"{PACKAGE} {pinned_version()} ready in {install_runtime()}")
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data and runs.")] = Path("demo_out"),

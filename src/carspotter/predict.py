@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from carspotter.errors import UserError
-from carspotter.preprocessing import Preprocessing, image_to_array, open_image, softmax, top_k_predictions
+from carspotter.preprocessing import Preprocessing, image_to_array, open_photo, softmax, top_k_predictions
 
 
 class Classifier(Protocol):
@@ -97,7 +97,7 @@ def predict_images(
     ready: list[tuple[int, np.ndarray]] = []
     for i, path in enumerate(images):
         try:
-            ready.append((i, model_input(classifier, open_image(path))))
+            ready.append((i, model_input(classifier, open_photo(path))))
         except UserError as exc:
             results[i]["error"] = str(exc)
     inputs = [arr for _, arr in ready]

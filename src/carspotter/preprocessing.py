@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from carspotter.errors import UserError
 
@@ -89,14 +89,24 @@ def check_pixels(size: tuple[int, int], name: str, limit: int | None = None) -> 
 
 
 def open_image(source: str | Path | bytes, limit: int | None = None) -> Image.Image:
-    """Decode an image fully and convert it to RGB; a missing, non-image, truncated or oversized (`max_pixels`)
-    file is a `UserError`."""
+    """Decode an image fully and convert it to RGB, pixels as stored (a dataset's boxes refer to them); a missing,
+    non-image, truncated or oversized (`max_pixels`) file is a `UserError`."""
+    return _decode(source, orient=False, limit=limit)
+
+
+def open_photo(source: str | Path | bytes, limit: int | None = None) -> Image.Image:
+    """A user's photo as it is seen: `open_image` with its EXIF orientation applied, as browsers and phones do (a
+    phone stores a portrait photo sideways and says so in EXIF). `predict`, `serve` and the app agree on this."""
+    return _decode(source, orient=True, limit=limit)
+
+
+def _decode(source: str | Path | bytes, *, orient: bool, limit: int | None) -> Image.Image:
     name = "upload" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             check_pixels(img.size, name, limit)
             img.load()
-            return img.convert("RGB")
+            return (ImageOps.exif_transpose(img) if orient else img).convert("RGB")
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except Image.DecompressionBombError:

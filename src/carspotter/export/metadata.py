@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from carspotter.errors import UserError
 from carspotter.export import pixels
 from carspotter.preprocessing import Preprocessing
@@ -124,3 +126,13 @@ def read_sidecar(model_path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: corrupt metadata ({exc})") from None
     return parse({k: json.dumps(v) for k, v in raw.items()}, path)
+
+
+def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replace carspotter's keys in ``metadata_props`` (others are kept) and describe the model in ``doc_string``."""
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = doc_string(parse(props, "export"))

@@ -202,18 +202,8 @@ def to_onnx(
     )
     if embed_preprocessing:
         proto = embed_pixels(proto, info.preprocessing, "input")
-    set_metadata(proto, props)
+    metadata.set_metadata(proto, props)
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(out))
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
-
-
-def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Replace carspotter's keys in ``metadata_props`` (others are kept) and describe the model in ``doc_string``."""
-    keep = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in props.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = metadata.doc_string(metadata.parse(props, "export"))

@@ -42,7 +42,6 @@ from carspotter.export.onnx import (
     compare,
     describe_export,
     onnx_logits,
-    set_metadata,
     to_onnx,
     torch_logits,
 )
@@ -125,7 +124,7 @@ def quantize_file(
         },
     )
     props["runtime"] = json.dumps(runtime)
-    set_metadata(quantized, props)
+    metadata.set_metadata(quantized, props)
     onnx.save_model(quantized, str(out))
     return out
 
@@ -200,7 +199,7 @@ def export(
                     if k in ("input_name", "input")
                 }
             )
-            set_metadata(proto, props)
+            metadata.set_metadata(proto, props)
             onnx.save_model(proto, str(candidate))
         reference = torch_logits(model, images_to_batch(images, info.preprocessing))
         report = compare(reference, onnx_logits(candidate, images, info.preprocessing))

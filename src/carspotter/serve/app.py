@@ -1,6 +1,8 @@
-"""The web app: one page to recognise a car from a photo, and a JSON API, over an exported ONNX model.
+"""The web app: the app's page (the static site of `carspotter app`, running the model in the browser) and a JSON
+API, over an exported ONNX model.
 
 ``create_app(model_path)`` builds a FastAPI app; `carspotter serve` runs it with uvicorn on the loopback interface.
+Without the page's in-browser runtime (`carspotter app-setup` not run) the API still serves and ``/`` says what to do.
 Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: a body over ``max_bytes`` is cut off
 while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
 non-multipart requests and non-image parts are 415, undecodable or truncated images 400. A part sent without a
@@ -11,10 +13,11 @@ PIL from the header). ``GET /docs``: the OpenAPI documentation. Other web sites'
 
 from __future__ import annotations
 
+import html
 import io
 import logging
+import tempfile
 from collections.abc import Iterable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +26,18 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
 from carspotter.predict import model_input
-from carspotter.preprocessing import check_pixels, open_image, softmax, top_k_predictions
+from carspotter.preprocessing import check_pixels, open_photo, softmax, top_k_predictions
 from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.onnx_model import OnnxClassifier
 from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
+from carspotter.serve.site import build_site
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,16 @@ def create_app(
     if model_path.suffix.lower() != ".onnx":
         raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
     classifier = OnnxClassifier(model_path)
-    page = resources.files("carspotter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="carspotter", description="Car make/model/year from a photo.", redoc_url=None)
+    app.state.site_dir = tempfile.TemporaryDirectory(prefix="carspotter-site-")  # removed with the app
+    site = Path(app.state.site_dir.name) / "site"
+    try:
+        build_site(model_path, site)
+        page = (site / "index.html").read_text(encoding="utf-8")
+    except UserError as exc:
+        log.warning("no app page (the JSON API still serves): %s", exc)
+        site = None
+        page = f"<!doctype html><title>carspotter</title><p>The app page is not available: {html.escape(str(exc))}"
     if allowed:  # answers their preflights and lets their pages read the answers
         app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_methods=["GET", "POST"])
     app.add_middleware(BrowserGuard, csp=content_security_policy(page), allowed_origins=allowed)  # outermost
@@ -81,10 +94,6 @@ def create_app(
     @app.exception_handler(UploadRefused)
     async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -104,6 +113,14 @@ def create_app(
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": where}, status_code=422)
 
+    if site is None:
+
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        async def no_page() -> HTMLResponse:
+            return HTMLResponse(page, status_code=503)
+
+    else:
+        app.mount("/", StaticFiles(directory=site, html=True), name="app")  # last: the API routes come first
     return app
 
 
@@ -169,7 +186,7 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
     except UserError as exc:
         raise UploadRefused(413, str(exc)) from None
     try:
-        x = model_input(classifier, open_image(data, max_pixels))
+        x = model_input(classifier, open_photo(data, max_pixels))
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
     return softmax(classifier.logits(x[None]))[0]

@@ -2,8 +2,10 @@
 
 A page on any site the user visits could otherwise post photos to ``http://127.0.0.1:8000/api/predict`` (a
 multipart POST is a "simple" request, sent without a CORS preflight) or frame the page. So every response says
-``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and a Content-Security-Policy that allows only the
-page's own inline script and style (by hash), photo previews (``blob:``) and requests to the server itself; and a
+``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and a Content-Security-Policy that allows only what
+the app's page needs from the server itself (its scripts, onnxruntime-web's WASM, the service worker, the manifest,
+model and icons), its inline style (by hash) and photo previews (``blob:``): nothing inline unhashed, no other site,
+no ``eval`` (WebAssembly compilation only, ``'wasm-unsafe-eval'``); and a
 request whose ``Origin`` is neither the server's own nor one given with ``--cors-origin`` is refused (403) before
 it is read. Requests without an ``Origin`` (curl, scripts) are not from a browser page and pass.
 """
@@ -26,20 +28,22 @@ _INLINE = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL) for tag in ("scr
 
 
 def content_security_policy(page: str) -> str:
-    """The strictest policy under which ``page`` still works: its inline blocks are allowed by their SHA-256."""
+    """The strictest policy under which ``page`` (the app's, `carspotter.serve.site`) still works: scripts, WASM,
+    service worker, manifest, fetches and icons from the server itself; its inline blocks by their SHA-256."""
 
-    def hashes(tag: str) -> str:
+    def hashes(tag: str) -> list[str]:
         blocks = _INLINE[tag].findall(page)
-        digests = [base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks]
-        return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+        return [f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks]
 
     return "; ".join(
         (
             "default-src 'none'",
-            f"script-src {hashes('script')}",
-            f"style-src {hashes('style')}",
-            "img-src blob:",
+            " ".join(["script-src 'self' 'wasm-unsafe-eval'", *hashes("script")]),
+            " ".join(["style-src", *(hashes("style") or ["'none'"])]),
+            "img-src 'self' blob:",
             "connect-src 'self'",
+            "worker-src 'self'",
+            "manifest-src 'self'",
             "base-uri 'none'",
             "form-action 'none'",
             "frame-ancestors 'none'",

@@ -1,0 +1,167 @@
+// carspotter's app: the model runs in this browser (onnxruntime-web, WASM); no photo leaves the device.
+// The model takes uint8 RGB pixels (1×H×W×3) at the photo's own size and resizes and normalises them itself, so the
+// page only decodes the photo. createImageBitmap applies the EXIF orientation, as `carspotter predict` does.
+import * as ort from "./ort/ort.wasm.bundle.min.mjs"; // its WASM glue inside; the .wasm beside it
+
+const TOP_K = 5;
+const $ = (id) => document.getElementById(id);
+const body = document.body;
+let previewUrl = null;
+
+// Threads need a cross-origin-isolated page (COOP/COEP headers), which a plain static host does not give.
+ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+
+function setState(state, message = "") {
+  body.dataset.state = state;
+  $("status").textContent = state === "busy" || state === "loading" ? message : "";
+  $("error").textContent = state === "error" ? message : "";
+}
+
+async function loadModel() {
+  setState("loading", "Loading the model …");
+  const meta = await (await fetch("model.json")).json();
+  const session = await ort.InferenceSession.create("model.onnx", {
+    executionProviders: ["wasm"],
+    graphOptimizationLevel: "all",
+  });
+  return { meta, session };
+}
+
+// The photo's pixels, unscaled, as a 1×H×W×3 uint8 tensor. colorSpaceConversion "none": the file's values, as PIL
+// decodes them (no ICC conversion).
+async function pixelsOf(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  } catch {
+    throw new Error(`${file.name}: not an image (choose a JPEG, PNG or WebP photo)`);
+  }
+  const { width, height } = bitmap;
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  const rgba = ctx.getImageData(0, 0, width, height).data;
+  const rgb = new Uint8Array(width * height * 3);
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+    rgb[j] = rgba[i];
+    rgb[j + 1] = rgba[i + 1];
+    rgb[j + 2] = rgba[i + 2];
+  }
+  return new ort.Tensor("uint8", rgb, [1, height, width, 3]);
+}
+
+function topK(logits, names, k) {
+  const max = Math.max(...logits);
+  const exps = Array.from(logits, (z) => Math.exp(z - max));
+  const sum = exps.reduce((a, b) => a + b, 0);
+  return exps
+    .map((e, i) => ({ class_id: i, class_name: names[i], probability: e / sum }))
+    .sort((a, b) => b.probability - a.probability)
+    .slice(0, k);
+}
+
+function show(predictions) {
+  $("predictions").replaceChildren(...predictions.map((p) => {
+    const li = document.createElement("li");
+    li.dataset.classId = p.class_id;
+    li.dataset.probability = p.probability;
+    const row = document.createElement("div");
+    row.className = "row";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = p.class_name; // text, never HTML: class names come from a file
+    const prob = document.createElement("span");
+    prob.className = "prob";
+    prob.textContent = (100 * p.probability).toFixed(1) + "%";
+    row.append(name, prob);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = (100 * p.probability).toFixed(1) + "%";
+    bar.append(fill);
+    li.append(row, bar);
+    return li;
+  }));
+}
+
+async function recognise(model, file) {
+  if (!file) return;
+  const start = performance.now();
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  $("preview").src = previewUrl;
+  $("predictions").replaceChildren();
+  $("result").hidden = false;
+  setState("busy", "Recognising " + file.name + " …");
+  try {
+    const pixels = await pixelsOf(file);
+    const ran = performance.now();
+    const out = await model.session.run({ [model.meta.input_name]: pixels });
+    const done = performance.now();
+    show(topK(out[model.meta.output_name].data, model.meta.class_names, TOP_K));
+    body.dataset.ms = (done - start).toFixed(1);
+    body.dataset.modelMs = (done - ran).toFixed(1);
+    body.dataset.photo = file.name;
+    $("timing").textContent = `${file.name}: ${Math.round(done - start)} ms on this device ` +
+      `(model ${Math.round(done - ran)} ms).`;
+    setState("done");
+  } catch (err) {
+    body.dataset.photo = file.name;
+    setState("error", "Could not recognise this file: " + err.message);
+  }
+}
+
+function offerInstall() {
+  window.addEventListener("beforeinstallprompt", (event) => {
+    event.preventDefault();
+    const button = $("install");
+    button.hidden = false;
+    button.onclick = async () => {
+      button.hidden = true;
+      await event.prompt();
+    };
+  });
+}
+
+function registerServiceWorker() {
+  if (!("serviceWorker" in navigator)) return;
+  navigator.serviceWorker.register("sw.js")
+    .then(() => navigator.serviceWorker.ready)
+    .then(() => {
+      body.dataset.offline = "ready"; // the service worker holds every file of the app: it works offline now
+      $("offline").textContent = "Works offline.";
+    })
+    .catch((err) => console.warn("no offline mode:", err));
+}
+
+async function main() {
+  registerServiceWorker();
+  offerInstall();
+  let model;
+  try {
+    model = await loadModel();
+  } catch (err) {
+    setState("error", "Could not load the model: " + err.message);
+    return;
+  }
+  setState("ready");
+  for (const id of ["file", "camera"]) {
+    const input = $(id);
+    input.addEventListener("change", () => recognise(model, input.files[0]));
+  }
+  const drop = $("drop");
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => recognise(model, e.dataTransfer.files[0]));
+}
+
+main();

@@ -1,0 +1,230 @@
+"""The app that runs on the phone: `carspotter app` writes a static PWA that runs the model in the browser
+(onnxruntime-web). In headless Chromium, served by Python's static file server, it gives `carspotter predict`'s top-5
+(probabilities within 1e-3), is installable, and still classifies after the server is gone (service worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import requests
+from browser_support import classify, requires_browser, wait_offline_ready, wait_ready
+from PIL import Image
+from serve_support import static_server
+
+from carspotter.data.prepared import load_prepared
+from carspotter.errors import UserError
+from carspotter.predict import load_classifier, predict_images
+from carspotter.preprocessing import open_photo, softmax
+from carspotter.serve import web_runtime
+from carspotter.serve.onnx_model import OnnxClassifier
+from carspotter.serve.site import build_site
+
+EXIF_ORIENTATION = 0x0112
+
+
+@pytest.fixture(scope="module")
+def runtime() -> None:
+    try:
+        web_runtime.runtime_files()
+    except UserError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def exported(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
+    """`responsive_checkpoint` as a plain fp32 ONNX export (float NCHW input, no preprocessing in the graph)."""
+    from carspotter.export.onnx import export
+
+    return export(
+        responsive_checkpoint, tmp_path_factory.mktemp("exported") / "model.onnx", data=synthetic_prepared
+    ).path
+
+
+@pytest.fixture(scope="module")
+def site(runtime, exported: Path, tmp_path_factory) -> Path:
+    """The app of the plain export: the builder adds the preprocessing graph."""
+    built = build_site(exported, tmp_path_factory.mktemp("app") / "site")
+    assert built.wrapped
+    return built.path
+
+
+@pytest.fixture(scope="module")
+def photos(synthetic_prepared: Path, tmp_path_factory) -> list[Path]:
+    """Synthetic test photos as a phone would hand them over: a JPEG, a PNG, and a non-square JPEG stored sideways
+    with EXIF orientation 6 (viewers rotate it 90° clockwise)."""
+    out = tmp_path_factory.mktemp("photos")
+    fnames = load_prepared(synthetic_prepared).test["fname"]
+    first, second, third = (synthetic_prepared / fnames.iloc[i] for i in (0, 7, 14))
+    png = out / "second.png"
+    Image.open(second).convert("RGB").save(png)
+    with Image.open(third) as img:
+        stored = img.convert("RGB").crop((0, 0, img.width, img.height * 2 // 3)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    sideways = out / "sideways.jpg"
+    stored.save(sideways, quality=92, exif=exif)
+    return [first, png, sideways]
+
+
+def predicted(model: Path, photos: list[Path]) -> list[list[dict]]:
+    return [r["predictions"] for r in predict_images(load_classifier(model), photos, top_k=5)]
+
+
+def assert_same_top5(page: list[dict], want: list[dict], photo: Path) -> float:
+    """Same classes in the same order, probabilities within 1e-3; returns the largest difference."""
+    assert [p["class_name"] for p in page] == [p["class_name"] for p in want], photo.name
+    diff = max(abs(a["probability"] - b["probability"]) for a, b in zip(page, want, strict=True))
+    assert diff <= 1e-3, f"{photo.name}: |Δ probability| {diff:.2e}"
+    return diff
+
+
+def test_site_is_a_self_contained_pwa(site: Path, exported: Path, photos: list[Path]) -> None:
+    files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
+    assert {
+        "index.html",
+        "app.js",
+        "sw.js",
+        "manifest.webmanifest",
+        "model.onnx",
+        "model.json",
+        "icons/icon-192.png",
+        "icons/icon-512.png",
+        *(f"ort/{f}" for f in web_runtime.FILES),
+    } == files
+    manifest = json.loads((site / "manifest.webmanifest").read_text())
+    assert manifest["display"] == "standalone" and manifest["start_url"] == "./"
+    assert {i["sizes"] for i in manifest["icons"]} == {"192x192", "512x512"}
+    assert Image.open(site / "icons/icon-512.png").size == (512, 512)
+    worker = (site / "sw.js").read_text()
+    cached = json.loads(worker[worker.index("const FILES = ") + 14 : worker.index(";\n", worker.index("FILES = "))])
+    assert set(cached) == (files - {"sw.js"}) | {"./"}  # every file of the app is stored for offline use
+    for page in ("index.html", "app.js", "sw.js"):  # nothing fetched from elsewhere (no CDN)
+        text = (site / page).read_text()
+        assert "http://" not in text and "https://" not in text, page
+    page = (site / "index.html").read_text()
+    assert 'capture="environment"' in page and 'accept="image/*"' in page
+    # The wrapped model takes the photo's own pixels and gives `predict`'s answer on the plain export.
+    meta = json.loads((site / "model.json").read_text())
+    assert meta["input_name"] == "pixels" and meta["input"]["layout"] == "NHWC"
+    wrapped = OnnxClassifier(site / "model.onnx")
+    assert wrapped.takes_pixels and str(site) not in onnx.load(str(site / "model.onnx")).doc_string
+    got = softmax(np.concatenate([wrapped.logits(np.asarray(open_photo(p))[None]) for p in photos]))
+    for probs, want in zip(got, predicted(exported, photos), strict=True):
+        assert [int(i) for i in np.argsort(-probs)[:5]] == [p["class_id"] for p in want]
+
+
+def test_rebuild_replaces_the_site_and_never_a_foreign_folder(site: Path, exported: Path, tmp_path: Path) -> None:
+    old_worker = (site / "sw.js").read_text()
+    site = shutil.copytree(site, tmp_path / "site")  # the shared site stays as built
+    (site / "stale.txt").write_text("left by an older build")
+    again = build_site(exported, site, title="My cars")
+    assert not (site / "stale.txt").exists()
+    assert json.loads((site / "manifest.webmanifest").read_text())["name"] == "My cars"
+    assert "<title>My cars</title>" in (site / "index.html").read_text()
+    assert (site / "sw.js").read_text() != old_worker  # a new cache version: phones pick up the new site
+    assert again.files == sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+    foreign = tmp_path / "documents"
+    foreign.mkdir()
+    (foreign / "model.json").write_text("{}")  # a file name an app site has too: still not one
+    with pytest.raises(UserError, match="not an app site"):
+        build_site(exported, foreign)
+    assert (foreign / "model.json").read_text() == "{}" and len(list(foreign.iterdir())) == 1
+
+
+def test_cli_says_which_step_fetches_the_runtime(exported: Path, tmp_path: Path) -> None:
+    """Without onnxruntime-web (a pip user who has not run the one-time step): one `error:` line naming it."""
+    env = {**os.environ, "CARSPOTTER_WEB_RUNTIME": str(tmp_path / "empty")}
+    cmd = [sys.executable, "-m", "carspotter.cli", "app", str(exported), "-o", str(tmp_path / "site")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "carspotter app-setup" in proc.stderr
+    assert not (tmp_path / "site").exists()
+
+
+def test_cli_refuses_a_file_that_is_not_an_export(runtime, tmp_path: Path) -> None:
+    junk = tmp_path / "model.onnx"
+    junk.write_bytes(b"not a model")
+    cmd = [sys.executable, "-m", "carspotter.cli", "app", str(junk), "-o", str(tmp_path / "site")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not a readable ONNX model" in proc.stderr
+
+
+@requires_browser
+def test_app_in_chromium_matches_predict_and_works_offline(
+    browser, site: Path, exported: Path, photos: list[Path]
+) -> None:
+    expected = predicted(exported, photos)
+    with Image.open(photos[2]) as sideways:  # the EXIF tag matters: ignoring it would give another answer
+        unrotated = predicted(exported, [_without_exif(sideways, photos[2].parent / "unrotated.png")])[0]
+    assert [p["class_name"] for p in unrotated] != [p["class_name"] for p in expected[2]] or abs(
+        unrotated[0]["probability"] - expected[2][0]["probability"]
+    ) > 1e-3
+    with static_server(site) as (url, stop_server):
+        browser.get(url + "/")
+        wait_ready(browser)
+        assert browser.title == "carspotter"
+        ms = []
+        for photo, want in zip(photos, expected, strict=True):
+            assert_same_top5(classify(browser, photo), want, photo)
+            ms.append(float(browser.execute_script("return document.body.dataset.ms")))
+        print(f"\nChromium (headless), synthetic photos: {statistics.median(ms):.1f} ms per photo (median of {ms})")
+        assert browser.execute_cdp_cmd("Page.getInstallabilityErrors", {})["installabilityErrors"] == []
+        wait_offline_ready(browser)
+        stop_server()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/", timeout=5)
+        browser.refresh()  # the network is gone: the service worker answers
+        wait_ready(browser)
+        assert_same_top5(classify(browser, photos[2]), expected[2], photos[2])
+        junk = photos[0].parent.parent / "notes.txt"
+        junk.write_text("not a photo")
+        browser.find_element("id", "file").send_keys(str(junk))
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "error")
+        assert "not an image" in browser.find_element("id", "error").text
+
+
+@requires_browser
+@pytest.mark.realdata
+def test_app_in_chromium_on_real_photos(
+    browser, stanford_shared: Path, responsive_checkpoint: Path, site: Path
+) -> None:
+    """Real JPEGs of many sizes, decoded by the browser: `predict`'s top-5 on the checkpoint (PyTorch, PIL)."""
+    photos = sorted((stanford_shared / "sample" / "images").glob("*.jpg"))[::5]
+    expected = predicted(responsive_checkpoint, photos)
+    with static_server(site) as (url, _):
+        browser.get(url + "/")
+        wait_ready(browser)
+        diffs, ms = [], []
+        for photo, want in zip(photos, expected, strict=True):
+            diffs.append(assert_same_top5(classify(browser, photo), want, photo))
+            ms.append(float(browser.execute_script("return document.body.dataset.ms")))
+    print(
+        f"\nChromium (headless), {len(photos)} real photos: max |Δ probability| {max(diffs):.2e}, "
+        f"{statistics.median(ms):.1f} ms per photo (median; p90 {np.percentile(ms, 90):.1f})"
+    )
+
+
+def _without_exif(img: Image.Image, out: Path) -> Path:
+    img.convert("RGB").save(out)
+    return out
+
+
+def test_predict_sees_a_photo_as_it_is_displayed(photos: list[Path]) -> None:
+    """EXIF orientation applied (browsers do it too); a dataset's stored pixels are left as they are."""
+    from carspotter.preprocessing import open_image
+
+    stored = open_image(photos[2])
+    shown = open_photo(photos[2])
+    assert shown.size == stored.size[::-1]
+    assert np.array_equal(np.asarray(shown), np.asarray(stored.transpose(Image.Transpose.ROTATE_270)))
