@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60, help="trainer.max_epochs")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "real_accuracy")
     ap.add_argument("--recipes", default="thesis,recommended", help="comma-separated: thesis, recommended")
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG",
+                    help="another recipe to compare (a config file), named in --recipes")  # fmt: skip
     ap.add_argument("--bf16", action="store_true", help="also the recommended recipe with trainer.precision=bf16-mixed")
     ap.add_argument("--jobs", type=int, default=1, help="recipes trained at once (each with cores/jobs threads)")
     ap.add_argument("--json", action="store_true", help="print the one-line JSON result last")
@@ -111,12 +113,13 @@ def main() -> None:
     started = time.perf_counter()
     record: dict[str, object] = {"machine": machine(), "load_before": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
     data = prepared(args.data, args.workdir)
-    jobs = [(name, RECIPES.get(name), []) for name in args.recipes.split(",")]
+    recipes = {**RECIPES, **dict((k, Path(v)) for k, _, v in (r.partition("=") for r in args.recipe))}
+    jobs = [(name, recipes.get(name), []) for name in args.recipes.split(",")]
     if args.bf16:
         jobs.append(("recommended_bf16", RECIPES["recommended"], ["trainer.precision=bf16-mixed"]))
     for name, config, _ in jobs:
         if config is None:
-            sys.exit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+            sys.exit(f"unknown recipe {name!r}; choose from {', '.join(recipes)}")
     # --jobs N: N runs at once, each with cores/N threads (on a small CPU two 1-thread runs beat one 2-thread run).
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     record["jobs"] = args.jobs
