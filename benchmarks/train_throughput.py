@@ -49,7 +49,7 @@ from carspotter.training.module import build_optimizer
 from carspotter.training.run import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-THESIS_CONFIG = ROOT / "configs" / "stanford_ghostnet.yaml"
+THESIS_CONFIG = ROOT / "configs" / "thesis_c50.yaml"
 NUM_CLASSES = 196
 
 
