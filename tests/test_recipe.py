@@ -233,3 +233,57 @@ def test_predict_tta_flip_on_checkpoint_and_onnx(
             for p in f["predictions"]:
                 assert p["probability"] == pytest.approx((pa[p["class_name"]] + pm[p["class_name"]]) / 2, abs=1e-4)
         assert any(abs(pa[c] - pm[c]) > 1e-3 for c in pa)  # the mirror image is a different input
+
+
+def test_resume_with_more_epochs_continues_on_the_longer_schedule(four_classes: Path, tmp_path: Path, one_cpu_thread):
+    """Interrupted after 1 epoch and resumed with trainer.max_epochs raised to 3: the cosine is laid out over the new
+    length (the learning rate of each epoch is the one an uninterrupted 3-epoch run has)."""
+    three = train(recipe_config(four_classes, tmp_path / "a", "trainer.max_epochs=3"), progress=False)
+    first = train(recipe_config(four_classes, tmp_path / "b", "trainer.max_epochs=1"), progress=False)
+    resumed = train(recipe_config(four_classes, tmp_path / "b", "trainer.max_epochs=3"), resume=first.run_dir,
+                    progress=False)  # fmt: skip
+    want = [float(r["lr"]) for r in read_epoch_metrics(three.run_dir / "metrics.csv")]
+    got = [float(r["lr"]) for r in read_epoch_metrics(resumed.run_dir / "metrics.csv")]
+    assert len(want) == 3 and got[1:] == pytest.approx(want[1:], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("override", "section"),
+    [
+        ("data.image_augmentations=[{RandomHorizontalFlip: {p: high}}]", "data.image_augmentations"),
+        ("optimizer.params.lr=-1", "optimizer"),
+        ("model.args={hidden_channels: big}", "model"),
+        ("data.batch_augmentations=[{MixUp: {alpha: -1}}]", "data.batch_augmentations"),
+    ],
+)
+@pytest.mark.parametrize("pipeline", ["fast", "classic"])
+def test_values_that_fail_only_when_used_are_one_line_and_leave_no_run_folder(
+    four_classes: Path, tmp_path: Path, override: str, section: str, pipeline: str
+) -> None:
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+        f"data.path={four_classes}", f"output.runs_dir={tmp_path / 'runs'}", f"data.pipeline={pipeline}", override,
+    ])  # fmt: skip
+    with pytest.raises(UserError, match=section.replace(".", r"\.")):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_hostile_checkpoint_given_to_resume_is_refused_before_anything_is_written(
+    four_classes: Path, tmp_path: Path
+) -> None:
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    cfg = recipe_config(four_classes, tmp_path / "runs")
+    (run / "config.yaml").write_text("written by the user\n")
+    (run / "last.ckpt").write_bytes(pickle.dumps({"state_dict": Evil()}))
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        train(cfg, resume=run, progress=False)
+    assert not (tmp_path / "pwned").exists()
+    assert (run / "config.yaml").read_text() == "written by the user\n"

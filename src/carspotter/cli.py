@@ -155,7 +155,6 @@ def train(
         if config is None:
             raise UserError("train needs --config FILE (e.g. configs/stanford_ghostnet.yaml) or --resume RUN_DIR")
         cfg = load_config(config, set_)
-    check_writable(resume or cfg.output.runs_dir, "runs folder")
     result = run_training(cfg, resume=resume)
     if not result.rank_zero:  # an extra DDP process: rank 0 reports
         return

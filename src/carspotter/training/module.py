@@ -144,6 +144,22 @@ class CarClassifier(L.LightningModule):
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
+    def on_train_start(self) -> None:
+        if not getattr(self, "_rebuild_schedule", False):
+            return
+        config = self.trainer.lr_scheduler_configs[0]
+        optimizer = config.scheduler.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        with warnings.catch_warnings():  # stepping a schedule without optimizer steps is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            config.scheduler = build_run_schedule(
+                self.cfg.scheduler.name, self.cfg.scheduler.params, optimizer, self.trainer.estimated_stepping_batches
+            )
+            for _ in range(self.global_step):  # to where the run stopped, on the new run's schedule
+                config.scheduler.step()
+        self._rebuild_schedule = False
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
@@ -178,6 +194,11 @@ class CarClassifier(L.LightningModule):
                 state["model." + key.removeprefix(EMA_PREFIX)] = state.pop(key)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.cfg.scheduler.name in RUN_SCHEDULES:
+            # A run-scaled schedule is rebuilt for the resumed run's length in on_train_start (a --resume may raise
+            # trainer.max_epochs, and the saved schedule knows only the old length).
+            checkpoint["lr_schedulers"] = []
+            self._rebuild_schedule = True
         raw = checkpoint.pop(RAW_WEIGHTS_KEY, None)
         if self.ema is None:
             return

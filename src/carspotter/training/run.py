@@ -25,11 +25,12 @@ from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
-from carspotter.training.checkpoint import CheckpointInfo
+from carspotter.training.checkpoint import CheckpointInfo, read_checkpoint
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
 from carspotter.training.loggers import build_loggers, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
 from carspotter.training.scoring import evaluate_checkpoint
+from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,51 @@ def build_model(cfg: Config, num_classes: int, class_names: list[str] | None = N
     return model
 
 
+_CONFIG_FAILURES = (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError)
+
+
+def build_model_checked(cfg: Config, datamodule: CarsDataModule) -> torch.nn.Module:
+    try:
+        return build_model(cfg, datamodule.dataset.num_classes, datamodule.class_names)
+    except _CONFIG_FAILURES as exc:
+        raise UserError(f"model: {cfg.model.name} with args {cfg.model.args} cannot be built ({exc})") from None
+
+
+def check_buildable(cfg: Config, model: torch.nn.Module, datamodule: CarsDataModule) -> None:
+    """Build the transforms, batch mixing, optimizer and scheduler once and run the augmentations on one blank
+    image, turning a config value that only fails when used into a `UserError` naming its section."""
+    from PIL import Image
+
+    from carspotter.data.transforms import TrainTransform
+    from carspotter.training.finetune import parameter_groups
+    from carspotter.training.module import build_batch_mixing, build_optimizer, build_scheduler
+
+    height, width = cfg.data.image_size
+    try:
+        batch_transform = getattr(datamodule, "batch_transform", None)
+        if batch_transform is not None:
+            blank = torch.zeros(2, height, width, 1 if cfg.data.grayscale else 3, dtype=torch.uint8)
+            batch_transform(blank, train=True)
+        else:
+            TrainTransform(cfg.data)(Image.new("RGB", (width, height)), (0, 0, width, height))
+    except _CONFIG_FAILURES as exc:
+        raise UserError(f"data.image_augmentations / data.tensor_augmentations: {exc}") from None
+    try:
+        mixing = build_batch_mixing(cfg, datamodule.dataset.num_classes)
+        if mixing is not None:
+            mixing(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+    except _CONFIG_FAILURES as exc:
+        raise UserError(f"data.batch_augmentations: {exc}") from None
+    try:
+        optimizer = build_optimizer(cfg, parameter_groups(model, cfg))
+    except _CONFIG_FAILURES as exc:
+        raise UserError(f"optimizer: {cfg.optimizer.name} {cfg.optimizer.params}: {exc}") from None
+    try:
+        build_scheduler(cfg, optimizer, total_steps=max(2, cfg.trainer.max_epochs))
+    except _CONFIG_FAILURES as exc:
+        raise UserError(f"scheduler: {cfg.scheduler.name} {cfg.scheduler.params}: {exc}") from None
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -139,6 +185,10 @@ def train(
     progress = progress and rank_zero
     if resume is not None and not (Path(resume) / "last.ckpt").is_file():
         raise UserError(f"{resume}: nothing to resume (no last.ckpt); start a new run instead")
+    if rank_zero:
+        check_writable(resume or cfg.output.runs_dir, "runs folder")
+    if resume is not None:
+        read_checkpoint(Path(resume) / "last.ckpt")  # weights only: a hostile or foreign file stops here, unread
     # The data first: a missing or incomplete dataset fails before a run folder is made.
     precision = resolve_precision(cfg)
     pipeline = resolve_pipeline(cfg.data)
@@ -146,6 +196,11 @@ def train(
         datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
     else:
         datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
+    # Everything the config builds, built (and tried on one image) before a run folder exists: a value that passes
+    # validation but fails at run time (`p: high`, `lr: -1`) is one error line and leaves nothing behind.
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    model = build_model_checked(cfg, datamodule)
+    check_buildable(cfg, model, datamodule)
     if not rank_zero:
         run_dir = Path(resume) if resume is not None else _rank_run_dir(cfg)
         output = {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}
@@ -163,9 +218,6 @@ def train(
     if rank_zero:
         save_config(cfg, run_dir / CONFIG_FILE)
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-
-    model = build_model(cfg, datamodule.dataset.num_classes, datamodule.class_names)
     info = CheckpointInfo(
         model_name=cfg.model.name,
         model_args=dict(cfg.model.args),
