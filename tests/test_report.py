@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_support import requires_browser, start_chromium
 from PIL import Image
 
 from carspotter.evaluation.plots import confused_pairs, plot_confusion, plot_training_curves
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture()
@@ -31,11 +29,9 @@ def run_copy(trained_checkpoint: Path, tmp_path: Path) -> Path:
     return run
 
 
+@requires_browser
 def test_report_renders_offline_in_chromium(run_copy: Path, tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    from selenium.webdriver.chrome.service import Service
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.common.by import By
 
     proc = subprocess.run(
@@ -50,21 +46,7 @@ def test_report_renders_offline_in_chromium(run_copy: Path, tmp_path: Path) -> N
     text = page.read_text()
     assert "http://" not in text and "https://" not in text
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = start_chromium(tmp_path / "profile")
     try:
         driver.get(page.as_uri())
         assert driver.title == f"carspotter run {run_copy.name}"
