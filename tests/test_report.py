@@ -17,7 +17,7 @@ import pytest
 from browser_support import requires_browser, start_chromium
 from PIL import Image
 
-from carspotter.evaluation.plots import confused_pairs, plot_confusion, plot_training_curves
+from carspotter.plots import confused_pairs, plot_confusion, plot_training_curves
 
 
 @pytest.fixture()

@@ -51,7 +51,7 @@ def test_model_learns_synthetic_cars_well_above_chance(learned_run, learnable_pr
 
 def test_run_folder_holds_everything(learned_run) -> None:
     run = learned_run.run_dir
-    for name in ("config.yaml", "best.ckpt", "last.ckpt", "metrics.csv", "summary.json"):
+    for name in ("config.yaml", "best.ckpt", "last.ckpt", "metrics.csv", "summary.json", "results.png"):
         assert (run / name).is_file(), name
     rows = read_epoch_metrics(run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(10))

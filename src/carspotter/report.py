@@ -23,7 +23,7 @@ from PIL import Image
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import check_classes
-from carspotter.evaluation.plots import confused_pairs, plot_training_curves
+from carspotter.plots import confused_pairs, plot_training_curves
 from carspotter.predict import TorchClassifier, predict_images
 from carspotter.preprocessing import open_image
 from carspotter.run_files import BEST_CKPT, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE

@@ -13,7 +13,7 @@ import numpy as np
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
-from carspotter.evaluation.plots import confused_pairs, plot_confusion
+from carspotter.plots import confused_pairs, plot_confusion
 from carspotter.training.checkpoint import checkpoint_info, read_checkpoint
 from carspotter.training.scoring import EvalResult, evaluate_checkpoint, evaluate_model
 

@@ -1,7 +1,8 @@
 """`train(cfg)`: one run, in its own folder, selected on validation and tested once at the end.
 
-A run folder holds ``config.yaml`` (fully resolved), ``best.ckpt`` (highest val/top1), ``last.ckpt``, ``metrics.csv``
-(one row per epoch) and ``summary.json``. ``resume`` continues an interrupted run from its ``last.ckpt``.
+A run folder holds ``config.yaml`` (fully resolved), ``best.ckpt`` (the selected epoch: ``trainer.select``),
+``last.ckpt``, ``metrics.csv`` (one row per epoch), ``summary.json`` and ``results.png`` (the curves). ``resume``
+continues an interrupted run from its ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from carspotter.data.dataset import CarsDataModule
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
 from carspotter.models import create_model
+from carspotter.plots import plot_training_curves
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
 from carspotter.training.checkpoint import CheckpointInfo, read_checkpoint
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
@@ -299,6 +301,7 @@ def train(
 
     summary = summarise(cfg, run_dir, count_parameters(model), started, progress=progress)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    plot_training_curves(run_dir / "metrics.csv", run_dir / "results.png")
     log_run_end(loggers, summary, run_dir)
     return RunResult(run_dir=run_dir, summary=summary)
 
