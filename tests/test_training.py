@@ -166,3 +166,26 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path: Path) -> N
     with pytest.raises(UserError) as exc:
         load_checkpoint(fake)
     assert "not a readable PyTorch checkpoint" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_ctrl_c_during_train_says_how_to_continue(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) after the first epoch: exit 130 and the exact command that resumes the run."""
+    import os
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "carspotter.cli", "train", "-c", str(DEMO), "--set", f"data.path={synthetic_prepared}",
+           "--set", f"output.runs_dir={runs}", "--set", "output.run_name=ctrl-c", "--set", "trainer.max_epochs=500",
+           "--set", "data.image_size=32", "--set", "data.num_workers=0", "--set", "logging.loggers=[csv]"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (runs / "ctrl-c" / "last.ckpt").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"carspotter train --resume {runs / 'ctrl-c'}" in err.replace("\n", ""), err[-3000:]
+    assert "Traceback" not in err

@@ -144,7 +144,7 @@ def train(
 ) -> None:
     """Train a model; writes a run folder with checkpoints, metrics.csv and summary.json."""
     from carspotter.config import load_config
-    from carspotter.training.run import load_run_config
+    from carspotter.training.run import TrainingInterrupted, load_run_config
     from carspotter.training.run import train as run_training
 
     _quiet_lightning()
@@ -155,7 +155,11 @@ def train(
         if config is None:
             raise UserError("train needs --config FILE (e.g. configs/stanford_ghostnet.yaml) or --resume RUN_DIR")
         cfg = load_config(config, set_)
-    result = run_training(cfg, resume=resume)
+    try:
+        result = run_training(cfg, resume=resume)
+    except TrainingInterrupted as exc:  # Ctrl-C (typer would swallow it silently): say how to continue
+        err_console.print(escape(str(exc)), highlight=False)
+        raise typer.Exit(130) from None
     if not result.rank_zero:  # an extra DDP process: rank 0 reports
         return
     s = result.summary

@@ -40,6 +40,14 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: the run folder keeps its last complete epoch (``last.ckpt``), ready for --resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"training interrupted; continue with `carspotter train --resume {run_dir}`")
+        self.run_dir = run_dir
+
+
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
@@ -293,9 +301,14 @@ def train(
     )
     if rank_zero:
         log.info("run folder: %s", run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning's answer to Ctrl-C: it saved nothing more and exits 1
+        if trainer.interrupted:
+            raise TrainingInterrupted(run_dir) from None
+        raise
     if trainer.interrupted:
-        raise UserError(f"training interrupted; continue with `carspotter train --resume {run_dir}`")
+        raise TrainingInterrupted(run_dir)
     if not trainer.is_global_zero:
         return RunResult(run_dir=run_dir, summary={}, rank_zero=False)
 
