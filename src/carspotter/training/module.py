@@ -23,6 +23,10 @@ EMA_PREFIX = "ema.module."
 
 # By design the module, not the data module, shapes batches on the device (fast pipeline, channels_last).
 warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
+# Lightning's own noise, not the user's business: a deprecation inside Lightning, and hints about its logger cadence
+# (metrics.csv gets one row per epoch whatever the interval).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
 
 
 def build_loss(cfg: Config) -> nn.Module:
