@@ -78,9 +78,10 @@ def train(
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(log_path, "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        sys.exit(f"{name}: carspotter train failed (exit {done.returncode}); see {log_path}")
-    summary = json.loads((runs / run_name / "summary.json").read_text())
+    summary_file = runs / run_name / "summary.json"
+    if done.returncode != 0 or not summary_file.is_file():  # failed, or stopped (SIGTERM ends Lightning with 0)
+        sys.exit(f"{name}: carspotter train did not finish (exit {done.returncode}); see {log_path}")
+    summary = json.loads(summary_file.read_text())
     summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
     summary["command"] = "carspotter " + " ".join(cmd[len(CARSPOTTER) :])
     print(
