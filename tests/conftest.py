@@ -61,7 +61,7 @@ def responsive_checkpoint(synthetic_prepared: Path, tmp_path_factory: pytest.Tem
     """A model whose answer depends on the photo, for comparing runtimes: `trained_checkpoint` gives every photo
     nearly the same probabilities (logits move by 3e-4 from photo to photo), which would hide any difference.
     6 epochs without weight decay or augmentation (48×48), about 20 s; label smoothing as users train (without it the
-    logits grow until a one-level pixel difference moves a probability by more than 1e-2)."""
+    logits grow until the in-graph resize's one-level pixel differences move a probability by more than 1e-2)."""
     from carspotter.config import load_config
     from carspotter.training.run import train
 

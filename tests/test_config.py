@@ -66,7 +66,7 @@ def test_misspelt_batch_size_fails_fast_naming_the_key(tmp_path: Path) -> None:
 def test_bad_values_name_the_key_and_the_allowed_values(override: str, needle: str) -> None:
     extra = ["data.erase_background=true"] if "crop_to_bbox" in override else []
     with pytest.raises(UserError) as exc:
-        load_config(STANFORD, [override, *extra])
+        load_config(THESIS, [override, *extra])
     assert needle in str(exc.value)
 
 

@@ -135,7 +135,7 @@ def test_parameter_groups_split_the_classifier_from_the_backbone() -> None:
     groups = parameter_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=0.003)
     assert [g["lr"] for g in optimizer.param_groups] == [0.003, 0.0001]
-    assert list(parameter_groups(model, load_config(DEMO))) == list(model.parameters())
+    assert parameter_groups(model, load_config(DEMO)) == [{"params": list(model.parameters())}]
 
 
 def test_a_model_without_the_head_api_is_a_clear_error() -> None:

@@ -116,7 +116,8 @@ def test_mixup_and_cutmix_targets_are_probabilities() -> None:
 
 
 def test_batched_random_resized_crop_draws_a_crop_per_image(four_classes: Path) -> None:
-    cfg = load_config(RECOMMENDED, [f"data.path={four_classes}", "data.image_size=40"]).data
+    scale = "data.image_augmentations.0.params.scale=[0.25, 1.0]"
+    cfg = load_config(RECOMMENDED, [f"data.path={four_classes}", "data.image_size=40", scale]).data
     assert cfg.image_augmentations[0].name == "RandomResizedCrop" and "size" not in cfg.image_augmentations[0].params
     only_crop = cfg.model_copy(update={"image_augmentations": cfg.image_augmentations[:1], "normalize": False})
     preprocess = BatchPreprocess(only_crop)

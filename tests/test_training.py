@@ -179,8 +179,11 @@ def test_ctrl_c_during_train_says_how_to_continue(synthetic_prepared: Path, tmp_
     cmd = [sys.executable, "-m", "carspotter.cli", "train", "-c", str(DEMO), "--set", f"data.path={synthetic_prepared}",
            "--set", f"output.runs_dir={runs}", "--set", "output.run_name=ctrl-c", "--set", "trainer.max_epochs=500",
            "--set", "data.image_size=32", "--set", "data.num_workers=0", "--set", "logging.loggers=[csv]"]  # fmt: skip
+    # An in-process Lightning run interrupted earlier in this session may have left SIGINT ignored, and a child
+    # inherits that: start it with the default disposition, as a shell does.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 600
     while not (runs / "ctrl-c" / "last.ckpt").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

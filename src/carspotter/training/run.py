@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -305,6 +306,7 @@ def train(
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning's answer to Ctrl-C: it saved nothing more and exits 1
         if trainer.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
             raise TrainingInterrupted(run_dir) from None
         raise
     if trainer.interrupted:
