@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def resolve_pipeline(cfg: DataConfig) -> str:
     """``classic`` or ``fast``. ``auto`` is fast (benchmarks/README.md: the data path alone 1.48x on 2 CPU cores,
-    and channels_last comes with it, 1.8x for a GhostNet training step in fp32 on the CPU), except with an
+    and channels_last comes with it, which sped up a GhostNet fp32 step on the CPU), except with an
     augmentation that has no batched equivalent or without a writable cache folder (then classic, with a warning)."""
     if cfg.pipeline != "auto":
         return cfg.pipeline
