@@ -224,3 +224,22 @@ def test_ghostnet_eval_mode_tracks_train_mode_on_short_runs(
     )
     assert eval_top1 >= 0.5, f"eval mode near chance (25%): {eval_top1:.2f}"
     assert eval_top1 >= train_mode_top1 - 0.15
+
+
+@pytest.mark.parametrize("name", ["ghostnet_050", "ghostnet_100", "ghostnet_thesis"])
+def test_ghostnet_bottlenecks_start_as_their_shortcut(name: str) -> None:
+    """``zero_init_last`` (the default): the BatchNorms ending each residual branch start at scale 0, so every
+    bottleneck starts as its shortcut; with it off, the branch adds something."""
+    from carspotter.models.ghostnet import GhostBottleneck
+
+    x = torch.randn(2, 3, 64, 64)
+    for zero, expect_equal in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=5, zero_init_last=zero).eval()
+        seen = []
+        for block in (m for m in model.modules() if isinstance(m, GhostBottleneck)):
+            block.register_forward_hook(lambda mod, inp, out: seen.append((out, mod.shortcut(inp[0]))))
+        with torch.no_grad():
+            model(x)
+        assert len(seen) == 16
+        assert all(torch.equal(out, short) for out, short in seen) == expect_equal

@@ -70,6 +70,11 @@ def test_prepare_reads_both_layouts(tmp_path: Path, layout: str, options: dict) 
     assert ds.manifest["source_layout"] == layout and ds.manifest["counts"] == {"train": 6, "test": 6}
     assert ds.classes == [n for n in pd.read_csv(tmp_path / "out" / "classes.csv")["class_name"]]
     assert not (tmp_path / "out" / writer.PARTIAL).exists()
+    # The manifest names where each source file came from, never the scratch copy that prepare deleted
+    sources = list(ds.manifest["source"].values())
+    assert sources and not any(writer.PARTIAL in str(v) for v in sources), sources
+    if options["archives"]:
+        assert any(str(v).startswith(str(raw / "car_devkit.tgz") + ":") for v in sources), sources
 
     extracted = tmp_path / "extracted"
     if options["archives"]:  # read the annotations from the archives ourselves to compare

@@ -101,5 +101,5 @@ def prepare(
         )
     report = write_prepared(out, dataset, raw=raw)
     n = report.counts
-    log.info("prepared %s: %s train, %s test images, %d classes", out, n["train"], n["test"], report.num_classes)
+    log.debug("prepared %s: %s train, %s test images, %d classes", out, n["train"], n["test"], report.num_classes)
     return report

@@ -203,17 +203,21 @@ def _images_folder(raw: _RawFolder, name: str, scratch: Path) -> tuple[Path, boo
     return _descend_nested(inner), True, str(archive)
 
 
-def _devkit_file(raw: _RawFolder, pattern: str, scratch: Path) -> Path | None:
-    """A devkit file found under RAW (``devkit/`` or top), else inside ``car_devkit.tgz``."""
+def _devkit_file(raw: _RawFolder, pattern: str, scratch: Path) -> tuple[Path, str] | None:
+    """A devkit file found under RAW (``devkit/`` or top), else inside ``car_devkit.tgz``.
+
+    Returns (where it is now, how the manifest names it: the RAW path, or ``ARCHIVE:member`` for an extracted file,
+    whose scratch copy is deleted once the dataset is written).
+    """
     hit = raw.find(pattern)
     if hit is not None:
-        return hit
+        return hit, str(hit)
     archive = raw.find_any("car_devkit.tgz", "car_devkit.tar.gz", "car_devkit.tar")
     if archive is None:
         return None
     root = extract_archive(archive, scratch / "car_devkit")
     matches = sorted(p for p in root.rglob("*") if p.is_file() and fnmatch.fnmatchcase(p.name, pattern))
-    return matches[0] if matches else None
+    return (matches[0], f"{archive}:{matches[0].relative_to(root).as_posix()}") if matches else None
 
 
 def _devkit_has(raw: _RawFolder, pattern: str) -> bool:
@@ -251,8 +255,8 @@ def read_updated(raw: Path, scratch: Path) -> RawDataset:
     _refuse_escaping(annos_path, "relative_im_path", rows)
     meta = _devkit_file(folder, "cars_meta.mat", scratch)
     if meta is not None:
-        classes = read_class_names(meta)
-        names_from = str(meta)
+        classes = read_class_names(meta[0])
+        names_from = meta[1]
     else:
         classes = read_class_names(annos_path)
         names_from = f"{annos_path} (class_names; no cars_meta.mat found)"
@@ -308,6 +312,7 @@ def read_original(raw: Path, scratch: Path) -> RawDataset:
     if folder is None:
         raise UserError(f"{raw}: neither cars_train/ nor cars_train.tgz found")
     found: dict[str, Path] = {}
+    named: dict[str, str] = {}
     for key, pattern in (("meta", "cars_meta.mat"), ("train", "cars_train_annos.mat"), ("test", _TEST_LABELS)):
         path = _devkit_file(folder, pattern, scratch)
         if path is None:
@@ -318,16 +323,16 @@ def read_original(raw: Path, scratch: Path) -> RawDataset:
                 else ""
             )
             raise UserError(f"{raw}: no {pattern} found{hint}")
-        found[key] = path
+        found[key], named[key] = path
     classes = read_class_names(found["meta"])
     images: list[RawImage] = []
-    used = {"class_names": str(found["meta"])}
+    used = {"class_names": named["meta"]}
     for split, annos_key in (("train", "train"), ("test", "test")):
         annos = found[annos_key]
         rows = read_struct(annos, "annotations", (*_BOX_FIELDS, "class", "fname"))
         _refuse_escaping(annos, "fname", rows)
         images_dir, movable, images_from = _images_folder(folder, f"cars_{split}", scratch)
-        used[f"{split}_annotations"] = str(annos)
+        used[f"{split}_annotations"] = named[annos_key]
         used[f"{split}_images"] = images_from
         for i, row in enumerate(rows):
             fname = PurePosixPath(str(row["fname"]).replace("\\", "/")).name

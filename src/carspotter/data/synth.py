@@ -544,6 +544,6 @@ def synthesize(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-    log.info("synthesised %s (%s layout): %s train, %s test images of %d classes", out, layout, counts["train"],
+    log.debug("synthesised %s (%s layout): %s train, %s test images of %d classes", out, layout, counts["train"],
              counts["test"], num_classes)
     return SynthReport(out=out, layout=layout, classes=[s.name for s in styles], counts=counts, files=files)

@@ -86,7 +86,7 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None)
         },
     )
     metadata.write_sidecar(out, props)
-    log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)
+    log.debug("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)
     images, source = check_images(info, data, n=CHECK_IMAGES // 2)
     x = images_to_batch(images, info.preprocessing)
     report = compare(torch_logits(model, x), ExecuTorchModel(out).logits(x))

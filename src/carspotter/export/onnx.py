@@ -205,5 +205,5 @@ def to_onnx(
     metadata.set_metadata(proto, props)
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(out))
-    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    log.debug("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out

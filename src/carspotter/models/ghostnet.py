@@ -185,6 +185,7 @@ class GhostNet(nn.Module):
         drop_rate: float = 0.2,
         head: Head = "paper",
         hidden_channels: int = 1280,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         if head not in ("paper", "thesis"):
@@ -229,7 +230,7 @@ class GhostNet(nn.Module):
             self.act2 = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = self._make_classifier(num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_last)
 
     def _make_se(self, chs: int) -> SqueezeExcite:
         if self.head == "paper":
@@ -240,7 +241,7 @@ class GhostNet(nn.Module):
     def _make_classifier(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_last: bool) -> None:
         # Kaiming-normal convs with the fan-out of one group (see `init_conv_fan_out`), BN2d at (1, 0); Linear/BN1d
         # keep PyTorch's defaults.
         for m in self.modules():
@@ -249,6 +250,16 @@ class GhostNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_last:
+            # Every bottleneck starts as its shortcut: the BNs that end the residual branch (both halves of the
+            # linear Ghost projection) start at scale 0, as timm's ResNets do (``zero_init_last``, Goyal et al. 2017).
+            # On real photos from scratch this is the difference between learning and not: odd98, 64 px, 15 epochs,
+            # train loss 4.35 -> 4.02 (README "Recognising real cars").
+            for m in self.modules():
+                if isinstance(m, GhostBottleneck):
+                    for bn in m.ghost2.modules():
+                        if isinstance(bn, nn.BatchNorm2d):
+                            nn.init.zeros_(bn.weight)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -289,21 +300,33 @@ def _create_ghostnet(width: float = 1.0, **kwargs) -> GhostNet:
 
 
 @register_model
-def ghostnet_050(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> GhostNet:
+def ghostnet_050(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, zero_init_last: bool = True
+) -> GhostNet:
     """GhostNet 0.5x, paper head (timm-compatible weights)."""
-    return _create_ghostnet(0.5, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper")
+    return _create_ghostnet(
+        0.5, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper", zero_init_last=zero_init_last
+    )
 
 
 @register_model
-def ghostnet_100(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> GhostNet:
+def ghostnet_100(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, zero_init_last: bool = True
+) -> GhostNet:
     """GhostNet 1.0x, paper head (timm-compatible weights); 5,182,508 parameters at 1000 classes."""
-    return _create_ghostnet(1.0, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper")
+    return _create_ghostnet(
+        1.0, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper", zero_init_last=zero_init_last
+    )
 
 
 @register_model
-def ghostnet_130(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> GhostNet:
+def ghostnet_130(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, zero_init_last: bool = True
+) -> GhostNet:
     """GhostNet 1.3x, paper head (timm-compatible weights)."""
-    return _create_ghostnet(1.3, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper")
+    return _create_ghostnet(
+        1.3, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper", zero_init_last=zero_init_last
+    )
 
 
 @register_model
@@ -313,6 +336,7 @@ def ghostnet_thesis(
     drop_rate: float = 0.2,
     hidden_channels: int = 1280,
     width: float = 1.0,
+    zero_init_last: bool = True,
 ) -> GhostNet:
     """The thesis's GhostNet: clamp-gated SE and a BN1d hidden-layer classifier (3,041,412 params at 320/196)."""
     return _create_ghostnet(
@@ -322,4 +346,5 @@ def ghostnet_thesis(
         drop_rate=drop_rate,
         head="thesis",
         hidden_channels=hidden_channels,
+        zero_init_last=zero_init_last,
     )
