@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "real_accuracy")
     ap.add_argument("--recipes", default="thesis,recommended", help="comma-separated: thesis, recommended")
     ap.add_argument("--recipe", action="append", default=[], metavar="NAME=CONFIG",
-                    help="another recipe to compare (a config file), named in --recipes")  # fmt: skip
+                    help="another recipe (a config file), trained besides --recipes ('': only these)")  # fmt: skip
     ap.add_argument("--bf16", action="store_true", help="also the recommended recipe with trainer.precision=bf16-mixed")
     ap.add_argument("--jobs", type=int, default=1, help="recipes trained at once (each with cores/jobs threads)")
     ap.add_argument("--json", action="store_true", help="print the one-line JSON result last")
@@ -115,7 +115,9 @@ def main() -> None:
     record: dict[str, object] = {"machine": machine(), "load_before": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
     data = prepared(args.data, args.workdir)
     recipes = {**RECIPES, **dict((k, Path(v)) for k, _, v in (r.partition("=") for r in args.recipe))}
-    jobs = [(name, recipes.get(name), []) for name in args.recipes.split(",")]
+    added = [k for k, _, _ in (r.partition("=") for r in args.recipe)]
+    names = [n for n in args.recipes.split(",") if n] + [n for n in added if n not in args.recipes.split(",")]
+    jobs = [(name, recipes.get(name), []) for name in names]
     if args.bf16:
         jobs.append(("recommended_bf16", RECIPES["recommended"], ["trainer.precision=bf16-mixed"]))
     for name, config, _ in jobs:

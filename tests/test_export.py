@@ -164,7 +164,9 @@ def test_export_mistakes_are_one_line_errors(trained_checkpoint: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_executorch_round_trip_matches_pytorch(trained_checkpoint: Path, test_images, tmp_path: Path) -> None:
+def test_executorch_round_trip_matches_pytorch(
+    trained_checkpoint: Path, test_images, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     pytest.importorskip("executorch.exir")
     from carspotter.export.executorch import ExecuTorchModel, export
 
@@ -172,7 +174,16 @@ def test_executorch_round_trip_matches_pytorch(trained_checkpoint: Path, test_im
     report = export(trained_checkpoint, out)
     assert report.agreement.max_abs_diff < 1e-3 and (tmp_path / "model.pte.json").is_file()
     x, _ = test_images
+    capfd.readouterr()
     et = ExecuTorchModel(out)
+    quiet = capfd.readouterr()
+    assert "midr" not in quiet.err and "KernelPreference" not in quiet.err, quiet.err  # the runtime's cpuinfo probe
+    broken = tmp_path / "broken.pte"
+    broken.write_bytes(out.read_bytes()[:1000])
+    (tmp_path / "broken.pte.json").write_text((tmp_path / "model.pte.json").read_text())
+    with pytest.raises(UserError, match="broken.pte: ExecuTorch cannot load"):
+        ExecuTorchModel(broken)
+    assert "File size is too small" in capfd.readouterr().err  # on failure the runtime's own words are shown
     assert np.abs(TorchClassifier(trained_checkpoint).logits(x[:8]) - et.logits(x[:8])).max() < 1e-3
     _, info = load_checkpoint(trained_checkpoint)
     assert et.class_names == info.class_names and et.preprocessing == info.preprocessing

@@ -236,9 +236,13 @@ def test_ghostnet_bottlenecks_start_as_their_shortcut(name: str) -> None:
     for zero, expect_equal in ((True, True), (False, False)):
         torch.manual_seed(0)
         model = create_model(name, num_classes=5, zero_init_last=zero).eval()
-        seen = []
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def record(mod: torch.nn.Module, inp: tuple[torch.Tensor], out: torch.Tensor, seen: list = seen) -> None:
+            seen.append((out, mod.shortcut(inp[0])))
+
         for block in (m for m in model.modules() if isinstance(m, GhostBottleneck)):
-            block.register_forward_hook(lambda mod, inp, out: seen.append((out, mod.shortcut(inp[0]))))
+            block.register_forward_hook(record)
         with torch.no_grad():
             model(x)
         assert len(seen) == 16

@@ -6,8 +6,13 @@ program takes a batch of one image (what a phone feeds it); its metadata goes to
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +31,33 @@ FP32_TOLERANCE = 1e-3
 
 
 def _require_executorch() -> None:
+    # Importing ExecuTorch registers torchao's KernelPreference enum with torch's pytree, which logs a deprecation
+    # warning meant for torchao's authors, not for our users.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         import executorch.exir  # noqa: F401
     except ImportError:
         raise UserError("ExecuTorch is not installed; run `pip install executorch==1.5.1`") from None
+
+
+@contextlib.contextmanager
+def _native_stderr_only_on_failure() -> Iterator[None]:
+    """Hold back what native code writes to stderr (the runtime's cpuinfo probe prints five "Failed to open midr
+    file" lines on every x86 machine) and replay it only if the block raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class ExecuTorchModel:
@@ -49,7 +77,11 @@ class ExecuTorchModel:
         self.class_names = list(self.metadata["class_names"])
         self.preprocessing = metadata.preprocessing_of(self.metadata)
         self.takes_pixels = False
-        self.method = Runtime.get().load_program(self.path).load_method("forward")
+        try:
+            with _native_stderr_only_on_failure():
+                self.method = Runtime.get().load_program(self.path).load_method("forward")
+        except RuntimeError as e:
+            raise UserError(f"{self.path}: ExecuTorch cannot load this program ({e})") from None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(x[None]))])[0] for x in batch]

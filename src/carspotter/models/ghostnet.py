@@ -305,7 +305,12 @@ def ghostnet_050(
 ) -> GhostNet:
     """GhostNet 0.5x, paper head (timm-compatible weights)."""
     return _create_ghostnet(
-        0.5, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper", zero_init_last=zero_init_last
+        0.5,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        head="paper",
+        zero_init_last=zero_init_last,
     )
 
 
@@ -315,7 +320,12 @@ def ghostnet_100(
 ) -> GhostNet:
     """GhostNet 1.0x, paper head (timm-compatible weights); 5,182,508 parameters at 1000 classes."""
     return _create_ghostnet(
-        1.0, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper", zero_init_last=zero_init_last
+        1.0,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        head="paper",
+        zero_init_last=zero_init_last,
     )
 
 
@@ -325,7 +335,12 @@ def ghostnet_130(
 ) -> GhostNet:
     """GhostNet 1.3x, paper head (timm-compatible weights)."""
     return _create_ghostnet(
-        1.3, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, head="paper", zero_init_last=zero_init_last
+        1.3,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        head="paper",
+        zero_init_last=zero_init_last,
     )
 
 

@@ -1,0 +1,114 @@
+"""Screen recipe changes quickly on real photos: a bare PyTorch loop on a prepared dataset's TRAIN split only.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recipe_screen.py --data PREPARED --size 96 --epochs 30 \
+        --val-fraction 0.3 --model ghostnet_thesis --batch-size 64 --lr 1e-3
+
+Images are decoded once, resized to a square and kept as uint8 in memory; each epoch draws RandomResizedCrop
+(scale SCALE-1) + flip per image, AdamW (no decay on biases and norms), linear warm-up over 5% of the steps then
+cosine to 1%, label smoothing 0.1. The held-out part of TRAIN (``--val-fraction``, seed 0; 0.3 = 624 photos on
+odd98, so a point of accuracy is about one standard error) scores the last epoch. The test split is never read:
+this is for choosing, `benchmarks/real_accuracy.py` (through ``carspotter train``) is for reporting. It is a
+screen, not the recipe: no EMA, no colour jitter, no checkpoint. Prints one line per epoch and a RESULT line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torchvision.transforms.v2 as T
+from PIL import Image
+
+from carspotter.models import create_model
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def load_train(data: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = pd.read_csv(data / "train.csv")
+    x = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
+    for i, fname in enumerate(rows["fname"]):
+        with Image.open(data / fname) as im:
+            x[i] = torch.from_numpy(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))).permute(2, 0, 1)
+    return x, torch.as_tensor(rows["class_id"].to_numpy(), dtype=torch.long)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    return ((x.float() / 255 - MEAN) / STD).contiguous(memory_format=torch.channels_last)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="a prepared dataset (carspotter prepare)")
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--val-fraction", type=float, default=0.3)
+    ap.add_argument("--model", default="ghostnet_thesis")
+    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=INT", help="e.g. hidden_channels=320")
+    ap.add_argument("--no-zero-init-last", action="store_true", help="GhostNet: residual branches start non-zero")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--scale", type=float, default=0.6, help="RandomResizedCrop's smallest crop")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    x, y = load_train(args.data, args.size)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n_val = int(len(y) * args.val_fraction)
+    val, train = order[:n_val], order[n_val:]
+    kwargs = {k: int(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
+    if args.no_zero_init_last:
+        kwargs["zero_init_last"] = False
+    model = create_model(args.model, num_classes=int(y.max()) + 1, **kwargs).to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1],
+                                                         "weight_decay": 0.0}],
+        lr=args.lr, weight_decay=args.weight_decay,
+    )  # fmt: skip
+    total = math.ceil(len(train) / args.batch_size) * args.epochs
+    warm = int(0.05 * total)
+
+    def factor(step: int) -> float:  # the recipe's schedule: linear warm-up, cosine to 1% of the lr
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return 0.01 + 0.495 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    augment = T.Compose([T.RandomResizedCrop(args.size, scale=(args.scale, 1.0)), T.RandomHorizontalFlip()])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    started = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        seen = hits = 0
+        loss_sum = 0.0
+        for idx in train[torch.randperm(len(train))].split(args.batch_size):
+            if len(idx) < 2:
+                continue
+            logits = model(normalise(torch.stack([augment(x[i]) for i in idx])))
+            loss = loss_fn(logits, y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(idx)
+            hits += int((logits.argmax(1) == y[idx]).sum())
+            seen += len(idx)
+        model.eval()
+        with torch.no_grad():
+            val_top1 = sum(int((model(normalise(x[b])).argmax(1) == y[b]).sum()) for b in val.split(128)) / len(val)
+        print(f"epoch {epoch} loss {loss_sum / seen:.3f} train top-1 {hits / seen:.3f} val top-1 {val_top1:.3f} "
+              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+    print(f"RESULT {vars(args)} val top-1 {val_top1:.3f} (n={len(val)}) train top-1 {hits / seen:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
