@@ -195,3 +195,5 @@ def test_ctrl_c_during_train_says_how_to_continue(synthetic_prepared: Path, tmp_
     assert "Traceback" not in err
     noise = [line for line in err.splitlines() if "warn" in line.lower() or "deprecat" in line.lower()]
     assert noise == []  # a normal run prints its progress and results only
+    chatter = [line for line in err.splitlines() if "litlogger" in line or "GPU available" in line]
+    assert chatter == []  # Lightning's start-up lines and advert (they used to come twice)

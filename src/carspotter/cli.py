@@ -532,9 +532,19 @@ def _print_runs_table(rows: list[dict], runs_dir: Path, columns: list[str] | Non
 
 
 def _quiet_lightning() -> None:
-    """Lightning sets its own INFO level on import; its start-up chatter would drown the progress line."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Lightning's start-up chatter (GPU/TPU lines, a litlogger advert) would drown the progress line.
+
+    Importing Lightning sets its ``lightning`` logger to INFO and gives it a handler of its own, while the messages
+    also propagate to ours: each line came twice. So import it first, then take that back: its warnings still reach
+    the user once, through the root handler.
+    """
+    import lightning.pytorch  # noqa: F401  (its import configures the loggers undone here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
 
 
 def _pct(value: float | None) -> str:
