@@ -115,9 +115,8 @@ def main() -> None:
     record: dict[str, object] = {"machine": machine(), "load_before": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
     data = prepared(args.data, args.workdir)
     recipes = {**RECIPES, **dict((k, Path(v)) for k, _, v in (r.partition("=") for r in args.recipe))}
-    added = [k for k, _, _ in (r.partition("=") for r in args.recipe)]
-    names = [n for n in args.recipes.split(",") if n] + [n for n in added if n not in args.recipes.split(",")]
-    jobs = [(name, recipes.get(name), []) for name in names]
+    names = [n for n in args.recipes.split(",") if n] + [k for k, _, _ in (r.partition("=") for r in args.recipe)]
+    jobs = [(name, recipes.get(name), []) for name in dict.fromkeys(names)]  # each once, in the order given
     if args.bf16:
         jobs.append(("recommended_bf16", RECIPES["recommended"], ["trainer.precision=bf16-mixed"]))
     for name, config, _ in jobs:

@@ -8,7 +8,8 @@ Images are decoded once, resized to a square and kept as uint8 in memory; each e
 cosine to 1%, label smoothing 0.1. The held-out part of TRAIN (``--val-fraction``, seed 0; 0.3 = 624 photos on
 odd98, so a point of accuracy is about one standard error) scores the last epoch. The test split is never read:
 this is for choosing, `benchmarks/real_accuracy.py` (through ``carspotter train``) is for reporting. It is a
-screen, not the recipe: no EMA, no colour jitter, no checkpoint. Prints one line per epoch and a RESULT line.
+screen, not the recipe: no EMA, no colour jitter, no checkpoint. ``--optimizer sgd`` and ``--mix`` try the variants
+in the README's table. Prints one line per epoch and a RESULT line.
 """
 
 from __future__ import annotations
@@ -57,23 +58,27 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--scale", type=float, default=0.6, help="RandomResizedCrop's smallest crop")
+    ap.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9, Nesterov")
+    ap.add_argument("--mix", action="store_true", help="MixUp (alpha 0.2) or CutMix (alpha 1), one drawn per batch")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     x, y = load_train(args.data, args.size)
+    num_classes = int(y.max()) + 1
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_val = int(len(y) * args.val_fraction)
     val, train = order[:n_val], order[n_val:]
     kwargs = {k: int(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
     if args.no_zero_init_last:
         kwargs["zero_init_last"] = False
-    model = create_model(args.model, num_classes=int(y.max()) + 1, **kwargs).to(memory_format=torch.channels_last)
+    model = create_model(args.model, num_classes=num_classes, **kwargs).to(memory_format=torch.channels_last)
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1],
-                                                         "weight_decay": 0.0}],
-        lr=args.lr, weight_decay=args.weight_decay,
-    )  # fmt: skip
+    groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1],
+                                                             "weight_decay": 0.0}]  # fmt: skip
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     total = math.ceil(len(train) / args.batch_size) * args.epochs
     warm = int(0.05 * total)
 
@@ -84,6 +89,7 @@ def main() -> None:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     augment = T.Compose([T.RandomResizedCrop(args.size, scale=(args.scale, 1.0)), T.RandomHorizontalFlip()])
+    mix = T.RandomChoice([T.MixUp(alpha=0.2, num_classes=num_classes), T.CutMix(alpha=1.0, num_classes=num_classes)])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     started = time.perf_counter()
     for epoch in range(args.epochs):
@@ -93,8 +99,11 @@ def main() -> None:
         for idx in train[torch.randperm(len(train))].split(args.batch_size):
             if len(idx) < 2:
                 continue
-            logits = model(normalise(torch.stack([augment(x[i]) for i in idx])))
-            loss = loss_fn(logits, y[idx])
+            images, targets = normalise(torch.stack([augment(x[i]) for i in idx])), y[idx]
+            if args.mix:
+                images, targets = mix(images, targets)
+            logits = model(images)
+            loss = loss_fn(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+CARSPOTTER = [sys.executable, "-m", "carspotter.cli"]  # the CLI as a user runs it, in a process of its own
 
 
 def make_synthetic_prepared(root: Path, *, layout: str, per_class: int, seed: int, num_classes: int = 10) -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
+from synthetic_support import CARSPOTTER
 
 from carspotter.errors import UserError
 from carspotter.predict import load_classifier, predict_images
@@ -150,20 +151,8 @@ def test_min_agreement_fails_the_export_with_the_measured_figure(
     ):
         require_agreement(Agreement(0.4, 0.2, 0.875), 0.95, "64 test images of x", out)
     require_agreement(Agreement(0.4, 0.2, 0.875), 0.85, "64 test images of x", out)
-    cli = [
-        sys.executable,
-        "-m",
-        "carspotter.cli",
-        "export",
-        str(trained_checkpoint),
-        "--int8",
-        "--calib",
-        str(synthetic_prepared),
-        "--min-agreement",
-        "1.5",
-        "-o",
-        str(out),
-    ]
+    cli = [*CARSPOTTER, "export", str(trained_checkpoint), "--int8", "--calib", str(synthetic_prepared),
+           "--min-agreement", "1.5", "-o", str(out)]  # fmt: skip
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "min-agreement" in proc.stderr
 

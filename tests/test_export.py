@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from synthetic_support import CARSPOTTER
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
@@ -149,16 +150,7 @@ def test_export_mistakes_are_one_line_errors(trained_checkpoint: Path, tmp_path:
     junk.write_bytes(b"not a model")
     with pytest.raises(UserError, match="not a readable ONNX model"):
         load_classifier(junk)
-    cli = [
-        sys.executable,
-        "-m",
-        "carspotter.cli",
-        "export",
-        str(trained_checkpoint),
-        "--int8",
-        "-o",
-        str(tmp_path / "q.onnx"),
-    ]
+    cli = [*CARSPOTTER, "export", str(trained_checkpoint), "--int8", "-o", str(tmp_path / "q.onnx")]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--int8 needs --calib" in proc.stderr and "Traceback" not in proc.stderr
 

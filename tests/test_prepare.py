@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 from PIL import Image
-from synthetic_support import interrupt_prepare_after, rewrite_first_annotation
+from synthetic_support import CARSPOTTER, interrupt_prepare_after, rewrite_first_annotation
 
 from carspotter.data import writer
 from carspotter.data.extract import extract_archive
@@ -494,13 +494,11 @@ def test_a_partial_folder_left_beside_a_complete_out_is_removed(tmp_path: Path) 
 def test_synth_and_prepare_print_their_result_once(tmp_path: Path) -> None:
     """As a user runs them (a process of their own, logging on): one result line each, not two in two wordings."""
     import subprocess
-    import sys
 
     raw, out = tmp_path / "raw", tmp_path / "out"
-    cli = [sys.executable, "-m", "carspotter.cli"]
-    made = subprocess.run([*cli, "synth", str(raw), "--classes", "2", "--per-class", "2"], capture_output=True,
+    made = subprocess.run([*CARSPOTTER, "synth", str(raw), "--classes", "2", "--per-class", "2"], capture_output=True,
                           text=True)
-    done = subprocess.run([*cli, "prepare", str(raw), str(out)], capture_output=True, text=True)
+    done = subprocess.run([*CARSPOTTER, "prepare", str(raw), str(out)], capture_output=True, text=True)
     assert made.returncode == 0 and done.returncode == 0, made.stderr + done.stderr
     said = (made.stdout + made.stderr + done.stdout + done.stderr).splitlines()
     assert len([line for line in said if line.startswith("synthesised")]) == 1, said
