@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from carspotter.config import DataConfig
+from carspotter.data.epochs import EpochOrder, EpochSampler, IteratedAtFirstBatch
 from carspotter.data.prepared import PreparedDataset, load_prepared, stratified_split
 from carspotter.data.transforms import EvalTransform, ImageTransform, TrainTransform, preprocessing_from_config
 from carspotter.errors import UserError
@@ -39,10 +40,17 @@ class CarImages(Dataset):
     def __len__(self) -> int:
         return len(self.fnames)
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: an index, or ``(index, seed)`` from `EpochSampler` (the transform's randomness then comes from
+        that seed alone, whichever worker runs it)."""
+        idx, seed = key if isinstance(key, tuple) else (key, None)
         img = open_image(self.root / self.fnames[idx])
         box = None if self.boxes is None else tuple(self.boxes[idx])
-        return self.transform(img, box), int(self.labels[idx])
+        if seed is None:
+            return self.transform(img, box), int(self.labels[idx])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img, box), int(self.labels[idx])
 
 
 def _boxes(frame: pd.DataFrame) -> np.ndarray | None:
@@ -84,26 +92,41 @@ class CarsDataModule(L.LightningDataModule):
         keep, held = stratified_split(train["class_id"].to_numpy(), self.cfg.val_fraction, self.seed)
         return train.iloc[keep].reset_index(drop=True), train.iloc[held].reset_index(drop=True)
 
-    def _loader(self, frame: pd.DataFrame, transform: ImageTransform, shuffle: bool) -> DataLoader:
+    def rank_and_world_size(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def current_epoch(self) -> int:
+        """The trainer's epoch (0 without a trainer): what `EpochOrder` draws the epoch's order from."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
+
+    def _loader(
+        self, frame: pd.DataFrame, transform: ImageTransform, sampler: EpochSampler | None = None
+    ) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(
             CarImages(self.dataset.root, frame, transform),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
+            # Its own generator: creating an iterator (which draws the workers' base seed) leaves the global
+            # random state alone, so it does not matter whether that happens before or after SeedEachEpoch.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_frame, TrainTransform(self.cfg), shuffle=True)
+    def train_dataloader(self) -> IteratedAtFirstBatch:  # type: ignore[override]
+        order = EpochOrder(len(self.train_frame), self.seed, True, self.current_epoch, *self.rank_and_world_size())
+        return IteratedAtFirstBatch(self._loader(self.train_frame, TrainTransform(self.cfg), EpochSampler(order)))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_frame, EvalTransform(self.preprocessing), shuffle=False)
+        return self._loader(self.val_frame, EvalTransform(self.preprocessing))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset.test, EvalTransform(self.preprocessing), shuffle=False)
+        return self._loader(self.dataset.test, EvalTransform(self.preprocessing))
 
 
 def eval_loader(

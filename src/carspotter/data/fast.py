@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from carspotter.config import DataConfig
 from carspotter.data.batch_augment import BatchPreprocess, unsupported_transforms
 from carspotter.data.cache import CachedSplit, box_mode, load_or_build_cache
 from carspotter.data.dataset import CarsDataModule
+from carspotter.data.epochs import EpochOrder
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def resolve_pipeline(cfg: DataConfig) -> str:
 class DeviceBatches:
     """Batches ``(uint8 N×H×W×C, int64 labels)`` gathered from a tensor that may live on the GPU.
 
-    Shuffled with its own seeded generator (a new permutation per epoch); under DDP each rank takes every
-    ``world_size``-th index of the same permutation, so the ranks see disjoint samples.
+    Shuffled by (seed, epoch) and sharded over DDP ranks by `EpochOrder`; ``epoch`` is read when the first batch
+    is drawn, so a resumed run sees the same batches as an uninterrupted one.
     """
 
     def __init__(
@@ -65,27 +66,19 @@ class DeviceBatches:
         *,
         shuffle: bool,
         seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         self.images, self.labels, self.rows = images, labels, rows
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def _per_rank(self) -> int:
-        return math.ceil(len(self.rows) / self.world_size)
+        self.order = EpochOrder(len(rows), seed, shuffle, epoch, rank, world_size)
 
     def __len__(self) -> int:
-        return math.ceil(self._per_rank() / self.batch_size)
+        return math.ceil(len(self.order) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.rows)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:  # pad to a multiple of world_size, like DistributedSampler, then take this rank's share
-            order = torch.cat([order, order[: self._per_rank() * self.world_size - len(order)]])
-            order = order[self.rank :: self.world_size]
+        order, _ = self.order.draw()
         rows = self.rows[order]
         for start in range(0, len(rows), self.batch_size):
             idx = rows[start : start + self.batch_size]
@@ -174,11 +167,10 @@ class FastCarsDataModule(CarsDataModule):
 
     def _batches(self, split: str, mode: str, frame: pd.DataFrame, shuffle: bool) -> DeviceBatches:
         images, labels = self._resident(split, mode)
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self.rank_and_world_size()
         return DeviceBatches(
             images, labels, self._rows(split, frame), self.batch_size,
-            shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+            shuffle=shuffle, seed=self.seed, epoch=self.current_epoch, rank=rank, world_size=world,
         )  # fmt: skip
 
     def train_dataloader(self) -> DeviceBatches:  # type: ignore[override]

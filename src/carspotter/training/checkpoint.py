@@ -7,12 +7,14 @@ config; ``ckpt["state_dict"]`` holds the weights under the ``model.`` prefix (th
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from carspotter.errors import UserError
 from carspotter.models import create_model
@@ -93,3 +95,17 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointInfo]:
     model = create_model(info.model_name, num_classes=info.num_classes, in_chans=info.in_chans, **info.model_args)
     model.load_state_dict(model_state_dict(ckpt), strict=True)
     return model.eval(), info
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: the file is written beside its target, then renamed over it, so
+    a run killed while saving keeps its previous ``last.ckpt`` whole (``--resume`` always finds a readable one)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)

@@ -133,12 +133,30 @@ def _copy_schema_template(db: Path, artifact_location: str | None) -> None:
 
 
 class SafeMLFlowLogger(MLFlowLogger):
-    """`MLFlowLogger` whose writes survive a briefly locked SQLite store (other runs writing at the same time)."""
+    """`MLFlowLogger` whose writes survive a briefly locked SQLite store (other runs writing at the same time).
+
+    After ``--resume`` the run re-does the work since its last checkpoint, and so logs again points the killed
+    process had already sent (validation after the last checkpoint, steps of a half-done epoch). A resumed run
+    sends a metric only at steps after the last one MLflow already holds for it (the re-done points are the same:
+    a resumed run repeats the uninterrupted one), so no point appears twice.
+    """
 
     resumed = False
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.resumed and step is not None:
+            metrics = {k: v for k, v in metrics.items() if step > self._last_logged_step(k)}
+            if not metrics:
+                return
         with_retry(super().log_metrics, metrics, step)
+
+    def _last_logged_step(self, key: str) -> int:
+        """The last step of ``key`` stored before this process resumed the run (-1: none)."""
+        known: dict[str, int] = self.__dict__.setdefault("_stored_until", {})
+        if key not in known:
+            history = with_retry(self.experiment.get_metric_history, self.run_id, key)
+            known[key] = max((m.step for m in history), default=-1)
+        return known[key]
 
     def log_hyperparams(self, params: Any) -> None:
         with_retry(super().log_hyperparams, params)

@@ -23,12 +23,13 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from carspotter.config import Config, load_config, parse_config, save_config
 from carspotter.data.dataset import CarsDataModule
+from carspotter.data.epochs import SeedEachEpoch
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.plots import plot_training_curves
 from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
-from carspotter.training.checkpoint import CheckpointInfo, read_checkpoint
+from carspotter.training.checkpoint import AtomicCheckpointIO, CheckpointInfo, read_checkpoint
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
 from carspotter.training.loggers import build_loggers, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
@@ -267,7 +268,9 @@ def train(
         enable_version_counter=False,
         save_on_train_epoch_end=True,
     )
-    callbacks: list[L.Callback] = [EpochMetricsCSV(run_dir / "metrics.csv"), best, last, Throughput()]
+    callbacks: list[L.Callback] = [
+        SeedEachEpoch(cfg.trainer.seed), EpochMetricsCSV(run_dir / "metrics.csv"), best, last, Throughput(),
+    ]  # fmt: skip
     if progress:
         callbacks.append(DenseProgressBar(refresh_rate=1))
     if cfg.trainer.freeze_backbone_epochs > 0:
@@ -291,6 +294,7 @@ def train(
         strategy=cfg.trainer.strategy,
         precision=precision,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=loggers or False,
         enable_progress_bar=progress,
         enable_model_summary=False,

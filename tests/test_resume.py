@@ -1,0 +1,140 @@
+"""`train --resume` after a `kill -9` equals the run that was never interrupted: same metrics, summary, weights and
+MLflow points, in both pipelines, whether the process died in the middle of an epoch or between an epoch's
+validation and its checkpoint.
+
+Every run is a process of its own (one CPU thread), killed by SIGKILL from inside at a chosen batch, as an
+out-of-memory killer or a pulled plug would; the resume goes through the CLI as a user types it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic_support import CARSPOTTER, make_synthetic_prepared
+
+from carspotter.data.epochs import EpochOrder
+from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.training.loggers import local_tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+RECOMMENDED = ROOT / "configs" / "stanford_ghostnet.yaml"
+TIMING = ("epoch_time_s", "img_s")
+RUN_SPECIFIC = ("wall_time_s", "run_dir", "run_id")
+
+# A training process that SIGKILLs itself at a chosen point: "E,B" = before batch B of epoch E; "val,E" = after
+# epoch E's validation was logged, before its checkpoint was written.
+DRIVER = """
+import os, signal, sys
+import lightning as L, torch
+torch.set_num_threads(1)
+from carspotter.config import load_config
+from carspotter.training.run import train
+config, kill_at, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+class Kill(L.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if kill_at == f"{trainer.current_epoch},{batch_idx}":
+            os.kill(os.getpid(), signal.SIGKILL)
+    def on_validation_end(self, trainer, module):
+        if kill_at == f"val,{trainer.current_epoch}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_config(config, overrides), progress=False, extra_callbacks=[Kill()])
+"""
+
+
+@pytest.fixture(scope="module")
+def four_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_prepared(tmp_path_factory.mktemp("resume"), layout="updated", per_class=12, seed=3,
+                                   num_classes=4)  # fmt: skip
+
+
+def overrides(data: Path, runs: Path, pipeline: str) -> list[str]:
+    """The recommended recipe (EMA, per-step cosine, MixUp/CutMix, dropout) shrunk to seconds; classic with 2
+    persistent DataLoader workers, whose random state outlives an epoch."""
+    return [
+        f"data.path={data}", f"output.runs_dir={runs}", "output.run_name=run", f"data.pipeline={pipeline}",
+        "data.image_size=32", "trainer.max_epochs=4", "trainer.batch_size=8", "trainer.limit_train_batches=4",
+        "data.num_workers=2", "trainer.ema.decay=0.9", "logging.loggers=[mlflow]",
+        "data.batch_augmentations=[{MixUp: {alpha: 0.4}}, {CutMix: {alpha: 1.0}}]",
+    ]  # fmt: skip
+
+
+def run(args: list[str], *, killed: bool = False) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if killed:
+        assert proc.returncode == -9, proc.stderr[-3000:]
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def train_killed(data: Path, runs: Path, pipeline: str, kill_at: str) -> Path:
+    run([sys.executable, "-c", DRIVER, str(RECOMMENDED), kill_at, *overrides(data, runs, pipeline)],
+        killed=kill_at != "never")  # fmt: skip
+    return runs / "run"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(four_classes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("uninterrupted")
+    return {p: train_killed(four_classes, base / p, p, "never") for p in ("fast", "classic")}
+
+
+def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, torch.Tensor], set]:
+    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in read_epoch_metrics(run_dir / "metrics.csv")]
+    summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in RUN_SPECIFIC}
+    weights = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=local_tracking_uri(run_dir.parent))
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("carspotter").experiment_id])
+    points = [(key, m.step, m.value) for key in mlrun.data.metrics for m in client.get_metric_history(
+        mlrun.info.run_id, key) if not key.startswith("summary/wall_time")]  # fmt: skip
+    repeated = {p for p in points if points.count(p) > 1 and p[0] != "epoch"}  # Lightning logs `epoch` twice itself
+    assert not repeated, f"MLflow points logged twice: {sorted(repeated)}"
+    return rows, summary, weights, set(points)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "kill_at"),
+    [("classic", "2,2"), ("fast", "val,2")],  # each kill re-does epoch 2 from its start
+    ids=["classic-mid-epoch", "fast-after-validation-before-checkpoint"],
+)
+def test_a_killed_run_resumed_equals_the_uninterrupted_run(
+    four_classes: Path, tmp_path: Path, uninterrupted: dict[str, Path], pipeline: str, kill_at: str
+) -> None:
+    run_dir = train_killed(four_classes, tmp_path, pipeline, kill_at)
+    assert not (run_dir / "summary.json").exists() and len(read_epoch_metrics(run_dir / "metrics.csv")) == 2
+    assert not list(run_dir.glob("*.partial"))  # checkpoints are renamed into place, never left half-written
+    run([*CARSPOTTER, "train", "--resume", str(run_dir)])
+
+    want_rows, want_summary, want_weights, want_points = comparable(uninterrupted[pipeline])
+    rows, summary, weights, points = comparable(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows == want_rows
+    assert summary == want_summary
+    assert weights.keys() == want_weights.keys()
+    assert all(torch.equal(weights[k], want_weights[k]) for k in weights)
+    assert points == want_points
+
+
+def test_an_epochs_order_depends_only_on_the_seed_and_the_epoch() -> None:
+    epoch = 0
+
+    def draw(seed: int = 0, rank: int = 0, world: int = 1) -> list[int]:
+        return EpochOrder(10, seed, True, lambda: epoch, rank, world).draw()[0].tolist()
+
+    first = draw()
+    assert draw() == first and sorted(first) == list(range(10))
+    assert draw(seed=1) != first
+    epoch = 1
+    assert draw() != first
+    shards = [draw(rank=r, world=3) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4] and set().union(*shards) == set(range(10))  # padded, like DDP
