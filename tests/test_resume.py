@@ -1,6 +1,6 @@
-"""`train --resume` after a `kill -9` equals the run that was never interrupted: same metrics, summary, weights and
-MLflow points, in both pipelines, whether the process died in the middle of an epoch or between an epoch's
-validation and its checkpoint.
+"""`train --resume` after `kill -9` equals the run that was never interrupted: same metrics, summary, weights and
+MLflow points, in both pipelines, whether the process died in the middle of an epoch, at an epoch boundary or
+between an epoch's validation and its checkpoint.
 
 Every run is a process of its own (one CPU thread), killed by SIGKILL from inside at a chosen batch, as an
 out-of-memory killer or a pulled plug would; the resume goes through the CLI as a user types it.
@@ -27,15 +27,16 @@ RECOMMENDED = ROOT / "configs" / "stanford_ghostnet.yaml"
 TIMING = ("epoch_time_s", "img_s")
 RUN_SPECIFIC = ("wall_time_s", "run_dir", "run_id")
 
-# A training process that SIGKILLs itself at a chosen point: "E,B" = before batch B of epoch E; "val,E" = after
-# epoch E's validation was logged, before its checkpoint was written.
+# A training process (a new run, or `--resume RUN_DIR`) that SIGKILLs itself at a chosen point: "E,B" = before batch
+# B of epoch E ("3,0": at the boundary, just after epoch 2's checkpoint); "val,E" = after epoch E's validation was
+# logged, before its checkpoint was written.
 DRIVER = """
 import os, signal, sys
 import lightning as L, torch
 torch.set_num_threads(1)
 from carspotter.config import load_config
-from carspotter.training.run import train
-config, kill_at, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+from carspotter.training.run import load_run_config, train
+kill_at, resume, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 
 class Kill(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -45,7 +46,8 @@ class Kill(L.Callback):
         if kill_at == f"val,{trainer.current_epoch}":
             os.kill(os.getpid(), signal.SIGKILL)
 
-train(load_config(config, overrides), progress=False, extra_callbacks=[Kill()])
+cfg = load_run_config(resume) if resume != "-" else load_config(config, overrides)
+train(cfg, resume=None if resume == "-" else resume, progress=False, extra_callbacks=[Kill()])
 """
 
 
@@ -75,9 +77,9 @@ def run(args: list[str], *, killed: bool = False) -> None:
         assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def train_killed(data: Path, runs: Path, pipeline: str, kill_at: str) -> Path:
-    run([sys.executable, "-c", DRIVER, str(RECOMMENDED), kill_at, *overrides(data, runs, pipeline)],
-        killed=kill_at != "never")  # fmt: skip
+def train_killed(data: Path, runs: Path, pipeline: str, kill_at: str, resume: Path | None = None) -> Path:
+    args = [kill_at, str(resume or "-"), str(RECOMMENDED), *overrides(data, runs, pipeline)]
+    run([sys.executable, "-c", DRIVER, *args], killed=kill_at != "never")
     return runs / "run"
 
 
@@ -102,16 +104,16 @@ def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, tor
     return rows, summary, weights, set(points)
 
 
-@pytest.mark.parametrize(
-    ("pipeline", "kill_at"),
-    [("classic", "2,2"), ("fast", "val,2")],  # each kill re-does epoch 2 from its start
-    ids=["classic-mid-epoch", "fast-after-validation-before-checkpoint"],
-)
-def test_a_killed_run_resumed_equals_the_uninterrupted_run(
-    four_classes: Path, tmp_path: Path, uninterrupted: dict[str, Path], pipeline: str, kill_at: str
+@pytest.mark.parametrize("pipeline", ["classic", "fast"])
+def test_a_run_killed_three_times_and_resumed_equals_the_uninterrupted_run(
+    four_classes: Path, tmp_path: Path, uninterrupted: dict[str, Path], pipeline: str
 ) -> None:
-    run_dir = train_killed(four_classes, tmp_path, pipeline, kill_at)
-    assert not (run_dir / "summary.json").exists() and len(read_epoch_metrics(run_dir / "metrics.csv")) == 2
+    run_dir = train_killed(four_classes, tmp_path, pipeline, "val,1")  # validated epoch 1, died before its checkpoint
+    assert len(read_epoch_metrics(run_dir / "metrics.csv")) == 1
+    train_killed(four_classes, tmp_path, pipeline, "2,2", resume=run_dir)  # re-did epoch 1, died inside epoch 2
+    assert len(read_epoch_metrics(run_dir / "metrics.csv")) == 2
+    train_killed(four_classes, tmp_path, pipeline, "3,0", resume=run_dir)  # died at the boundary after epoch 2
+    assert len(read_epoch_metrics(run_dir / "metrics.csv")) == 3 and not (run_dir / "summary.json").exists()
     assert not list(run_dir.glob("*.partial"))  # checkpoints are renamed into place, never left half-written
     run([*CARSPOTTER, "train", "--resume", str(run_dir)])
 
