@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/reliability.py prepare-kill [--points 7]
     .venv/bin/python benchmarks/reliability.py serve-load [--requests 2000] [--concurrency 16]
+    .venv/bin/python benchmarks/reliability.py train-kill [--points 6]
 
 - ``prepare-kill``: `carspotter prepare` of a synthetic raw dataset (archives, updated layout) is killed with
   SIGKILL at evenly spaced moments of an uninterrupted run, then run again; every resumed OUT must equal the
@@ -9,6 +10,11 @@
 - ``serve-load``: `carspotter serve` (a real uvicorn process) answers a mix of good photos and hostile requests
   (non-images, truncated JPEGs, a decompression bomb's header, oversize bodies, wrong content types, another site's
   Origin) from several client threads; counts server errors (5xx), dropped connections and wrong answers.
+
+- ``train-kill``: `carspotter train` (the recommended recipe shrunk to seconds: EMA, per-step cosine, MixUp/CutMix,
+  MLflow on; both pipelines) is killed with SIGKILL at evenly spaced moments between its first checkpoint and its
+  end, then continued with ``train --resume``; the resumed run's metrics.csv (timing columns aside), summary.json
+  (wall time aside), last.ckpt weights and MLflow points must equal the uninterrupted run's, with no point twice.
 
 Everything happens in a temporary folder, removed at the end. Prints one line of figures per check.
 """
@@ -103,6 +109,85 @@ def prepare_kill(points: int) -> None:
             f"prepare-kill: {identical} of {points} kill points gave output identical to the uninterrupted run "
             f"({len(reference)} files; uninterrupted run {duration:.1f}s, writing from {begins:.1f}s)"
         )
+
+
+def _train_args(data: Path, runs: Path, pipeline: str) -> list[str]:
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "stanford_ghostnet.yaml"
+    sets = [
+        f"data.path={data}", f"output.runs_dir={runs}", "output.run_name=run", f"data.pipeline={pipeline}",
+        "data.image_size=32", "trainer.max_epochs=6", "trainer.batch_size=8", "data.num_workers=2",
+        "trainer.ema.decay=0.9", "logging.loggers=[mlflow]",
+        "data.batch_augmentations=[{MixUp: {alpha: 0.4}}, {CutMix: {alpha: 1.0}}]",
+    ]  # fmt: skip
+    return [*CLI, "train", "--config", str(recipe), *[a for s in sets for a in ("--set", s)]]
+
+
+def _run_record(run: Path) -> dict[str, object]:
+    """What must not depend on interruptions: metrics (timing aside), summary (wall time aside), weights, MLflow."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    rows = [line.split(",")[:7] for line in (run / "metrics.csv").read_text().splitlines()]
+    summary = {k: v for k, v in json.loads((run / "summary.json").read_text()).items()
+               if k not in ("wall_time_s", "run_dir", "run_id")}  # fmt: skip
+    state = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    weights = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.parent / 'mlflow.db'}")
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("carspotter").experiment_id])
+    points = [(key, m.step, m.value) for key in sorted(mlrun.data.metrics) if key != "summary/wall_time_s"
+              for m in client.get_metric_history(mlrun.info.run_id, key)]  # fmt: skip
+    twice = sum(points.count(p) > 1 for p in points if p[0] != "epoch")  # Lightning itself logs `epoch` twice
+    return {"rows": rows, "summary": summary, "weights": weights, "mlflow": sorted(set(points)), "twice": twice}
+
+
+def train_kill(points: int) -> None:
+    from carspotter.data.prepare import prepare
+    from carspotter.data.synth import synthesize
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        synthesize(work / "raw", layout="updated", num_classes=4, per_class=24, seed=0)
+        prepare(work / "raw", work / "data")
+        total = same_all = 0
+        for pipeline in ("fast", "classic"):
+            start = time.perf_counter()
+            proc = subprocess.Popen(_train_args(work / "data", work / f"ref-{pipeline}", pipeline), **quiet)
+            while not (work / f"ref-{pipeline}" / "run" / "last.ckpt").exists() and proc.poll() is None:
+                time.sleep(0.05)
+            first = time.perf_counter() - start
+            if proc.wait() != 0:
+                raise SystemExit("the uninterrupted training failed")
+            duration = time.perf_counter() - start
+            reference = _run_record(work / f"ref-{pipeline}" / "run")
+            for k in range(1, points + 1):
+                runs = work / f"killed-{pipeline}-{k}"
+                at = first + (duration - first) * k / (points + 1)
+                proc = subprocess.Popen(_train_args(work / "data", runs, pipeline), **quiet)
+                time.sleep(at)
+                proc.send_signal(signal.SIGKILL)
+                killed = proc.wait() == -signal.SIGKILL
+                csv = runs / "run" / "metrics.csv"
+                epochs = len(csv.read_text().splitlines()) - 1 if csv.exists() else 0
+                if (runs / "run" / "last.ckpt").exists():
+                    subprocess.run([*CLI, "train", "--resume", str(runs / "run")], check=True, capture_output=True,
+                                   env=env)  # fmt: skip
+                else:  # killed before its first checkpoint: nothing to resume, the user starts it again
+                    subprocess.run(_train_args(work / "data", work / f"again-{pipeline}-{k}", pipeline), check=True,
+                                   capture_output=True, env=env)  # fmt: skip
+                    runs = work / f"again-{pipeline}-{k}"
+                resumed = _run_record(runs / "run")
+                same = resumed == reference
+                differs = [key for key in reference if reference[key] != resumed[key]]
+                total += 1
+                same_all += same
+                outcome = "identical" if same else "DIFFERENT: " + ", ".join(differs)
+                state = "killed" if killed else "had finished"
+                print(f"  {pipeline}: kill at {at:5.2f}s ({state} after {epochs} epochs): {outcome}", flush=True)
+            print(f"  {pipeline}: uninterrupted run {duration:.1f}s, first checkpoint at {first:.1f}s", flush=True)
+        print(f"train-kill: {same_all} of {total} kill points resumed to a run identical to the uninterrupted one "
+              "(metrics, summary, weights, MLflow points; none twice)")  # fmt: skip
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -212,9 +297,13 @@ def main() -> None:
     load = sub.add_parser("serve-load")
     load.add_argument("--requests", type=int, default=2000)
     load.add_argument("--concurrency", type=int, default=16)
+    train = sub.add_parser("train-kill")
+    train.add_argument("--points", type=int, default=6)
     args = parser.parse_args()
     if args.check == "prepare-kill":
         prepare_kill(args.points)
+    elif args.check == "train-kill":
+        train_kill(args.points)
     else:
         serve_load(args.requests, args.concurrency)
 

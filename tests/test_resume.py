@@ -125,6 +125,11 @@ def test_a_run_killed_three_times_and_resumed_equals_the_uninterrupted_run(
     assert weights.keys() == want_weights.keys()
     assert all(torch.equal(weights[k], want_weights[k]) for k in weights)
     assert points == want_points
+    if pipeline == "fast":  # resuming a finished run (or one killed after it sent its summary) changes nothing
+        run([*CARSPOTTER, "train", "--resume", str(run_dir)])
+        again_rows, again_summary, again_weights, again_points = comparable(run_dir)  # no MLflow point twice
+        assert again_rows == want_rows and again_summary == want_summary and again_points == want_points
+        assert all(torch.equal(again_weights[k], want_weights[k]) for k in want_weights)
 
 
 def test_an_epochs_order_depends_only_on_the_seed_and_the_epoch() -> None:

@@ -144,11 +144,15 @@ class SafeMLFlowLogger(MLFlowLogger):
     resumed = False
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.resumed and step is not None:
-            metrics = {k: v for k, v in metrics.items() if step > self._last_logged_step(k)}
-            if not metrics:
-                return
-        with_retry(super().log_metrics, metrics, step)
+        metrics = self.not_yet_logged(metrics, step)
+        if metrics:
+            with_retry(super().log_metrics, metrics, step)
+
+    def not_yet_logged(self, metrics: dict[str, float], step: int | None) -> dict[str, float]:
+        """``metrics`` without those MLflow already holds at ``step`` or later (only a resumed run has any)."""
+        if not self.resumed or step is None:
+            return metrics
+        return {k: v for k, v in metrics.items() if step > self._last_logged_step(k)}
 
     def _last_logged_step(self, key: str) -> int:
         """The last step of ``key`` stored before this process resumed the run (-1: none)."""
@@ -254,7 +258,9 @@ def log_run_end(loggers: list[Logger], summary: dict[str, Any], run_dir: Path) -
         step = summary.get("epochs_run") or 0
         if isinstance(logger, MLFlowLogger):
             client, run_id = logger.experiment, logger.run_id
-            with_retry(client.log_batch, run_id, metrics=_mlflow_metrics(final, step))
+            unsent = logger.not_yet_logged(final, step) if isinstance(logger, SafeMLFlowLogger) else final
+            if unsent:  # a run killed after its summary was sent, then resumed, sends it once
+                with_retry(client.log_batch, run_id, metrics=_mlflow_metrics(unsent, step))
             for path in files:
                 if path.is_file():
                     with_retry(client.log_artifact, run_id, str(path))
