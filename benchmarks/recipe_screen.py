@@ -8,8 +8,8 @@ Images are decoded once, resized to a square and kept as uint8 in memory; each e
 cosine to 1%, label smoothing 0.1. The held-out part of TRAIN (``--val-fraction``, seed 0; 0.3 = 624 photos on
 odd98, so a point of accuracy is about one standard error) scores the last epoch. The test split is never read:
 this is for choosing, `benchmarks/real_accuracy.py` (through ``carspotter train``) is for reporting. It is a
-screen, not the recipe: no EMA, no colour jitter, no checkpoint. ``--optimizer sgd`` and ``--mix`` try the variants
-in the README's table. Prints one line per epoch and a RESULT line.
+screen, not the recipe: no EMA, no colour jitter, no checkpoint. ``--optimizer sgd``, ``--mix``, ``--trivial-augment``,
+``--erase`` and ``--source-size`` try the variants in the README's tables. Prints one line per epoch and a RESULT line.
 """
 
 from __future__ import annotations
@@ -60,10 +60,19 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.6, help="RandomResizedCrop's smallest crop")
     ap.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9, Nesterov")
     ap.add_argument("--mix", action="store_true", help="MixUp (alpha 0.2) or CutMix (alpha 1), one drawn per batch")
+    ap.add_argument(
+        "--source-size",
+        type=int,
+        default=0,
+        help="crop training images from a copy decoded at this size (default: --size)",
+    )
+    ap.add_argument("--trivial-augment", action="store_true", help="TrivialAugmentWide after the crop")
+    ap.add_argument("--erase", type=float, default=0.0, help="RandomErasing probability (after normalising)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     x, y = load_train(args.data, args.size)
+    source = load_train(args.data, args.source_size)[0] if args.source_size else x
     num_classes = int(y.max()) + 1
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_val = int(len(y) * args.val_fraction)
@@ -88,7 +97,9 @@ def main() -> None:
         return 0.01 + 0.495 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    augment = T.Compose([T.RandomResizedCrop(args.size, scale=(args.scale, 1.0)), T.RandomHorizontalFlip()])
+    steps = [T.RandomResizedCrop(args.size, scale=(args.scale, 1.0)), T.RandomHorizontalFlip()]
+    augment = T.Compose(steps + ([T.TrivialAugmentWide()] if args.trivial_augment else []))
+    erase = T.RandomErasing(p=args.erase) if args.erase else nn.Identity()
     mix = T.RandomChoice([T.MixUp(alpha=0.2, num_classes=num_classes), T.CutMix(alpha=1.0, num_classes=num_classes)])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     started = time.perf_counter()
@@ -99,7 +110,8 @@ def main() -> None:
         for idx in train[torch.randperm(len(train))].split(args.batch_size):
             if len(idx) < 2:
                 continue
-            images, targets = normalise(torch.stack([augment(x[i]) for i in idx])), y[idx]
+            images = torch.cat([erase(normalise(augment(source[i])[None])) for i in idx])  # erase: one box per image
+            images, targets = images.contiguous(memory_format=torch.channels_last), y[idx]
             if args.mix:
                 images, targets = mix(images, targets)
             logits = model(images)
