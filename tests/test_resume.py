@@ -62,7 +62,7 @@ def overrides(data: Path, runs: Path, pipeline: str) -> list[str]:
     persistent DataLoader workers, whose random state outlives an epoch."""
     return [
         f"data.path={data}", f"output.runs_dir={runs}", "output.run_name=run", f"data.pipeline={pipeline}",
-        "data.image_size=32", "trainer.max_epochs=4", "trainer.batch_size=8", "trainer.limit_train_batches=4",
+        "data.image_size=32", "trainer.max_epochs=3", "trainer.batch_size=8", "trainer.limit_train_batches=4",
         "data.num_workers=2", "trainer.ema.decay=0.9", "logging.loggers=[mlflow]",
         "data.batch_augmentations=[{MixUp: {alpha: 0.4}}, {CutMix: {alpha: 1.0}}]",
     ]  # fmt: skip
@@ -104,32 +104,55 @@ def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, tor
     return rows, summary, weights, set(points)
 
 
+KILLS = {  # where each pipeline's run dies, in turn; each death loses the epoch it was in, re-done on resume
+    "classic": ["1,2", "val,1", "2,0"],  # mid-epoch 1; after epoch 1's validation, before its checkpoint; boundary
+    "fast": ["1,2", "2,0"],  # mid-epoch 1; at the boundary, just after epoch 1's checkpoint
+}
+
+
 @pytest.mark.parametrize("pipeline", ["classic", "fast"])
-def test_a_run_killed_three_times_and_resumed_equals_the_uninterrupted_run(
+def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
     four_classes: Path, tmp_path: Path, uninterrupted: dict[str, Path], pipeline: str
 ) -> None:
-    run_dir = train_killed(four_classes, tmp_path, pipeline, "val,1")  # validated epoch 1, died before its checkpoint
-    assert len(read_epoch_metrics(run_dir / "metrics.csv")) == 1
-    train_killed(four_classes, tmp_path, pipeline, "2,2", resume=run_dir)  # re-did epoch 1, died inside epoch 2
-    assert len(read_epoch_metrics(run_dir / "metrics.csv")) == 2
-    train_killed(four_classes, tmp_path, pipeline, "3,0", resume=run_dir)  # died at the boundary after epoch 2
-    assert len(read_epoch_metrics(run_dir / "metrics.csv")) == 3 and not (run_dir / "summary.json").exists()
+    run_dir = tmp_path / "run"
+    for i, kill_at in enumerate(KILLS[pipeline]):
+        train_killed(four_classes, tmp_path, pipeline, kill_at, resume=run_dir if i else None)
+        epoch = int(kill_at.removeprefix("val,").split(",")[0])  # the epoch it died in: the ones before it are done
+        assert len(read_epoch_metrics(run_dir / "metrics.csv")) == epoch
+    assert not (run_dir / "summary.json").exists()
     assert not list(run_dir.glob("*.partial"))  # checkpoints are renamed into place, never left half-written
     run([*CARSPOTTER, "train", "--resume", str(run_dir)])
 
     want_rows, want_summary, want_weights, want_points = comparable(uninterrupted[pipeline])
-    rows, summary, weights, points = comparable(run_dir)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    rows, summary, weights, points = comparable(run_dir)  # no MLflow point twice
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert rows == want_rows
     assert summary == want_summary
     assert weights.keys() == want_weights.keys()
     assert all(torch.equal(weights[k], want_weights[k]) for k in weights)
     assert points == want_points
-    if pipeline == "fast":  # resuming a finished run (or one killed after it sent its summary) changes nothing
-        run([*CARSPOTTER, "train", "--resume", str(run_dir)])
-        again_rows, again_summary, again_weights, again_points = comparable(run_dir)  # no MLflow point twice
-        assert again_rows == want_rows and again_summary == want_summary and again_points == want_points
-        assert all(torch.equal(again_weights[k], want_weights[k]) for k in want_weights)
+
+
+def test_a_resumed_mlflow_run_sends_each_point_once(tmp_path: Path) -> None:
+    """A run killed after it sent some points (or its summary), then resumed, sends them again: MLflow keeps one."""
+    from mlflow.tracking import MlflowClient
+
+    from carspotter.training.loggers import SafeMLFlowLogger, log_run_end, prepare_mlflow_store
+
+    uri, _ = prepare_mlflow_store(local_tracking_uri(tmp_path), "carspotter")
+    first = SafeMLFlowLogger(experiment_name="carspotter", tracking_uri=uri)
+    first.log_metrics({"val/top1": 0.5}, step=4)
+    log_run_end([first], {"test_top1": 0.25, "epochs_run": 2}, tmp_path)  # then killed, say, and resumed twice
+    for _ in range(2):
+        again = SafeMLFlowLogger(experiment_name="carspotter", tracking_uri=uri, run_id=first.run_id)
+        again.resumed = True
+        again.log_metrics({"val/top1": 0.5}, step=4)
+        again.log_metrics({"val/top1": 0.75}, step=8)
+        log_run_end([again], {"test_top1": 0.25, "epochs_run": 2}, tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(first.run_id, k)]
+               for k in ("val/top1", "test/top1", "summary/epochs_run")}  # fmt: skip
+    assert history == {"val/top1": [(4, 0.5), (8, 0.75)], "test/top1": [(2, 0.25)], "summary/epochs_run": [(2, 2.0)]}
 
 
 def test_an_epochs_order_depends_only_on_the_seed_and_the_epoch() -> None:
