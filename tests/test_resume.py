@@ -105,8 +105,8 @@ def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, tor
 
 
 KILLS = {  # where each pipeline's run dies, in turn; each death loses the epoch it was in, re-done on resume
-    "classic": ["1,2", "val,1", "2,0"],  # mid-epoch 1; after epoch 1's validation, before its checkpoint; boundary
-    "fast": ["1,2", "2,0"],  # mid-epoch 1; at the boundary, just after epoch 1's checkpoint
+    "classic": ["1,2", "2,0"],  # mid-epoch 1; at the boundary, just after epoch 1's checkpoint
+    "fast": ["val,1", "2,0"],  # after epoch 1's validation, before its checkpoint; at the boundary
 }
 
 
