@@ -140,7 +140,7 @@ def _run_record(run: Path) -> dict[str, object]:
     return {"rows": rows, "summary": summary, "weights": weights, "mlflow": sorted(set(points)), "twice": twice}
 
 
-def train_kill(points: int) -> None:
+def train_kill(points: int, pipelines: list[str]) -> None:
     from carspotter.data.prepare import prepare
     from carspotter.data.synth import synthesize
 
@@ -151,7 +151,7 @@ def train_kill(points: int) -> None:
         synthesize(work / "raw", layout="updated", num_classes=4, per_class=24, seed=0)
         prepare(work / "raw", work / "data")
         total = same_all = 0
-        for pipeline in ("fast", "classic"):
+        for pipeline in pipelines:
             start = time.perf_counter()
             proc = subprocess.Popen(_train_args(work / "data", work / f"ref-{pipeline}", pipeline), **quiet)
             while not (work / f"ref-{pipeline}" / "run" / "last.ckpt").exists() and proc.poll() is None:
@@ -183,6 +183,9 @@ def train_kill(points: int) -> None:
                 total += 1
                 same_all += same
                 outcome = "identical" if same else "DIFFERENT: " + ", ".join(differs)
+                if "mlflow" in differs:
+                    want, got = set(reference["mlflow"]), set(resumed["mlflow"])  # type: ignore[arg-type]
+                    outcome += f" (missing {sorted(want - got)[:4]}, extra {sorted(got - want)[:4]})"
                 state = "killed" if killed else "had finished"
                 print(f"  {pipeline}: kill at {at:5.2f}s ({state} after {epochs} epochs): {outcome}", flush=True)
             print(f"  {pipeline}: uninterrupted run {duration:.1f}s, first checkpoint at {first:.1f}s", flush=True)
@@ -299,11 +302,12 @@ def main() -> None:
     load.add_argument("--concurrency", type=int, default=16)
     train = sub.add_parser("train-kill")
     train.add_argument("--points", type=int, default=6)
+    train.add_argument("--pipelines", nargs="+", default=["fast", "classic"], choices=["fast", "classic"])
     args = parser.parse_args()
     if args.check == "prepare-kill":
         prepare_kill(args.points)
     elif args.check == "train-kill":
-        train_kill(args.points)
+        train_kill(args.points, args.pipelines)
     else:
         serve_load(args.requests, args.concurrency)
 
