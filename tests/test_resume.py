@@ -145,7 +145,6 @@ def test_a_resumed_mlflow_run_sends_each_point_once(tmp_path: Path) -> None:
     log_run_end([first], {"test_top1": 0.25, "epochs_run": 2}, tmp_path)  # then killed, say, and resumed twice
     for _ in range(2):
         again = SafeMLFlowLogger(experiment_name="carspotter", tracking_uri=uri, run_id=first.run_id)
-        again.resumed = True
         again.log_metrics({"val/top1": 0.5}, step=4)
         again.log_metrics({"val/top1": 0.75}, step=8)
         log_run_end([again], {"test_top1": 0.25, "epochs_run": 2}, tmp_path)

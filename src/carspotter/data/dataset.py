@@ -46,10 +46,9 @@ class CarImages(Dataset):
         idx, seed = key if isinstance(key, tuple) else (key, None)
         img = open_image(self.root / self.fnames[idx])
         box = None if self.boxes is None else tuple(self.boxes[idx])
-        if seed is None:
-            return self.transform(img, box), int(self.labels[idx])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             return self.transform(img, box), int(self.labels[idx])
 
 

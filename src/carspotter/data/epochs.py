@@ -11,7 +11,6 @@ random state (dropout, batch augmentation on the device, MixUp/CutMix) from (see
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,13 +84,6 @@ class IteratedAtFirstBatch:
         yield from self.loader
 
 
-def seed_process(seed: int) -> None:
-    """Python's, NumPy's and torch's (CPU and every GPU) global random state."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 class SeedEachEpoch(L.Callback):
     """Seeds the training process from (seed, epoch) when each epoch starts, so an epoch's dropout masks and batch
     augmentations are the same whether the run got there uninterrupted or by ``--resume``."""
@@ -100,4 +92,6 @@ class SeedEachEpoch(L.Callback):
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seed_process(derived_seed(self.seed, trainer.current_epoch, PROCESS_STREAM))
+        # Python's, NumPy's and torch's (CPU and every GPU) random state; Lightning takes seeds below 2**32.
+        seed = derived_seed(self.seed, trainer.current_epoch, PROCESS_STREAM) % 2**32
+        L.seed_everything(seed, workers=True, verbose=False)

@@ -141,7 +141,10 @@ class SafeMLFlowLogger(MLFlowLogger):
     a resumed run repeats the uninterrupted one), so no point appears twice.
     """
 
-    resumed = False
+    def __init__(self, *args: Any, run_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, run_id=run_id, **kwargs)
+        self.resumed = run_id is not None  # continuing a run MLflow already has
+        self._stored_until: dict[str, int] = {}  # key -> its last step stored before this process, looked up once
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = self.not_yet_logged(metrics, step)
@@ -156,11 +159,10 @@ class SafeMLFlowLogger(MLFlowLogger):
 
     def _last_logged_step(self, key: str) -> int:
         """The last step of ``key`` stored before this process resumed the run (-1: none)."""
-        known: dict[str, int] = self.__dict__.setdefault("_stored_until", {})
-        if key not in known:
+        if key not in self._stored_until:
             history = with_retry(self.experiment.get_metric_history, self.run_id, key)
-            known[key] = max((m.step for m in history), default=-1)
-        return known[key]
+            self._stored_until[key] = max((m.step for m in history), default=-1)
+        return self._stored_until[key]
 
     def log_hyperparams(self, params: Any) -> None:
         with_retry(super().log_hyperparams, params)
@@ -206,7 +208,6 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
             artifact_location=artifacts,
             run_id=id_file.read_text().strip() if id_file.is_file() else None,
         )
-        mlflow_logger.resumed = id_file.is_file()
         loggers.append(mlflow_logger)
     if "wandb" in chosen:
         loggers.append(_wandb_logger(cfg, run_dir))
