@@ -29,10 +29,12 @@ RUN_SPECIFIC = ("wall_time_s", "run_dir", "run_id")
 
 # A training process (a new run, or `--resume RUN_DIR`) that SIGKILLs itself at a chosen point: "E,B" = before batch
 # B of epoch E ("3,0": at the boundary, just after epoch 2's checkpoint); "val,E" = after epoch E's validation was
-# logged, before its checkpoint was written.
+# logged, before its checkpoint was written; "saved,E" = just after epoch E's checkpoint was written, before
+# Lightning sent the epoch's training metrics to the loggers.
 DRIVER = """
 import os, signal, sys
 import lightning as L, torch
+from lightning.pytorch.callbacks import Checkpoint
 torch.set_num_threads(1)
 from carspotter.config import load_config
 from carspotter.training.run import load_run_config, train
@@ -46,8 +48,13 @@ class Kill(L.Callback):
         if kill_at == f"val,{trainer.current_epoch}":
             os.kill(os.getpid(), signal.SIGKILL)
 
+class KillAfterSave(Checkpoint):  # Lightning runs checkpoint callbacks last, so this one after last.ckpt's
+    def on_train_epoch_end(self, trainer, module):
+        if kill_at == f"saved,{trainer.current_epoch}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
 cfg = load_run_config(resume) if resume != "-" else load_config(config, overrides)
-train(cfg, resume=None if resume == "-" else resume, progress=False, extra_callbacks=[Kill()])
+train(cfg, resume=None if resume == "-" else resume, progress=False, extra_callbacks=[Kill(), KillAfterSave()])
 """
 
 
@@ -106,7 +113,7 @@ def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, tor
 
 KILLS = {  # where each pipeline's run dies, in turn; each death loses the epoch it was in, re-done on resume
     "classic": ["1,2", "2,0"],  # mid-epoch 1; at the boundary, just after epoch 1's checkpoint
-    "fast": ["val,1", "2,0"],  # after epoch 1's validation, before its checkpoint; at the boundary
+    "fast": ["val,1", "saved,1"],  # after epoch 1's validation, before its checkpoint; just after that checkpoint
 }
 
 
@@ -117,8 +124,9 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
     run_dir = tmp_path / "run"
     for i, kill_at in enumerate(KILLS[pipeline]):
         train_killed(four_classes, tmp_path, pipeline, kill_at, resume=run_dir if i else None)
-        epoch = int(kill_at.removeprefix("val,").split(",")[0])  # the epoch it died in: the ones before it are done
-        assert len(read_epoch_metrics(run_dir / "metrics.csv")) == epoch
+        stage, _, epoch = kill_at.rpartition(",") if kill_at[0].isalpha() else (None, None, kill_at.split(",")[0])
+        done = int(epoch) + (stage == "saved")  # the epochs before the one it died in, and that one once saved
+        assert len(read_epoch_metrics(run_dir / "metrics.csv")) == done
     assert not (run_dir / "summary.json").exists()
     assert not list(run_dir.glob("*.partial"))  # checkpoints are renamed into place, never left half-written
     run([*CARSPOTTER, "train", "--resume", str(run_dir)])

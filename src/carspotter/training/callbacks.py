@@ -1,4 +1,5 @@
-"""Callbacks that make a run folder readable: a per-epoch metrics CSV and an images/s meter."""
+"""Callbacks that make a run folder readable: a per-epoch metrics CSV, an images/s meter, and the epoch-end points that
+a run killed just after its checkpoint would lose from MLflow."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+
+from carspotter.training.loggers import SafeMLFlowLogger
 
 EPOCH_COLUMNS = [
     "epoch",
@@ -31,6 +34,7 @@ _KEYS = {
     "val_top5": "val/top5",
     "lr": "lr",
 }
+_TRAIN_EPOCH_KEYS = [_KEYS[column] for column in ("train_loss", "train_top1", "lr")]  # sent after the checkpoint
 
 
 class EpochMetricsCSV(L.Callback):
@@ -76,6 +80,39 @@ class EpochMetricsCSV(L.Callback):
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class ResendEpochEndMetrics(L.Callback):
+    """Lightning 2.6 sends an epoch's training metrics to the loggers only after that epoch's checkpoint callbacks
+    have run, so a run killed in between resumes without those points in MLflow (metrics.csv is written before the
+    checkpoint and keeps them). The checkpoint carries them, and a resumed run sends them again to the loggers that
+    skip the points they already hold (`SafeMLFlowLogger`); TensorBoard and W&B cannot tell, so they get none.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._pending: dict[str, Any] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        """At an epoch-end checkpoint: the points Lightning is about to send, at the step it will send them."""
+        trainer = self._trainer
+        if trainer is None:
+            return {}
+        metrics = {k: float(v) for k in _TRAIN_EPOCH_KEYS if (v := trainer.callback_metrics.get(k)) is not None}
+        return {"step": trainer.global_step - 1, "metrics": {**metrics, "epoch": float(trainer.current_epoch)}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending.get("metrics"):
+            for logger in trainer.loggers:
+                if isinstance(logger, SafeMLFlowLogger):
+                    logger.log_metrics(self._pending["metrics"], self._pending["step"])
+        self._pending = {}
 
 
 class Throughput(L.Callback):

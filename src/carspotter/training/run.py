@@ -28,7 +28,13 @@ from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.plots import plot_training_curves
-from carspotter.training.callbacks import DenseProgressBar, EpochMetricsCSV, Throughput, read_epoch_metrics
+from carspotter.training.callbacks import (
+    DenseProgressBar,
+    EpochMetricsCSV,
+    ResendEpochEndMetrics,
+    Throughput,
+    read_epoch_metrics,
+)
 from carspotter.training.checkpoint import AtomicCheckpointIO, CheckpointInfo, read_checkpoint
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
 from carspotter.training.loggers import build_loggers, log_run_end, log_run_start
@@ -270,6 +276,7 @@ def train(
     )
     callbacks: list[L.Callback] = [
         SeedEachEpoch(cfg.trainer.seed), EpochMetricsCSV(run_dir / "metrics.csv"), best, last, Throughput(),
+        ResendEpochEndMetrics(),
     ]  # fmt: skip
     if progress:
         callbacks.append(DenseProgressBar(refresh_rate=1))
