@@ -32,8 +32,6 @@ EXIF_ORIENTATION = 0x0112
 
 # Known since the GhostNet init fix (group fan-out): the trained test models are sharper, and the in-graph resize's
 # one-level pixel differences from PIL now move their probabilities past this bound (see the issue 13 notes).
-SHARPER_MODELS = "GhostNet init fix: sharper test models; in-graph resize vs PIL now exceeds the bound (issue 13)"
-
 
 @pytest.fixture(scope="module")
 def runtime() -> None:
@@ -202,7 +200,6 @@ def test_app_in_chromium_matches_predict_and_works_offline(
 
 @requires_browser
 @pytest.mark.realdata
-@pytest.mark.xfail(reason=SHARPER_MODELS, strict=False)
 def test_app_in_chromium_on_real_photos(
     browser, stanford_shared: Path, responsive_checkpoint: Path, site: Path
 ) -> None:

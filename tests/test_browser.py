@@ -58,6 +58,20 @@ def test_serve_page_recognises_a_photo_in_the_browser(
 
 
 @requires_browser
+def test_api_docs_render_offline_under_the_servers_policy(browser, exported_onnx: Path) -> None:
+    """``/docs`` (Swagger UI, served by the server itself) shows the predict endpoint with nothing blocked."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with running_server(create_app(exported_onnx)) as url:
+        record_csp_violations(browser)
+        browser.get(url + "/docs")
+        paths = ".opblock-summary-path"
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements("css selector", paths))
+        assert "/api/predict" in [e.text for e in browser.find_elements("css selector", paths)]
+        assert browser.execute_script("return window.cspViolations") == []
+
+
+@requires_browser
 def test_another_sites_page_cannot_use_the_api(
     browser, exported_onnx: Path, synthetic_prepared: Path, tmp_path: Path
 ) -> None:

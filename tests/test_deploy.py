@@ -21,8 +21,6 @@ from carspotter.serve.onnx_model import OnnxClassifier
 
 # Known since the GhostNet init fix (group fan-out): the trained test models are sharper, and the in-graph resize's
 # one-level pixel differences from PIL now move their probabilities past this bound (see the issue 13 notes).
-SHARPER_MODELS = "GhostNet init fix: sharper test models; in-graph resize vs PIL now exceeds the bound (issue 13)"
-
 
 @pytest.fixture(scope="module")
 def pixels_onnx(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
@@ -54,7 +52,6 @@ def test_pixels_model_describes_its_input(pixels_onnx: Path) -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.xfail(reason=SHARPER_MODELS, strict=False)
 def test_pixels_model_matches_predict_on_real_photos(
     stanford_shared: Path, responsive_checkpoint: Path, pixels_onnx: Path
 ) -> None:

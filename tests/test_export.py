@@ -22,8 +22,6 @@ from carspotter.serve.onnx_model import OnnxClassifier
 from carspotter.training.checkpoint import load_checkpoint
 
 # Known since the GhostNet init fix (group fan-out): int8 top-1 agreement of the 2-epoch test model fell to 68%.
-INT8_AFTER_INIT_FIX = "GhostNet init fix: int8 agreement of the 2-epoch test model fell to 68% (issue 13)"
-
 
 @pytest.fixture(scope="module")
 def test_images(synthetic_prepared: Path, trained_checkpoint: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +103,6 @@ def test_onnx_predict_imports_no_torch(exported_onnx: Path, synthetic_prepared: 
     assert set(entry["predictions"][0]) == {"class_id", "class_name", "probability"}
 
 
-@pytest.mark.xfail(reason=INT8_AFTER_INIT_FIX, strict=False)
 def test_int8_top1_stays_close_to_fp32(exported_onnx: Path, int8_onnx: Path, test_images) -> None:
     x, y = test_images
     fp32, int8 = OnnxClassifier(exported_onnx), OnnxClassifier(int8_onnx)

@@ -202,7 +202,12 @@ def test_top_k_query_parameter_and_docs(client, car_jpeg: bytes) -> None:
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["file"]["format"] == "binary"
     assert any(p["name"] == "top_k" for p in spec["paths"]["/api/predict"]["post"]["parameters"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # Swagger UI from the server itself: nothing from a CDN (the browser test renders it)
+    assert docs.status_code == 200 and "cdn" not in docs.text and "https://" not in docs.text
+    assert "style-src 'self'" in docs.headers["content-security-policy"]  # its own policy: its stylesheet...
+    assert "style-src 'self'" not in client.get("/").headers["content-security-policy"]  # ...not the app page's
+    for asset in re.findall(r'(?:src|href)="(/[^"]+)"', docs.text):
+        assert client.get(asset).status_code == 200, asset
 
 
 def open_bytes(data: bytes):

@@ -7,8 +7,9 @@ Hostile uploads get a 4xx JSON ``{"error": ...}`` and the server keeps serving: 
 while it streams in (413), an image over ``max_pixels`` is refused from its header before any pixel is decoded (413),
 non-multipart requests and non-image parts are 415, undecodable or truncated images 400. A part sent without a
 content type or with a generic one (``requests`` sends none) is accepted when its bytes are an image (sniffed by
-PIL from the header). ``GET /docs``: the OpenAPI documentation. Other web sites' pages are kept out by
-`carspotter.serve.security` (security headers, Origin check; ``cors_origins`` lets chosen sites in).
+PIL from the header). ``GET /docs``: the OpenAPI documentation (`carspotter.serve.docs`, offline). Other web
+sites' pages are kept out by `carspotter.serve.security` (security headers, Origin check; ``cors_origins`` lets
+chosen sites in).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from carspotter.errors import UserError
 from carspotter.predict import model_input
 from carspotter.preprocessing import check_pixels, open_photo, softmax, top_k_predictions
 from carspotter.preprocessing import max_pixels as configured_max_pixels
+from carspotter.serve.docs import DOCS_PATH, app_with_docs
 from carspotter.serve.onnx_model import OnnxClassifier
 from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
 from carspotter.serve.site import build_site
@@ -77,7 +79,7 @@ def create_app(
     if model_path.suffix.lower() != ".onnx":
         raise UserError(f"{model_path}: serve runs an exported .onnx model; create one with `carspotter export`")
     classifier = OnnxClassifier(model_path)
-    app = FastAPI(title="carspotter", description="Car make/model/year from a photo.", redoc_url=None)
+    app, docs_csp = app_with_docs(title="carspotter", description="Car make/model/year from a photo.")
     app.state.site_dir = tempfile.TemporaryDirectory(prefix="carspotter-site-")  # removed with the app
     site = Path(app.state.site_dir.name) / "site"
     try:
@@ -89,7 +91,9 @@ def create_app(
         page = f"<!doctype html><title>carspotter</title><p>The app page is not available: {html.escape(str(exc))}"
     if allowed:  # answers their preflights and lets their pages read the answers
         app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_methods=["GET", "POST"])
-    app.add_middleware(BrowserGuard, csp=content_security_policy(page), allowed_origins=allowed)  # outermost
+    app.add_middleware(  # outermost
+        BrowserGuard, csp=content_security_policy(page), csp_by_path={DOCS_PATH: docs_csp}, allowed_origins=allowed
+    )
 
     @app.exception_handler(UploadRefused)
     async def _refused(_: Request, exc: UploadRefused) -> JSONResponse:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -27,9 +27,12 @@ from carspotter.errors import UserError
 _INLINE = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL) for tag in ("script", "style")}
 
 
-def content_security_policy(page: str) -> str:
-    """The strictest policy under which ``page`` (the app's, `carspotter.serve.site`) still works: scripts, WASM,
-    service worker, manifest, fetches and icons from the server itself; its inline blocks by their SHA-256."""
+def content_security_policy(
+    page: str, *, style_src: Iterable[str] = (), img_src: Iterable[str] = ("'self'", "blob:")
+) -> str:
+    """The strictest policy under which ``page`` (by default the app's, `carspotter.serve.site`) still works: scripts,
+    WASM, service worker, manifest, fetches and icons from the server itself; its inline blocks by their SHA-256.
+    ``style_src`` / ``img_src``: the sources a page's stylesheets and images need beyond that."""
 
     def hashes(tag: str) -> list[str]:
         blocks = _INLINE[tag].findall(page)
@@ -39,8 +42,8 @@ def content_security_policy(page: str) -> str:
         (
             "default-src 'none'",
             " ".join(["script-src 'self' 'wasm-unsafe-eval'", *hashes("script")]),
-            " ".join(["style-src", *(hashes("style") or ["'none'"])]),
-            "img-src 'self' blob:",
+            " ".join(["style-src", *((*style_src, *hashes("style")) or ["'none'"])]),
+            " ".join(["img-src", *img_src]),
             "connect-src 'self'",
             "worker-src 'self'",
             "manifest-src 'self'",
@@ -62,13 +65,22 @@ def normalise_origin(origin: str) -> str:
 class BrowserGuard:
     """ASGI middleware: security headers on every response, foreign origins refused."""
 
-    def __init__(self, app: ASGIApp, *, csp: str, allowed_origins: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        csp: str,
+        csp_by_path: Mapping[str, str] | None = None,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
+        """``csp``: every response's policy, except the paths of ``csp_by_path`` (another page's own policy)."""
         self.app = app
         self.allowed = frozenset(allowed_origins)
+        self.csp = csp
+        self.csp_by_path = dict(csp_by_path or {})
         self.headers = {
             "X-Content-Type-Options": "nosniff",
             "X-Frame-Options": "DENY",
-            "Content-Security-Policy": csp,
             "Referrer-Policy": "no-referrer",
         }
 
@@ -82,6 +94,7 @@ class BrowserGuard:
                 headers = MutableHeaders(scope=message)
                 for name, value in self.headers.items():
                     headers[name] = value
+                headers["Content-Security-Policy"] = self.csp_by_path.get(scope["path"], self.csp)
             await send(message)
 
         request_headers = Headers(scope=scope)
