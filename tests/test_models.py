@@ -118,6 +118,17 @@ def test_ghostnet_thesis_architecture() -> None:
     assert model.forward_features(torch.randn(1, 3, 227, 227)).shape == (1, 960, 8, 8)
 
 
+@pytest.mark.parametrize("name", ["ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnet_thesis"])
+def test_ghostnet_output_stride_16_skips_the_last_downsampling(name: str) -> None:
+    """``output_stride=16``: a 2x finer final map (6x6 at 96 px) with the very same parameters."""
+    x = torch.randn(1, 3, 96, 96)
+    default, finer = create_model(name, num_classes=7), create_model(name, num_classes=7, output_stride=16)
+    assert default.forward_features(x).shape[-2:] == (3, 3) and finer.forward_features(x).shape[-2:] == (6, 6)
+    assert [p.shape for p in default.parameters()] == [p.shape for p in finer.parameters()]
+    with pytest.raises(ValueError, match="output_stride"):
+        create_model(name, output_stride=8)
+
+
 @pytest.mark.parametrize("variant", ["ghostnet_050", "ghostnet_100", "ghostnet_130"])
 def test_ghostnet_matches_timm(variant: str) -> None:
     timm = pytest.importorskip("timm")

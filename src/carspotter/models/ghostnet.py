@@ -116,17 +116,29 @@ class SqueezeExcite(nn.Module):
 
 
 class GhostBottleneck(nn.Module):
-    """Ghost expansion -> (depthwise kxk stride 2) -> (SE) -> linear Ghost projection, plus a shortcut."""
+    """Ghost expansion -> (depthwise kxk stride 2) -> (SE) -> linear Ghost projection, plus a shortcut.
+
+    ``dilation`` > 1 (a downsampling block kept at stride 1 for ``output_stride=16``): the depthwise convolutions
+    are dilated instead of strided, as in timm, so the block keeps its parameters and its receptive field."""
 
     def __init__(
-        self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int, stride: int, se: nn.Module | None
+        self,
+        in_chs: int,
+        mid_chs: int,
+        out_chs: int,
+        dw_kernel_size: int,
+        stride: int,
+        se: nn.Module | None,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.stride = stride
         self.ghost1 = GhostModule(in_chs, mid_chs, use_act=True)
-        if stride > 1:
-            pad = (dw_kernel_size - 1) // 2
-            self.conv_dw = nn.Conv2d(mid_chs, mid_chs, dw_kernel_size, stride, pad, groups=mid_chs, bias=False)
+        pad = dilation * (dw_kernel_size - 1) // 2
+        if stride > 1 or dilation > 1:
+            self.conv_dw = nn.Conv2d(
+                mid_chs, mid_chs, dw_kernel_size, stride, pad, dilation, groups=mid_chs, bias=False
+            )
             self.bn_dw = nn.BatchNorm2d(mid_chs)
         else:
             self.conv_dw = None
@@ -136,9 +148,8 @@ class GhostBottleneck(nn.Module):
         if in_chs == out_chs and stride == 1:
             self.shortcut = nn.Sequential()
         else:
-            pad = (dw_kernel_size - 1) // 2
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride, pad, groups=in_chs, bias=False),
+                nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride, pad, dilation, groups=in_chs, bias=False),
                 nn.BatchNorm2d(in_chs),
                 nn.Conv2d(in_chs, out_chs, 1, 1, 0, bias=False),
                 nn.BatchNorm2d(out_chs),
@@ -186,10 +197,13 @@ class GhostNet(nn.Module):
         head: Head = "paper",
         hidden_channels: int = 1280,
         zero_init_last: bool = True,
+        output_stride: int = 32,
     ) -> None:
         super().__init__()
         if head not in ("paper", "thesis"):
             raise ValueError(f"head must be 'paper' or 'thesis', got {head!r}")
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, got {output_stride!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -203,13 +217,18 @@ class GhostNet(nn.Module):
         prev_chs = stem_chs
         exp_size = 16
         stages: list[nn.Module] = []
+        reduction = 2  # the stem's stride
         for cfg in cfgs:
             layers = []
             for k, exp_size, c, use_se, s in cfg:
+                dilation = 1
+                if reduction * s > output_stride:  # output_stride 16: the last downsampling dilates instead
+                    s, dilation = 1, s
+                reduction *= s
                 out_chs = make_divisible(c * width, 4)
                 mid_chs = make_divisible(exp_size * width, 4)
                 se = self._make_se(mid_chs) if use_se else None
-                layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, k, s, se))
+                layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, k, s, se, dilation))
                 prev_chs = out_chs
             stages.append(nn.Sequential(*layers))
         out_chs = make_divisible(exp_size * width, 4)
@@ -301,7 +320,11 @@ def _create_ghostnet(width: float = 1.0, **kwargs) -> GhostNet:
 
 @register_model
 def ghostnet_050(
-    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, zero_init_last: bool = True
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float = 0.2,
+    zero_init_last: bool = True,
+    output_stride: int = 32,
 ) -> GhostNet:
     """GhostNet 0.5x, paper head (timm-compatible weights)."""
     return _create_ghostnet(
@@ -311,12 +334,17 @@ def ghostnet_050(
         drop_rate=drop_rate,
         head="paper",
         zero_init_last=zero_init_last,
+        output_stride=output_stride,
     )
 
 
 @register_model
 def ghostnet_100(
-    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, zero_init_last: bool = True
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float = 0.2,
+    zero_init_last: bool = True,
+    output_stride: int = 32,
 ) -> GhostNet:
     """GhostNet 1.0x, paper head (timm-compatible weights); 5,182,508 parameters at 1000 classes."""
     return _create_ghostnet(
@@ -326,12 +354,17 @@ def ghostnet_100(
         drop_rate=drop_rate,
         head="paper",
         zero_init_last=zero_init_last,
+        output_stride=output_stride,
     )
 
 
 @register_model
 def ghostnet_130(
-    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, zero_init_last: bool = True
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float = 0.2,
+    zero_init_last: bool = True,
+    output_stride: int = 32,
 ) -> GhostNet:
     """GhostNet 1.3x, paper head (timm-compatible weights)."""
     return _create_ghostnet(
@@ -341,6 +374,7 @@ def ghostnet_130(
         drop_rate=drop_rate,
         head="paper",
         zero_init_last=zero_init_last,
+        output_stride=output_stride,
     )
 
 
@@ -352,6 +386,7 @@ def ghostnet_thesis(
     hidden_channels: int = 1280,
     width: float = 1.0,
     zero_init_last: bool = True,
+    output_stride: int = 32,
 ) -> GhostNet:
     """The thesis's GhostNet: clamp-gated SE and a BN1d hidden-layer classifier (3,041,412 params at 320/196)."""
     return _create_ghostnet(
@@ -362,4 +397,5 @@ def ghostnet_thesis(
         head="thesis",
         hidden_channels=hidden_channels,
         zero_init_last=zero_init_last,
+        output_stride=output_stride,
     )
