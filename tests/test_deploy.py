@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
+from ranking_support import assert_ranking_matches
 from synthetic_support import CARSPOTTER
 
 from carspotter.errors import UserError
@@ -21,6 +22,7 @@ from carspotter.serve.onnx_model import OnnxClassifier
 
 # Known since the GhostNet init fix (group fan-out): the trained test models are sharper, and the in-graph resize's
 # one-level pixel differences from PIL now move their probabilities past this bound (see the issue 13 notes).
+
 
 @pytest.fixture(scope="module")
 def pixels_onnx(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
@@ -56,7 +58,8 @@ def test_pixels_model_matches_predict_on_real_photos(
     stanford_shared: Path, responsive_checkpoint: Path, pixels_onnx: Path
 ) -> None:
     """Every real sample photo, PIL-decoded at its own size, straight into the model: same top-1 as `predict` on the
-    checkpoint, probabilities within 1e-2, in ONNX Runtime and in onnx's reference evaluator."""
+    checkpoint (up to ties within the numerical difference, `ranking_support`), probabilities within 1e-2, in ONNX
+    Runtime and in onnx's reference evaluator."""
     photos = sorted((stanford_shared / "sample" / "images").glob("*.jpg"))
     assert len(photos) > 400
     expected = predict_images(load_classifier(responsive_checkpoint), photos, top_k=1000)
@@ -66,17 +69,23 @@ def test_pixels_model_matches_predict_on_real_photos(
     session = OnnxClassifier(pixels_onnx)
     pixels = [np.asarray(open_image(p))[None] for p in photos]
     assert len({x.shape for x in pixels}) > 50  # photos of many sizes, none resized by the client
-    got = np.concatenate([softmax(session.logits(x)) for x in pixels])
-    ort_diff = np.abs(got - want).max()
-    print(f"\nONNX Runtime, {len(photos)} photos: max |Δ probability| = {ort_diff:.2e}")
-    assert ort_diff <= 1e-2 and (got.argmax(1) == want.argmax(1)).all()
-
-    reference = ReferenceEvaluator(str(pixels_onnx))
+    evaluator = ReferenceEvaluator(str(pixels_onnx))
     some = range(0, len(photos), 14)  # the reference evaluator is plain NumPy: every 14th photo
-    ref = np.concatenate([softmax(reference.run(None, {"pixels": pixels[i]})[0]) for i in some])
-    ref_diff = np.abs(ref - want[list(some)]).max()
-    print(f"onnx ReferenceEvaluator, {len(ref)} photos: max |Δ probability| = {ref_diff:.2e}")
-    assert ref_diff <= 1e-2 and (ref.argmax(1) == want[list(some)].argmax(1)).all()
+    for consumer, indices, logits in (
+        ("ONNX Runtime", range(len(photos)), lambda i: session.logits(pixels[i])),
+        ("onnx ReferenceEvaluator", some, lambda i: evaluator.run(None, {"pixels": pixels[i]})[0]),
+    ):
+        results = []
+        for i in indices:
+            probs = softmax(logits(i))[0]
+            top1 = int(probs.argmax())
+            diff = float(np.abs(probs - want[i]).max())
+            shown = [(top1, float(probs[top1]))]
+            results.append(assert_ranking_matches(shown, dict(enumerate(want[i])), photos[i].name, diff))
+        print(
+            f"\n{consumer}, {len(results)} photos: max |Δ probability| = {max(d for d, _ in results):.2e}, "
+            f"top-1 equal on all but {sum(s for _, s in results)} (ties within twice that)"
+        )
 
 
 def test_pixels_model_through_predict_and_bench(
