@@ -100,6 +100,12 @@ def test_resume_continues_an_interrupted_run(synthetic_prepared: Path, tmp_path:
     assert [int(r["epoch"]) for r in read_epoch_metrics(first.run_dir / "metrics.csv")] == [0, 1, 2]
     assert torch.load(first.run_dir / "last.ckpt", weights_only=True)["epoch"] == 2
     assert resumed.summary["epochs_run"] == 3
+    # anything but the run's length (and limits) would continue another experiment under this run's name
+    saved = (first.run_dir / "config.yaml").read_text()
+    changed = load_config(first.run_dir / "config.yaml", ["trainer.max_epochs=4", "optimizer.params.lr=0.5"])
+    with pytest.raises(UserError, match=r"these differ from it: optimizer\.params\.lr \(a resume may change only"):
+        train(changed, resume=first.run_dir, progress=False)
+    assert (first.run_dir / "config.yaml").read_text() == saved
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

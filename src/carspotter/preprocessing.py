@@ -25,7 +25,7 @@ MAX_PIXELS_ENV = "CARSPOTTER_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-# The thesis's statistics of the Stanford Cars training images at 227x227 (original_repo.md §1).
+# The thesis's statistics of the Stanford Cars training images at 227x227, as its code's config held them.
 THESIS_MEAN_RGB = (0.4707, 0.4602, 0.4550)
 THESIS_STD_RGB = (0.2594, 0.2585, 0.2635)
 

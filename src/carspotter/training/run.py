@@ -37,7 +37,7 @@ from carspotter.training.callbacks import (
 )
 from carspotter.training.checkpoint import AtomicCheckpointIO, CheckpointInfo, read_checkpoint
 from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
-from carspotter.training.loggers import build_loggers, log_run_end, log_run_start
+from carspotter.training.loggers import build_loggers, flatten, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
 from carspotter.training.scoring import evaluate_checkpoint
 from carspotter.writable import check_writable
@@ -193,7 +193,7 @@ def train(
     progress: bool = True,
     extra_callbacks: list[L.Callback] | None = None,
 ) -> RunResult:
-    """Train one run and test its best checkpoint once. With ``resume``, ``cfg`` may change only trainer limits.
+    """Train one run and test its best checkpoint once. With ``resume``, ``cfg`` may change only `RESUME_MAY_CHANGE`.
 
     Under DDP every process runs this function; only rank 0 creates the run folder, logs, shows progress, writes
     the summary and tests. ``extra_callbacks`` are added to the trainer (sweeps use this for pruning).
@@ -207,6 +207,7 @@ def train(
         check_writable(resume or cfg.output.runs_dir, "runs folder")
     if resume is not None:
         read_checkpoint(Path(resume) / "last.ckpt")  # weights only: a hostile or foreign file stops here, unread
+        check_resume_config(cfg, load_run_config(resume))
     # The data first: a missing or incomplete dataset fails before a run folder is made.
     precision = resolve_precision(cfg)
     pipeline = resolve_pipeline(cfg.data)
@@ -385,6 +386,29 @@ def selection_rule(cfg: Config) -> str:
         return f"last epoch ({weights} at the end of the schedule)"
     split = "test split (thesis protocol)" if cfg.data.validate_on_test else "validation split"
     return f"highest val/top1 ({weights}, {split})"
+
+
+# What a resumed run may change: how long it runs, how much of each epoch, how many loader processes (and `output`,
+# which the resumed folder decides). Anything else (the model, the data, the recipe) would make the continued run a
+# different experiment under the old run's name.
+RESUME_MAY_CHANGE = (
+    "trainer.max_epochs",
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+    "data.num_workers",
+)
+
+
+def check_resume_config(cfg: Config, saved: Config) -> None:
+    """A `UserError` naming every setting ``cfg`` changes from the run's saved config beyond `RESUME_MAY_CHANGE`."""
+    old, new = flatten(saved.to_dict()), flatten(cfg.to_dict())
+    differ = (k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in differ if k not in RESUME_MAY_CHANGE and not k.startswith("output."))
+    if changed:
+        raise UserError(
+            f"--resume continues a run with its own settings; these differ from it: {', '.join(changed)} "
+            f"(a resume may change only {', '.join(RESUME_MAY_CHANGE)}; start a new run for the rest)"
+        )
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
