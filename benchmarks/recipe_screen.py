@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--val-fraction", type=float, default=0.3)
     ap.add_argument("--model", default="ghostnet_thesis")
-    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=INT", help="e.g. hidden_channels=320")
+    ap.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=NUMBER", help="e.g. hidden_channels=320, drop_rate=0.5"
+    )
     ap.add_argument("--no-zero-init-last", action="store_true", help="GhostNet: residual branches start non-zero")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -77,7 +79,7 @@ def main() -> None:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_val = int(len(y) * args.val_fraction)
     val, train = order[:n_val], order[n_val:]
-    kwargs = {k: int(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
+    kwargs = {k: float(v) if "." in v else int(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
     if args.no_zero_init_last:
         kwargs["zero_init_last"] = False
     model = create_model(args.model, num_classes=num_classes, **kwargs).to(memory_format=torch.channels_last)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -352,15 +353,32 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise UserError(f"{source}: invalid configuration: " + _format_errors(exc)) from None
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped inside the package (the repository's ``configs/``), by name: ``stanford_ghostnet``, ..."""
+    folder = Path(str(resources.files("carspotter") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` itself when it is a file; else, for a bare name (``stanford_ghostnet`` or ``stanford_ghostnet.yaml``),
+    the packaged config of that name, so that a pip-installed carspotter finds its recipes without a checkout."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    if path.parent == Path(".") and path.name.removesuffix(".yaml") in packaged:
+        return packaged[path.name.removesuffix(".yaml")]
+    raise UserError(f"{path}: no such config file (the packaged ones, usable by name: {', '.join(packaged)})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set key=value`` overrides."""
+    """Read a YAML config (a file, a packaged config's name, or the defaults when ``path`` is None) and apply
+    ``--set key=value`` overrides."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = config_path(path)
         source = str(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such config file")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

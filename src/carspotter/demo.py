@@ -6,8 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from carspotter.config import load_config
-from carspotter.errors import UserError
+from carspotter.config import load_config, packaged_configs
 
 DEMO_CLASSES = 10
 DEMO_PER_CLASS = 100
@@ -15,11 +14,8 @@ DEMO_SEED = 0
 
 
 def default_demo_config() -> Path:
-    """``configs/demo.yaml`` of the source checkout carspotter runs from."""
-    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-    if not path.is_file():
-        raise UserError(f"{path}: demo config not found; pass --config FILE")
-    return path
+    """``configs/demo.yaml`` as packaged with carspotter (a pip install has it too)."""
+    return packaged_configs()["demo"]
 
 
 @dataclass(frozen=True)

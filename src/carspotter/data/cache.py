@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from carspotter.data.prepared import PreparedDataset
+from carspotter.data.prepared import CACHE_DIR, PreparedDataset
 from carspotter.data.transforms import crop_to_box, erase_background
 from carspotter.errors import UserError
 from carspotter.preprocessing import Preprocessing, open_image, resize_image
@@ -87,7 +87,7 @@ def load_or_build_cache(
     progress: bool = True,
 ) -> CachedSplit:
     """The split's cache under ``cache_dir`` (default ``<prepared>/.cache``): read if valid, else built once."""
-    folder = Path(cache_dir) if cache_dir is not None else dataset.root / ".cache"
+    folder = Path(cache_dir) if cache_dir is not None else dataset.root / CACHE_DIR
     stem = _stem(split, prep, mode)
     key = cache_key(dataset, split, prep, mode)
     npy, sidecar = folder / f"{stem}-{key}.npy", folder / f"{stem}-{key}.json"

@@ -27,6 +27,7 @@ from carspotter.data.batch_augment import BatchPreprocess, unsupported_transform
 from carspotter.data.cache import CachedSplit, box_mode, load_or_build_cache
 from carspotter.data.dataset import CarsDataModule
 from carspotter.data.epochs import EpochOrder
+from carspotter.data.prepared import CACHE_DIR
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def resolve_pipeline(cfg: DataConfig) -> str:
     if problems:
         log.warning("data.pipeline auto: using the classic pipeline, since %s", "; ".join(problems))
         return "classic"
-    folder = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.path) / ".cache"
+    folder = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.path) / CACHE_DIR
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not os.access(existing, os.W_OK):
         log.warning("data.pipeline auto: using the classic pipeline: %s is not writable (set data.cache_dir)", folder)

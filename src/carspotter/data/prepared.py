@@ -23,6 +23,7 @@ import pandas as pd
 from carspotter.errors import UserError
 
 MANIFEST = "manifest.json"
+CACHE_DIR = ".cache"  # the fast pipeline's decoded images (carspotter.data.cache), kept with the dataset
 FORMAT_NAME = "carspotter-prepared"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")

@@ -21,7 +21,15 @@ from PIL import Image
 from tqdm import tqdm
 
 import carspotter
-from carspotter.data.prepared import COLUMNS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, sha256_file
+from carspotter.data.prepared import (
+    CACHE_DIR,
+    COLUMNS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    sha256_file,
+)
 from carspotter.data.raw import RawDataset, RawImage, lies_inside, listed
 from carspotter.errors import UserError
 from carspotter.preprocessing import max_pixels
@@ -31,7 +39,7 @@ log = logging.getLogger(__name__)
 PARTIAL = ".partial"
 SCRATCH = "extract"  # under PARTIAL: archives extracted by the layout readers
 _CSVS = ("classes.csv", "train.csv", "test.csv")
-_OURS = frozenset({*SPLITS, *_CSVS, MANIFEST, PARTIAL})
+_OURS = frozenset({*SPLITS, *_CSVS, MANIFEST, PARTIAL, CACHE_DIR})  # an overwrite removes them all
 
 
 @dataclass
