@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm
 
 from carspotter.data.dataset import eval_loader
@@ -51,7 +52,7 @@ def evaluate_model(
     progress: bool = True,
     tta_flip: bool = False,
 ) -> EvalResult:
-    """Run ``model`` over ``loader`` once and count hits; the loss is plain cross-entropy.
+    """Run ``model`` over ``loader`` once, scored by torchmetrics (as validation is); the loss is plain cross-entropy.
 
     ``tta_flip``: each image's class probabilities are the mean of the image's and its mirror image's.
     """
@@ -59,10 +60,14 @@ def evaluate_model(
     cuda = torch.device(device).type == "cuda"
     if cuda:  # as in training on a GPU: channels_last and bf16 autocast
         model = model.to(memory_format=torch.channels_last)
-    k = min(5, len(class_names))
-    n = hit1 = hit5 = 0
+    n_classes = len(class_names)
+    # float64 states: the fractions come out as hits / n exactly (0.2, not float32's 0.20000000298)
+    top1 = MulticlassAccuracy(num_classes=n_classes, average="micro").set_dtype(torch.float64).to(device)
+    top5 = MulticlassAccuracy(num_classes=n_classes, top_k=min(5, n_classes), average="micro")
+    top5 = top5.set_dtype(torch.float64).to(device)
+    confusion = MulticlassConfusionMatrix(num_classes=n_classes).to(device)  # rows: true class
+    n = 0
     loss_sum = 0.0
-    confusion = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
         if cuda:
@@ -73,14 +78,13 @@ def evaluate_model(
                 mirrored = model(x.flip(3)).float()
                 logits = torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0) - math.log(2)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        topk = logits.topk(k, dim=1).indices
-        hit1 += int((topk[:, 0] == y).sum())
-        hit5 += int((topk == y[:, None]).any(dim=1).sum())
+        for metric in (top1, top5, confusion):
+            metric.update(logits, y)
         n += len(y)
-        np.add.at(confusion, (y.cpu().numpy(), topk[:, 0].cpu().numpy()), 1)
+    matrix = confusion.compute().cpu().numpy().astype(np.int64)
     if n == 0:
-        return EvalResult(float("nan"), float("nan"), 0, float("nan"), class_names, confusion)
-    return EvalResult(hit1 / n, hit5 / n, n, loss_sum / n, class_names, confusion)
+        return EvalResult(float("nan"), float("nan"), 0, float("nan"), class_names, matrix)
+    return EvalResult(float(top1.compute()), float(top5.compute()), n, loss_sum / n, class_names, matrix)
 
 
 def evaluate_checkpoint(

@@ -1,0 +1,34 @@
+"""`evaluate_model` (what `evaluate` and the end of training score with): torchmetrics' counts equal a count by
+hand over the same logits, the confusion matrix included."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from carspotter.training.scoring import evaluate_model
+
+
+def test_scores_equal_a_count_by_hand() -> None:
+    torch.manual_seed(0)
+    classes = [f"car {i}" for i in range(7)]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, len(classes)))
+    x = torch.randn(50, 3, 4, 4)
+    y = torch.randint(0, len(classes), (50,))
+    loader = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 50, 16)]  # a short last batch, as loaders give
+    result = evaluate_model(model, loader, classes, progress=False)
+
+    with torch.no_grad():
+        logits = model(x)
+    ranked = logits.argsort(dim=1, descending=True).numpy()
+    truth = y.numpy()
+    assert result.n == 50
+    assert result.top1 == (ranked[:, 0] == truth).mean()
+    assert result.top5 == np.mean([t in r[:5] for t, r in zip(truth, ranked, strict=True)])
+    assert 0.1 < result.top5 and result.top1 < result.top5 < 1.0  # an untrained model: neither empty nor full
+    expected = np.zeros((7, 7), dtype=np.int64)
+    np.add.at(expected, (truth, ranked[:, 0]), 1)
+    assert np.array_equal(result.confusion, expected)
+    assert np.allclose(result.per_class_accuracy, np.diag(expected) / np.maximum(expected.sum(1), 1))
+    assert np.isclose(result.loss, float(nn.functional.cross_entropy(logits, y)), rtol=1e-6)
