@@ -4,8 +4,9 @@
 
 Each recipe is trained by ``carspotter train -c <recipe> --set data.path=.. --set data.image_size=.. --set
 trainer.max_epochs=..`` (nothing else changed but where the run folder goes), one after the other, on the same
-prepared data and the same validation split (both recipes carve 10% of train with seed 42), and the test split is
-scored once with the checkpoint each recipe selects. ``--data`` is a raw dataset (any layout ``prepare`` reads; it
+prepared data, each carving its own validation split from train with seed 42 (the thesis's 10%, which selects its
+checkpoint; the recommended 5%, one photo per class, which only reports), and the test split is scored once with
+the checkpoint each recipe selects. ``--data`` is a raw dataset (any layout ``prepare`` reads; it
 is prepared into ``--workdir`` first) or a prepared folder. ``--bf16`` adds the recommended recipe in bf16 autocast
 (the measurement behind ``precision: auto``). The machine, its load before and after, and every figure go to
 ``<workdir>/real_accuracy.json``; ``--jobs 2`` trains two recipes at once, one thread each (their minutes are then
