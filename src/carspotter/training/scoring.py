@@ -61,11 +61,12 @@ def evaluate_model(
     if cuda:  # as in training on a GPU: channels_last and bf16 autocast
         model = model.to(memory_format=torch.channels_last)
     n_classes = len(class_names)
-    # float64 states: the fractions come out as hits / n exactly (0.2, not float32's 0.20000000298)
-    top1 = MulticlassAccuracy(num_classes=n_classes, average="micro").set_dtype(torch.float64).to(device)
-    top5 = MulticlassAccuracy(num_classes=n_classes, top_k=min(5, n_classes), average="micro")
-    top5 = top5.set_dtype(torch.float64).to(device)
-    confusion = MulticlassConfusionMatrix(num_classes=n_classes).to(device)  # rows: true class
+    # One process scores the whole split (after a DDP run, rank 0 alone): no syncing with other processes. float64
+    # states: the fractions come out as hits / n exactly (0.2, not float32's 0.20000000298).
+    local = {"num_classes": n_classes, "sync_on_compute": False}
+    top1 = MulticlassAccuracy(average="micro", **local).set_dtype(torch.float64).to(device)
+    top5 = MulticlassAccuracy(top_k=min(5, n_classes), average="micro", **local).set_dtype(torch.float64).to(device)
+    confusion = MulticlassConfusionMatrix(**local).to(device)  # rows: true class
     n = 0
     loss_sum = 0.0
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
