@@ -120,11 +120,21 @@ def test_ghostnet_thesis_architecture() -> None:
 
 @pytest.mark.parametrize("name", ["ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnet_thesis"])
 def test_ghostnet_output_stride_16_skips_the_last_downsampling(name: str) -> None:
-    """``output_stride=16``: a 2x finer final map (6x6 at 96 px) with the very same parameters."""
+    """``output_stride=16``: a 2x finer final map (6x6 at 96 px) with the very same parameters, for about 2.3x the
+    training FLOPs (forward and backward; the README's figure): the last two stages run on 4x the pixels."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     x = torch.randn(1, 3, 96, 96)
     default, finer = create_model(name, num_classes=7), create_model(name, num_classes=7, output_stride=16)
     assert default.forward_features(x).shape[-2:] == (3, 3) and finer.forward_features(x).shape[-2:] == (6, 6)
     assert [p.shape for p in default.parameters()] == [p.shape for p in finer.parameters()]
+    flops = []
+    for model in (default, finer):
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(2, 3, 96, 96)).sum().backward()
+        flops.append(counter.get_total_flops())
+    print(f"\n{name}: output_stride 16 costs {flops[1] / flops[0]:.2f}x the training FLOPs at 96 px")
+    assert 2.0 < flops[1] / flops[0] < 2.6
     with pytest.raises(ValueError, match="output_stride"):
         create_model(name, output_stride=8)
 

@@ -365,9 +365,9 @@ def config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    packaged = packaged_configs()
-    if path.parent == Path(".") and path.name.removesuffix(".yaml") in packaged:
-        return packaged[path.name.removesuffix(".yaml")]
+    packaged, name = packaged_configs(), path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and name in packaged:
+        return packaged[name]
     raise UserError(f"{path}: no such config file (the packaged ones, usable by name: {', '.join(packaged)})")
 
 

@@ -67,7 +67,6 @@ def evaluate_model(
     top1 = MulticlassAccuracy(average="micro", **local).set_dtype(torch.float64).to(device)
     top5 = MulticlassAccuracy(top_k=min(5, n_classes), average="micro", **local).set_dtype(torch.float64).to(device)
     confusion = MulticlassConfusionMatrix(**local).to(device)  # rows: true class
-    n = 0
     loss_sum = 0.0
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
@@ -81,8 +80,8 @@ def evaluate_model(
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         for metric in (top1, top5, confusion):
             metric.update(logits, y)
-        n += len(y)
     matrix = confusion.compute().cpu().numpy().astype(np.int64)
+    n = int(matrix.sum())  # every image lands in one cell
     if n == 0:
         return EvalResult(float("nan"), float("nan"), 0, float("nan"), class_names, matrix)
     return EvalResult(float(top1.compute()), float(top5.compute()), n, loss_sum / n, class_names, matrix)
