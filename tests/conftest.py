@@ -93,6 +93,18 @@ def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_f
     return out
 
 
+@pytest.fixture(scope="session")
+def exported_pte(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`responsive_checkpoint` lowered to an ExecuTorch program (checked against PyTorch by the export itself)."""
+    pytest.importorskip("executorch.exir")
+    from carspotter.export.executorch import export
+
+    out = tmp_path_factory.mktemp("exported-pte") / "model.pte"
+    report = export(responsive_checkpoint, out, data=synthetic_prepared)
+    assert report.agreement.max_abs_diff < 1e-3
+    return out
+
+
 @pytest.fixture
 def browser(tmp_path: Path):
     """Headless Chromium (Selenium), its own profile; skipped without Selenium."""

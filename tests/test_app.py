@@ -23,10 +23,11 @@ from serve_support import static_server
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
-from carspotter.predict import load_classifier, predict_images
+from carspotter.inference import load_classifier
+from carspotter.inference.onnx_backend import OnnxClassifier
+from carspotter.predict import predict_images
 from carspotter.preprocessing import open_photo, softmax
 from carspotter.serve import web_runtime
-from carspotter.serve.onnx_model import OnnxClassifier
 from carspotter.serve.site import build_site
 
 EXIF_ORIENTATION = 0x0112

@@ -16,12 +16,10 @@ from ranking_support import assert_ranking_matches
 from synthetic_support import CARSPOTTER
 
 from carspotter.errors import UserError
-from carspotter.predict import load_classifier, predict_images
+from carspotter.inference import load_classifier
+from carspotter.inference.onnx_backend import OnnxClassifier
+from carspotter.predict import predict_images
 from carspotter.preprocessing import open_image, softmax
-from carspotter.serve.onnx_model import OnnxClassifier
-
-# Known since the GhostNet init fix (group fan-out): the trained test models are sharper, and the in-graph resize's
-# one-level pixel differences from PIL now move their probabilities past this bound (see the issue 13 notes).
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,15 @@ import onnx
 import pytest
 from synthetic_support import CARSPOTTER
 
+from carspotter.checkpoint import load_checkpoint
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
-from carspotter.export.inputs import prepared_inputs
+from carspotter.export.inputs import prepared_images, prepared_inputs
 from carspotter.export.onnx import FP32_TOLERANCE
-from carspotter.predict import TorchClassifier, load_classifier, predict_images
-from carspotter.serve.onnx_model import OnnxClassifier
-from carspotter.training.checkpoint import load_checkpoint
+from carspotter.inference import load_classifier
+from carspotter.inference.onnx_backend import OnnxClassifier
+from carspotter.inference.torch_backend import TorchClassifier
+from carspotter.predict import predict_images
 
 # Known since the GhostNet init fix (group fan-out): int8 top-1 agreement of the 2-epoch test model fell to 68%.
 
@@ -42,7 +44,7 @@ def int8_onnx(trained_checkpoint: Path, exported_onnx: Path, synthetic_prepared:
 
 def test_onnx_fp32_round_trip_matches_pytorch(trained_checkpoint: Path, exported_onnx: Path, test_images) -> None:
     x, _ = test_images
-    torch_clf, onnx_clf = TorchClassifier(trained_checkpoint), OnnxClassifier(exported_onnx)
+    torch_clf, onnx_clf = TorchClassifier.from_checkpoint(trained_checkpoint), OnnxClassifier(exported_onnx)
     diff = np.abs(torch_clf.logits(x) - onnx_clf.logits(x)).max()
     assert diff < FP32_TOLERANCE
     # The batch axis is dynamic: one image and an odd batch give the same logits as the full batch.
@@ -154,25 +156,25 @@ def test_export_mistakes_are_one_line_errors(trained_checkpoint: Path, tmp_path:
 
 @pytest.mark.slow
 def test_executorch_round_trip_matches_pytorch(
-    trained_checkpoint: Path, test_images, tmp_path: Path, capfd: pytest.CaptureFixture
+    responsive_checkpoint: Path, exported_pte: Path, synthetic_prepared: Path, tmp_path: Path,
+    capfd: pytest.CaptureFixture,
 ) -> None:
-    pytest.importorskip("executorch.exir")
-    from carspotter.export.executorch import ExecuTorchModel, export
+    from carspotter.inference.executorch_backend import ExecuTorchClassifier
 
-    out = tmp_path / "model.pte"
-    report = export(trained_checkpoint, out)
-    assert report.agreement.max_abs_diff < 1e-3 and (tmp_path / "model.pte.json").is_file()
-    x, _ = test_images
+    out = exported_pte
+    assert out.with_name("model.pte.json").is_file()
+    images, _ = prepared_images(synthetic_prepared, "test", limit=8)
     capfd.readouterr()
-    et = ExecuTorchModel(out)
+    et = ExecuTorchClassifier(out)
     quiet = capfd.readouterr()
     assert "midr" not in quiet.err and "KernelPreference" not in quiet.err, quiet.err  # the runtime's cpuinfo probe
     broken = tmp_path / "broken.pte"
     broken.write_bytes(out.read_bytes()[:1000])
-    (tmp_path / "broken.pte.json").write_text((tmp_path / "model.pte.json").read_text())
+    (tmp_path / "broken.pte.json").write_text(out.with_name("model.pte.json").read_text())
     with pytest.raises(UserError, match="broken.pte: ExecuTorch cannot load"):
-        ExecuTorchModel(broken)
+        ExecuTorchClassifier(broken)
     assert "File size is too small" in capfd.readouterr().err  # on failure the runtime's own words are shown
-    assert np.abs(TorchClassifier(trained_checkpoint).logits(x[:8]) - et.logits(x[:8])).max() < 1e-3
-    _, info = load_checkpoint(trained_checkpoint)
+    reference = TorchClassifier.from_checkpoint(responsive_checkpoint)
+    assert np.abs(reference.image_logits(images) - et.image_logits(images)).max() < 1e-3
+    _, info = load_checkpoint(responsive_checkpoint)
     assert et.class_names == info.class_names and et.preprocessing == info.preprocessing

@@ -9,14 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from carspotter.checkpoint import model_state_dict, read_checkpoint
 from carspotter.config import load_config
 from carspotter.data.prepare import prepare
 from carspotter.data.prepared import load_prepared
 from carspotter.data.synth import synthesize
+from carspotter.inference import load_classifier
 from carspotter.models import create_model
-from carspotter.predict import load_classifier, predict_images
+from carspotter.predict import predict_images
 from carspotter.training.callbacks import read_epoch_metrics
-from carspotter.training.checkpoint import model_state_dict, read_checkpoint
 from carspotter.training.finetune import parameter_groups, split_parameters
 from carspotter.training.run import build_model, load_run_config, train
 

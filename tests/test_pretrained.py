@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
+from carspotter.checkpoint import init_from_weights
 from carspotter.errors import UserError
 from carspotter.models import create_model
-from carspotter.models.pretrained import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -27,7 +27,7 @@ def test_timm_state_dict_with_changed_class_count(tmp_path: Path) -> None:
 
     model = create_model("ghostnet_100", num_classes=196)
     fresh_classifier = model.classifier.weight.clone()
-    report = load_pretrained(model, path)
+    report = init_from_weights(model, path)
 
     assert report.new == ["classifier.weight", "classifier.bias"]
     assert report.skipped == ["classifier.weight", "classifier.bias"]
@@ -58,7 +58,7 @@ def test_carspotter_checkpoint_to_new_classes_and_grayscale(tmp_path: Path) -> N
     torch.save(ckpt, path)
 
     model = create_model("ghostnet_thesis", num_classes=5, in_chans=1, hidden_channels=320)
-    report = load_pretrained(model, path)
+    report = init_from_weights(model, path)
 
     assert "ghostnet_thesis" in report.source and report.source_num_classes == 196
     assert report.new == ["classifier.weight", "classifier.bias"]
@@ -75,7 +75,7 @@ def test_torchvision_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "squeezenet1_1.pth"
     torch.save({"model": source.state_dict()}, path)
     model = create_model("squeezenet1_1", num_classes=10)
-    report = load_pretrained(model, path)
+    report = init_from_weights(model, path)
     assert report.new == ["classifier.1.weight", "classifier.1.bias"]
     assert _equal(model.features[0].weight, source.features[0].weight)
 
@@ -85,37 +85,37 @@ def test_same_class_count_loads_everything(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
     model = create_model("shufflenetv2_050", num_classes=196)
-    report = load_pretrained(model, path)
+    report = init_from_weights(model, path)
     assert not report.new and not report.skipped
     assert all(_equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values(), strict=True))
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found"):
-        load_pretrained(create_model("ghostnet_050"), tmp_path / "nope.pth")
+        init_from_weights(create_model("ghostnet_050"), tmp_path / "nope.pth")
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.pth"
     path.write_bytes(b"this is not a torch file")
-    with pytest.raises(UserError, match="cannot read"):
-        load_pretrained(create_model("ghostnet_050"), path)
+    with pytest.raises(UserError, match="not a readable PyTorch weights file"):
+        init_from_weights(create_model("ghostnet_050"), path)
 
 
 def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "g100.pth"
     torch.save(create_model("ghostnet_100").state_dict(), path)
     with pytest.raises(UserError, match="other shapes"):
-        load_pretrained(create_model("ghostnet_050"), path)
+        init_from_weights(create_model("ghostnet_050"), path)
     with pytest.raises(UserError, match="no tensor name matches"):
-        load_pretrained(create_model("squeezenet1_1"), path)
+        init_from_weights(create_model("squeezenet1_1"), path)
 
 
 def test_real_training_checkpoint(trained_checkpoint: Path) -> None:
     """A checkpoint written by `carspotter train` (the demo's ghostnet_thesis) starts a 3-class fine-tune."""
     meta = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)["carspotter"]["model"]
     model = create_model(meta["name"], num_classes=3, in_chans=meta["in_chans"], **meta["args"])
-    report = load_pretrained(model, trained_checkpoint)
+    report = init_from_weights(model, trained_checkpoint)
     assert meta["name"] in report.source
     assert report.new == ["classifier.weight", "classifier.bias"] and not report.adapted
     assert len(report.loaded) == len(model.state_dict()) - 2

@@ -11,13 +11,14 @@ import torch
 import torch.nn as nn
 from synthetic_support import make_synthetic_prepared
 
+from carspotter.checkpoint import load_checkpoint, model_state_dict, read_checkpoint
 from carspotter.config import load_config
 from carspotter.data.batch_augment import BatchPreprocess
 from carspotter.errors import UserError
+from carspotter.inference import load_classifier
 from carspotter.models import create_model
-from carspotter.predict import load_classifier, predict_images
+from carspotter.predict import predict_images
 from carspotter.training.callbacks import read_epoch_metrics
-from carspotter.training.checkpoint import load_checkpoint, model_state_dict, read_checkpoint
 from carspotter.training.finetune import parameter_groups
 from carspotter.training.module import RAW_WEIGHTS_KEY, build_batch_mixing, build_run_schedule
 from carspotter.training.run import train

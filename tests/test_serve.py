@@ -75,7 +75,7 @@ def assert_still_serving(client: httpx.Client, car_jpeg: bytes) -> None:
 
 
 def test_predict_returns_top5_of_the_models_classes(client, car_jpeg: bytes, exported_onnx: Path) -> None:
-    from carspotter.serve.onnx_model import OnnxClassifier
+    from carspotter.inference.onnx_backend import OnnxClassifier
 
     names = OnnxClassifier(exported_onnx).class_names
     r = client.post("/api/predict", files={"file": ("car.jpg", car_jpeg, "image/jpeg")})

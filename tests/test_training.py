@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
+from carspotter.checkpoint import load_checkpoint, read_checkpoint
 from carspotter.config import load_config
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_checkpoint
-from carspotter.predict import load_classifier, predict_images
+from carspotter.inference import load_classifier
+from carspotter.predict import predict_images
 from carspotter.training.callbacks import read_epoch_metrics
-from carspotter.training.checkpoint import load_checkpoint, read_checkpoint
 from carspotter.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from carspotter.errors import UserError
-from carspotter.predict import Classifier, batched_logits, model_input
+from carspotter.inference import Classifier, load_classifier
+from carspotter.inference.torch_backend import TorchClassifier
 
 log = logging.getLogger(__name__)
 
-EAGER = "pytorch-eager"
+EAGER = TorchClassifier.label
 
 
 @dataclass
@@ -49,28 +50,6 @@ class BenchResult:
     n_eval: int | None
 
 
-def load_runtime(path: Path, threads: int) -> tuple[str, Classifier]:
-    """The model file → (format label, classifier) running on ``threads`` CPU threads."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from carspotter.serve.onnx_model import OnnxClassifier
-
-        clf = OnnxClassifier(path, threads=threads)
-        return f"onnx-{clf.precision}" + ("-pixels" if clf.takes_pixels else ""), clf
-    if suffix == ".pte":
-        from carspotter.export.executorch import ExecuTorchModel
-
-        return "executorch-xnnpack", ExecuTorchModel(path, threads=threads)
-    if suffix in (".ckpt", ".pt", ".pth"):
-        import torch
-
-        from carspotter.predict import TorchClassifier
-
-        torch.set_num_threads(threads)
-        return EAGER, TorchClassifier(path)
-    raise UserError(f"{path}: unknown model type {suffix!r}; expected .ckpt, .onnx or .pte")
-
-
 def bench_infer(
     models: list[str | Path],
     *,
@@ -89,10 +68,8 @@ def bench_infer(
     the resize that the others get done beforehand.
     """
     paths = [Path(m) for m in models]
-    for p in paths:
-        if not p.is_file():
-            raise UserError(f"{p}: no such model file")
-    runtimes = sorted(((p, *load_runtime(p, threads)) for p in paths), key=lambda r: r[1] != EAGER)
+    loaded = [(p, load_classifier(p, threads=threads)) for p in paths]
+    runtimes = sorted(((p, clf.label, clf) for p, clf in loaded), key=lambda r: r[1] != EAGER)
     preps = {(r.preprocessing.image_size, r.preprocessing.channels) for _, _, r in runtimes}
     if len(preps) > 1:
         raise UserError(f"the models take different inputs {sorted(preps)}; bench-infer compares one model's formats")
@@ -106,7 +83,7 @@ def bench_infer(
         if not images:
             raise UserError(f"{data}: the {split} split is empty")
     photo = images[0] if images else Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8))
-    ones = [model_input(clf, photo)[None] for _, _, clf in runtimes]
+    ones = [clf.model_input(photo)[None] for _, _, clf in runtimes]
 
     timings = _interleaved_latency([clf for _, _, clf in runtimes], ones, runs=runs, warmup=warmup)
     results = []
@@ -118,7 +95,7 @@ def bench_infer(
             median_ms=float(np.median(times_ms)),
             p90_ms=float(np.percentile(times_ms, 90)),
             throughput=_throughput(clf, np.repeat(one, throughput_batch, axis=0)),
-            size_mb=_weights_mb(clf) if label == EAGER else path.stat().st_size / 1e6,
+            size_mb=clf.weights_mb() if isinstance(clf, TorchClassifier) else path.stat().st_size / 1e6,
         ))
     eager = next((r for r in results if r.label == EAGER), None)
     for r in results:
@@ -128,11 +105,6 @@ def bench_infer(
             r.top1 = _top1(clf, images, labels)
     return BenchResult(results, threads, runs, throughput_batch, split if data is not None else None,
                        None if images is None else len(images))
-
-
-def _weights_mb(clf: Classifier) -> float:
-    """The eager model's weights (fp32 parameters and buffers), not its checkpoint: that also holds optimizer state."""
-    return sum(t.numel() * t.element_size() for t in clf.model.state_dict().values()) / 1e6
 
 
 def _interleaved_latency(
@@ -162,5 +134,5 @@ def _throughput(clf: Classifier, batch: np.ndarray, seconds: float = 1.0) -> flo
 
 
 def _top1(clf: Classifier, images: list[Image.Image], labels: np.ndarray) -> float:
-    logits = batched_logits(clf, [model_input(clf, img) for img in images])
+    logits = clf.image_logits(images)
     return float((logits.argmax(1) == labels).mean())

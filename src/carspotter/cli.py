@@ -221,7 +221,7 @@ def report(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt) or an exported model (.onnx).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt), an exported .onnx or an ExecuTorch .pte.")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image, as a list.")] = False,
@@ -232,7 +232,8 @@ def predict(
 
     An image that cannot be read gets an error line; the others are still predicted, and the exit code is 2.
     """
-    from carspotter.predict import load_classifier, predict_images
+    from carspotter.inference import load_classifier
+    from carspotter.predict import predict_images
 
     results = predict_images(load_classifier(model), images, top_k=top_k, tta_flip=tta_flip)
     failed = sum("error" in r for r in results)

@@ -32,7 +32,8 @@ def run_demo(
     from carspotter.data.prepare import prepare
     from carspotter.data.synth import synthesize
     from carspotter.evaluation.metrics import evaluate_checkpoint, write_report
-    from carspotter.predict import load_classifier, predict_images
+    from carspotter.inference import load_classifier
+    from carspotter.predict import predict_images
     from carspotter.training.run import train
 
     workdir = Path(workdir)

@@ -23,8 +23,9 @@ from PIL import Image
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import check_classes
+from carspotter.inference import load_classifier
 from carspotter.plots import confused_pairs, plot_training_curves
-from carspotter.predict import TorchClassifier, predict_images
+from carspotter.predict import predict_images
 from carspotter.preprocessing import open_image
 from carspotter.run_files import BEST_CKPT, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
@@ -56,7 +57,7 @@ def write_run_report(
     if not curves.is_file() and (run_dir / METRICS_FILE).is_file():
         plot_training_curves(run_dir / METRICS_FILE, curves)
 
-    classifier = TorchClassifier(run_dir / BEST_CKPT)
+    classifier = load_classifier(run_dir / BEST_CKPT)
     data = Path(data if data is not None else config.get("data", {}).get("path", ""))
     dataset = load_prepared(data)
     check_classes(classifier.class_names, dataset.classes, data)

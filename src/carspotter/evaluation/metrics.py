@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from carspotter.checkpoint import read_checkpoint_info
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.plots import confused_pairs, plot_confusion
-from carspotter.training.checkpoint import checkpoint_info, read_checkpoint
 from carspotter.training.scoring import EvalResult, evaluate_checkpoint, evaluate_model
 
 __all__ = [
@@ -55,7 +55,7 @@ def evaluate_on_dataset(
     tta_flip: bool = False,
 ) -> EvalResult:
     """`evaluate_checkpoint` after checking that ``data`` has the checkpoint's classes, in the same order."""
-    model_classes = checkpoint_info(read_checkpoint(ckpt), ckpt).class_names
+    model_classes = read_checkpoint_info(ckpt).class_names
     if not allow_class_mismatch:
         check_classes(model_classes, load_prepared(data).classes, data)
     return evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=progress, tta_flip=tta_flip)

@@ -18,13 +18,14 @@ import onnx
 import torch
 from PIL import Image
 
+from carspotter.checkpoint import CheckpointInfo, load_checkpoint
 from carspotter.data.prepared import sha256_file
 from carspotter.errors import UserError
 from carspotter.export import metadata
-from carspotter.export.inputs import images_to_batch
 from carspotter.export.pixels import embed_preprocessing as embed_pixels
-from carspotter.preprocessing import Preprocessing, softmax
-from carspotter.training.checkpoint import CheckpointInfo, load_checkpoint
+from carspotter.inference.onnx_backend import OnnxClassifier
+from carspotter.inference.torch_backend import TorchClassifier
+from carspotter.preprocessing import softmax
 from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def check_images(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_I
     from carspotter.export.inputs import prepared_images
 
     candidates = [data] if data is not None else []
-    trained_on = info.config.get("data", {}).get("path") if isinstance(info.config, dict) else None
+    trained_on = info.config.data.path if info.config is not None else None
     if data is None and trained_on:
         candidates.append(trained_on)
     for candidate in candidates:
@@ -90,26 +91,6 @@ def check_images(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_I
     rng = np.random.default_rng(0)
     sizes = rng.integers(32, 400, size=(n, 2))
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes], f"{n} random images"
-
-
-def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    with torch.inference_mode():
-        return np.concatenate(
-            [model(torch.from_numpy(x[i : i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
-        )
-
-
-def onnx_logits(path: Path, images: list[Image.Image], prep: Preprocessing, batch_size: int = 16) -> np.ndarray:
-    """ONNX Runtime's logits for ``images``: decoded pixels one photo at a time for a model that takes them (any
-    size), else batches preprocessed as in training."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    if session.get_inputs()[0].type == "tensor(uint8)":
-        return np.concatenate([session.run(None, {name: np.asarray(img)[None]})[0] for img in images])
-    x = images_to_batch(images, prep)
-    return np.concatenate([session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
 def compare(reference: np.ndarray, other: np.ndarray) -> Agreement:
@@ -153,8 +134,8 @@ def export(
     model, info = load_checkpoint(ckpt)
     to_onnx(model, info, out, opset=opset, embed_preprocessing=embed_preprocessing)
     images, source = check_images(info, data)
-    report = compare(torch_logits(model, images_to_batch(images, info.preprocessing)),
-                     onnx_logits(out, images, info.preprocessing))
+    report = compare(TorchClassifier(model, info.class_names, info.preprocessing).image_logits(images),
+                     OnnxClassifier(out).image_logits(images))
     log.info("ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.2e, max |Δ probability| = %.2e, top-1 agreement "
              "%.1f%%", source, report.max_abs_diff, report.max_prob_diff, 100 * report.top1_agreement)
     check_parity(report, out, pixels_in_graph=embed_preprocessing)

@@ -32,6 +32,7 @@ from onnxruntime.quantization import (
 )
 from PIL import Image
 
+from carspotter.checkpoint import load_checkpoint
 from carspotter.errors import UserError
 from carspotter.export import metadata
 from carspotter.export.inputs import images_to_batch, prepared_images, prepared_inputs
@@ -41,13 +42,12 @@ from carspotter.export.onnx import (
     ExportReport,
     compare,
     describe_export,
-    onnx_logits,
     to_onnx,
-    torch_logits,
 )
 from carspotter.export.pixels import embed_preprocessing as embed_pixels
+from carspotter.inference.onnx_backend import OnnxClassifier
+from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.preprocessing import Preprocessing
-from carspotter.training.checkpoint import load_checkpoint
 from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,9 @@ def export(
             )
             metadata.set_metadata(proto, props)
             onnx.save_model(proto, str(candidate))
-        reference = torch_logits(model, images_to_batch(images, info.preprocessing))
-        report = compare(reference, onnx_logits(candidate, images, info.preprocessing))
+        reference = TorchClassifier(model, info.class_names, info.preprocessing).image_logits(images)
+        int8 = OnnxClassifier(candidate)
+        report = compare(reference, int8.image_logits(images))
         log.info(
             "int8 ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.3f, top-1 agreement %.1f%%",
             source,
@@ -211,7 +212,7 @@ def export(
         )
         require_agreement(report, min_agreement, source, out)
         ref = compare(
-            onnx_logits(candidate, images[:2], info.preprocessing),
+            int8.image_logits(images[:2]),
             reference_logits(candidate, images[:2], info.preprocessing),
         )
         log.info("onnx ReferenceEvaluator vs ONNX Runtime on 2 images: max |Δ logit| = %.2e", ref.max_abs_diff)

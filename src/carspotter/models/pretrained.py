@@ -1,11 +1,10 @@
-"""Initialise a model from a local weights file (``model.pretrained: PATH``); carspotter never downloads weights.
+"""Initialise a model from another model's tensors (``model.pretrained``; the file is read by
+`carspotter.checkpoint.read_weights`, this module knows nothing of files).
 
-Accepted files: a plain timm or torchvision state dict, one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``,
-or a carspotter checkpoint (Lightning ``.ckpt``: weights under ``state_dict`` with the ``model.`` prefix, metadata
-under ``carspotter``). Tensors are matched by name after stripping a common prefix. The classifier is left freshly
-initialised when the file's class count differs (fine-tuning a Stanford Cars checkpoint on a user's own classes);
-a first conv saved for RGB is summed to grayscale (and back); any other shape mismatch means the file belongs to
-another architecture and is an error rather than a silent partial load.
+Tensors are matched by name after stripping a common prefix. The classifier is left freshly initialised when the
+source's classes are not the model's (another count: fine-tuning a Stanford Cars checkpoint on a user's own classes;
+the same count under other names); a first conv saved for RGB is summed to grayscale (and back); any other shape
+mismatch means the tensors belong to another architecture and is an error rather than a silent partial load.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,14 +23,13 @@ __all__ = ["PretrainedReport", "load_pretrained"]
 log = logging.getLogger(__name__)
 
 _PREFIXES = ("", "model.", "module.", "model.module.", "_orig_mod.", "model._orig_mod.")
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 
 
 @dataclass
 class PretrainedReport:
     """What `load_pretrained` did, tensor by tensor (names are the model's ``state_dict`` keys)."""
 
-    path: Path
+    name: str  # the weights' file, for messages
     source: str
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
@@ -56,39 +52,6 @@ class PretrainedReport:
 
 def _short_list(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(
-            f"{path}: pretrained weights file not found (model.pretrained). carspotter never downloads weights: "
-            "give a local timm/torchvision state dict or a carspotter checkpoint."
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with arbitrary objects, not a torch file at all
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read as PyTorch weights ({first_line[:200]})") from exc
-
-
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str, int | None]:
-    """The file's tensors, a description of the file, and the class count it states (carspotter checkpoints)."""
-    source = "state dict"
-    num_classes = None
-    if isinstance(obj, Mapping) and isinstance(obj.get("carspotter"), Mapping):
-        meta = obj["carspotter"].get("model", {})
-        num_classes = meta.get("num_classes")
-        source = f"carspotter checkpoint ({meta.get('name', '?')}, {num_classes} classes)"
-    for key in _WRAPPER_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{path}: expected a state dict (name -> tensor), found a {type(obj).__name__}")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise UserError(f"{path}: holds no tensors; expected a state dict or a carspotter checkpoint")
-    return tensors, source, num_classes
 
 
 def _strip_prefix(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
@@ -119,16 +82,27 @@ def _adapt_input_channels(weight: torch.Tensor, target: torch.Size) -> torch.Ten
     return None
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
-    """Load the weights in ``path`` into ``model`` (in place) and say which tensors loaded and which stayed new."""
-    path = Path(path).expanduser()
-    tensors, source, source_classes = _unwrap(_read(path), path)
+def load_pretrained(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    name: str,
+    source: str = "state dict",
+    source_num_classes: int | None = None,
+    source_class_names: list[str] | None = None,
+    class_names: list[str] | None = None,
+) -> PretrainedReport:
+    """Load ``tensors`` into ``model`` (in place) and say which tensors loaded and which stayed new.
+
+    With the same class count but other ``class_names`` than the source's, the loaded classifier is re-initialised
+    (right for continuing on the same classes, wrong for a user's own ones).
+    """
     target = model.state_dict()
     model_keys = set(target)
     tensors = _strip_prefix(tensors, model_keys)
     classifier_keys = _classifier_keys(model, model_keys)
 
-    report = PretrainedReport(path=path, source=source, source_num_classes=source_classes)
+    report = PretrainedReport(name=name, source=source, source_num_classes=source_num_classes)
     to_load: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
     for key, value in target.items():
@@ -153,17 +127,23 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
 
     if mismatched:
         raise UserError(
-            f"{path}: weights do not fit this model: {len(mismatched)} tensors have other shapes "
+            f"{name}: weights do not fit this model: {len(mismatched)} tensors have other shapes "
             f"(e.g. {'; '.join(mismatched[:3])}). Were they saved from another architecture or width?"
         )
     if not report.loaded:
         example = next(iter(tensors))
         raise UserError(
-            f"{path}: no tensor name matches this model (the file has e.g. {example!r}, the model expects e.g. "
+            f"{name}: no tensor name matches this model (the file has e.g. {example!r}, the model expects e.g. "
             f"{next(iter(target))!r}). Were the weights saved from another architecture?"
         )
     model.load_state_dict(to_load, strict=False)
+    if source_class_names is not None and class_names is not None and report.source_num_classes == len(class_names) \
+            and list(source_class_names) != list(class_names):
+        model.reset_classifier(len(class_names))
+        report.new += [k for k in report.loaded if k in classifier_keys]
+        report.loaded = [k for k in report.loaded if k not in classifier_keys]
+        log.info("%s: classifier re-initialised (the file's %d classes are not this dataset's)", name, len(class_names))
     backbone_new = [k for k in report.new if k not in classifier_keys]
     if backbone_new:
-        log.warning("%s: %d model tensors are not in the file and keep their initialisation", path, len(backbone_new))
+        log.warning("%s: %d model tensors are not in the file and keep their initialisation", name, len(backbone_new))
     return report

@@ -33,11 +33,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
-from carspotter.predict import model_input
-from carspotter.preprocessing import check_pixels, open_photo, softmax, top_k_predictions
+from carspotter.inference.onnx_backend import OnnxClassifier
+from carspotter.preprocessing import check_pixels, open_photo, top_k_predictions
 from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.docs import DOCS_PATH, app_with_docs
-from carspotter.serve.onnx_model import OnnxClassifier
 from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
 from carspotter.serve.site import build_site
 
@@ -190,7 +189,7 @@ def _probabilities(classifier: OnnxClassifier, data: bytes, max_pixels: int) -> 
     except UserError as exc:
         raise UploadRefused(413, str(exc)) from None
     try:
-        x = model_input(classifier, open_photo(data, max_pixels))
+        photo = open_photo(data, max_pixels)
     except UserError as exc:
         raise UploadRefused(400, str(exc)) from None
-    return softmax(classifier.logits(x[None]))[0]
+    return classifier.predict([photo])[0]

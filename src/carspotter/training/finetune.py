@@ -8,13 +8,13 @@ pretrained weights. Every registry model and every timm model has the API, so no
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import torch.nn as nn
+from lightning.pytorch.callbacks import BaseFinetuning
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
 
 from carspotter.config import Config
 from carspotter.errors import UserError
@@ -35,33 +35,6 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
         raise UserError(f"{type(model).__name__} has no classifier parameters (num_classes 0?); nothing to fine-tune")
     params = list(model.parameters())
     return [p for p in params if id(p) in head_ids], [p for p in params if id(p) not in head_ids]
-
-
-def checkpoint_class_names(path: str | Path) -> list[str] | None:
-    """The class names a carspotter checkpoint was trained on; None for a plain state dict (or an unreadable file)."""
-    try:
-        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - load_pretrained has already said what is wrong with the file
-        return None
-    meta = obj.get("carspotter") if isinstance(obj, dict) else None
-    names = meta.get("class_names") if isinstance(meta, dict) else None
-    return [str(n) for n in names] if isinstance(names, list) else None
-
-
-def reset_classifier_for_new_classes(model: nn.Module, pretrained: str | Path, class_names: list[str]) -> bool:
-    """Re-initialise the classifier when the checkpoint's classes are not the dataset's (same count, other names).
-
-    `load_pretrained` already leaves the classifier fresh when the class count differs; with the same count it
-    loads it, which is right for continuing on the same classes and wrong for a user's own ones.
-    """
-    source = checkpoint_class_names(pretrained)
-    if source is None or len(source) != len(class_names) or source == list(class_names):
-        return False
-    model.reset_classifier(len(class_names))
-    log.info(
-        "%s: classifier re-initialised (the checkpoint's %d classes are not this dataset's)", pretrained, len(source)
-    )
-    return True
 
 
 def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
@@ -93,47 +66,53 @@ def backbone_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if id(m) not in inside and m is not model]
 
 
-class FreezeBackbone(L.Callback):
+class FreezeBackbone(BaseFinetuning):
     """Train only the classifier for the first ``epochs`` epochs, then everything.
 
     Frozen means no gradient (``requires_grad=False``, so the optimizer and weight decay leave the weights alone) and
-    BatchNorm layers in eval mode (their running statistics stay the pretrained ones). The state follows the epoch
-    number, so a resumed run freezes or not exactly as the uninterrupted run would have.
+    BatchNorm layers in eval mode (they normalise with, and keep, the pretrained running statistics). The state
+    follows the epoch number, so a resumed run freezes or not exactly as the uninterrupted run would have.
+
+    Lightning's `BaseFinetuning` freezes (``setup``, before the optimizer is built) and calls `finetune_function` at
+    each epoch start. The backbone keeps its own param group (see `parameter_groups`) all along: no group is added.
     """
 
     def __init__(self, epochs: int) -> None:
+        super().__init__()
         self.epochs = epochs
-        self._frozen: bool | None = None
-        self._norms: list[nn.Module] = []
-        self._backbone: list[nn.Parameter] = []
+        self._frozen: bool | None = None  # the state the last epoch started in
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        model = pl_module.model
-        _, self._backbone = split_parameters(model)
-        self._norms = [m for m in backbone_modules(model) if isinstance(m, _BatchNorm)]
+    def state_dict(self) -> dict[str, Any]:
+        # BaseFinetuning saves the param groups to re-create, on --resume, the ones it added; ours never change.
+        return {}
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        frozen = trainer.current_epoch < self.epochs
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        split_parameters(pl_module.model)  # a clear error for a model without the head API
+        for module in self._backbone_modules(pl_module):
+            self.freeze_module(module)  # its own parameters only (`freeze` would recurse into the classifier)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        frozen = epoch < self.epochs
+        modules = self._backbone_modules(pl_module)
         if frozen != self._frozen:
-            for p in self._backbone:
-                p.requires_grad_(not frozen)
             if not frozen:
-                for m in self._norms:
-                    m.train(pl_module.training)
-            log.info("epoch %d: backbone %s", trainer.current_epoch, "frozen" if frozen else "trainable")
+                self.make_trainable(modules)
+                for m in modules:
+                    if isinstance(m, _BatchNorm):
+                        m.train(pl_module.training)
+            log.info("epoch %d: backbone %s", epoch, "frozen" if frozen else "trainable")
             self._frozen = frozen
-        self._hold_norms()
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._hold_norms()  # cheap; survives anything that switched the whole module back to train mode
+        if frozen:
+            # Frozen, BaseFinetuning only stops BatchNorm's statistics from updating (it would normalise with each
+            # batch's); eval mode normalises with the pretrained ones. Lightning restores the mode after validation.
+            for m in modules:
+                if isinstance(m, _BatchNorm):
+                    m.eval()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for p in self._backbone:
-            p.requires_grad_(True)
+        self.make_trainable(self._backbone_modules(pl_module))
+        self._frozen = None
 
-    def _hold_norms(self) -> None:
-        if self._frozen:
-            for m in self._norms:
-                m.eval()
+    @staticmethod
+    def _backbone_modules(pl_module: L.LightningModule) -> list[nn.Module]:
+        return [pl_module.model, *backbone_modules(pl_module.model)]

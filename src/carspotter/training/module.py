@@ -13,9 +13,9 @@ from timm.utils import ModelEmaV3
 from torch.optim import lr_scheduler
 from torchmetrics.classification import MulticlassAccuracy
 
+from carspotter.checkpoint import CheckpointInfo
 from carspotter.config import RUN_SCHEDULES, Config
 from carspotter.errors import UserError
-from carspotter.training.checkpoint import CheckpointInfo
 from carspotter.training.finetune import parameter_groups
 
 RAW_WEIGHTS_KEY = "raw_state_dict"  # with EMA on: the trained (not averaged) weights, under their ``model.`` keys

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from carspotter.checkpoint import CheckpointInfo, init_from_weights, read_checkpoint
 from carspotter.config import Config, load_config, parse_config, save_config
 from carspotter.data.dataset import CarsDataModule
 from carspotter.data.epochs import SeedEachEpoch
@@ -35,8 +36,8 @@ from carspotter.training.callbacks import (
     Throughput,
     read_epoch_metrics,
 )
-from carspotter.training.checkpoint import AtomicCheckpointIO, CheckpointInfo, read_checkpoint
-from carspotter.training.finetune import FreezeBackbone, reset_classifier_for_new_classes
+from carspotter.training.checkpoint_io import AtomicCheckpointIO
+from carspotter.training.finetune import FreezeBackbone
 from carspotter.training.loggers import build_loggers, flatten, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
 from carspotter.training.scoring import evaluate_checkpoint
@@ -112,12 +113,8 @@ def build_model(cfg: Config, num_classes: int, class_names: list[str] | None = N
     in_chans = 1 if cfg.data.grayscale else 3
     model = create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, **cfg.model.args)
     if cfg.model.pretrained is not None:
-        from carspotter.models.pretrained import load_pretrained
-
-        report = load_pretrained(model, cfg.model.pretrained)
+        report = init_from_weights(model, cfg.model.pretrained, class_names)
         log.info("pretrained weights from %s: %s", cfg.model.pretrained, report)
-        if class_names is not None:
-            reset_classifier_for_new_classes(model, cfg.model.pretrained, class_names)
     return model
 
 
@@ -244,7 +241,7 @@ def train(
         in_chans=1 if cfg.data.grayscale else 3,
         class_names=datamodule.class_names,
         preprocessing=datamodule.preprocessing,
-        config=cfg.to_dict(),
+        config=cfg,
         path=run_dir / "best.ckpt",
     )
     module = CarClassifier(

@@ -17,9 +17,9 @@ import torch.nn as nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm
 
+from carspotter.checkpoint import load_checkpoint
 from carspotter.data.dataset import eval_loader
 from carspotter.data.prepared import load_prepared
-from carspotter.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """`OnnxClassifier`: an exported carspotter ONNX file run by ONNX Runtime, rebuilt from its own metadata.
 
-Implements `carspotter.predict.Classifier`; imports no torch, so `predict` on a `.onnx` and the web server run where
-PyTorch is not installed.
+Imports no torch, so `predict` on a `.onnx` and the web server run where PyTorch is not installed.
 """
 
 from __future__ import annotations
@@ -15,14 +14,14 @@ import onnxruntime as ort
 
 from carspotter.errors import UserError
 from carspotter.export import metadata
+from carspotter.inference.base import Classifier
 from carspotter.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
 
-class OnnxClassifier:
-    """``logits(batch)`` of N×C×H×W float32 preprocessed images, or of N×H×W×3 uint8 pixels when the model does its
-    preprocessing itself (``takes_pixels``); ``class_names``, ``preprocessing`` from the file."""
+class OnnxClassifier(Classifier):
+    """``class_names``, ``preprocessing`` and whether the model takes pixels, from the file's metadata."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         self.path = Path(path)
@@ -43,6 +42,7 @@ class OnnxClassifier:
         self.input_name: str = self.metadata["input_name"]
         self.output_name: str = self.metadata["output_name"]
         self.takes_pixels: bool = metadata.takes_pixels(self.metadata)
+        self.label = f"onnx-{self.precision}" + ("-pixels" if self.takes_pixels else "")
 
     @property
     def precision(self) -> str:
