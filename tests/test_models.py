@@ -69,12 +69,22 @@ def test_model_forward_backward(name: str, in_chans: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["ghostnet_thesis", "ghostnet_100", "squeezenet1_1", "shufflenetv2_050", "hardnet39ds", "mobilenetv2_100"]
+    "name",
+    [
+        "ghostnet_thesis",
+        "ghostnet_100",
+        "squeezenet1_1",
+        "shufflenetv2_050",
+        "hardnet39ds",
+        "squeezenext23_100",
+        "mobilenetv2_100",
+    ],
 )
 def test_reset_classifier(name: str) -> None:
     model = create_model(name, num_classes=196).eval()
     model.reset_classifier(5)
-    assert model.get_classifier() is not None
+    head = [p for p in model.get_classifier().parameters() if p.ndim > 1]  # the new layer, inside the model
+    assert head and head[-1].shape[0] == 5 and {id(p) for p in head} <= {id(p) for p in model.parameters()}
     with torch.no_grad():
         assert model(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (1, 5)
     model.reset_classifier(0)
@@ -105,6 +115,68 @@ def test_every_builder_takes_the_common_args() -> None:
 )
 def test_ghostnet_parameter_counts(name: str, kwargs: dict, expected: int) -> None:
     assert _num_params(create_model(name, **kwargs)) == expected
+
+
+# The own models against their authors' figures, at ImageNet's 1000 classes. HarDNet: the reference README
+# (github.com/PingoLH/Pytorch-HarDNet: 3.5 / 4.2 / 17.6 / 36.7 M; pytorchcv has the same exact counts). SqueezeNext:
+# the authors' Caffe models (github.com/amirgholami/SqueezeNext, train_val.prototxt; conv weights + BN scale and shift
+# + the bias-free fc1000) count 717,280 (1.0-SqNxt-23: 0.72 M) and 2,361,728 (2.0-SqNxt-23: 2.36 M); ours add the
+# classifier's 1000 biases. The authors published no 1.5 or 2.5 model: those are pinned to catch changes.
+@pytest.mark.parametrize(
+    ("name", "expected", "published_m", "rounding_m"),
+    [
+        ("hardnet39ds", 3_488_228, 3.5, 0.05),
+        ("hardnet68ds", 4_180_602, 4.2, 0.05),
+        ("hardnet68", 17_565_348, 17.6, 0.05),
+        ("hardnet85", 36_670_212, 36.7, 0.05),
+        ("squeezenext23_100", 718_280, 0.72, 0.005),
+        ("squeezenext23_150", 1_404_832, None, None),
+        ("squeezenext23_200", 2_362_728, 2.36, 0.005),
+        ("squeezenext23_250", 3_580_224, None, None),
+    ],
+)
+def test_own_models_match_their_published_counts(
+    name: str, expected: int, published_m: float | None, rounding_m: float | None
+) -> None:
+    count = _num_params(create_model(name, num_classes=1000))
+    assert count == expected
+    if published_m is not None:
+        assert abs(count / 1e6 - published_m) <= rounding_m, f"{name}: {count:,} vs the published {published_m} M"
+
+
+def test_squeezenext_follows_the_authors_caffe_model() -> None:
+    """1.0-SqNxt-23 at 227 px: the Caffe stem's 55x55 map (unpadded 7x7 conv, max-pool rounding up) and its 278 M
+    MACs; 3x1/1x3 order alternating block by block; a projection shortcut opening every stage; a 128-wide head at every
+    width (the authors' 2.0 model keeps the 1.0 stem and head)."""
+    from carspotter.evaluation.profile import count_macs
+    from carspotter.models.squeezenext import SqueezeNextBlock
+
+    model = create_model("squeezenext23_100").eval()
+    with torch.no_grad():
+        assert model.stem(torch.randn(1, 3, 227, 227)).shape == (1, 64, 55, 55)
+    assert count_macs(model, 227) == 277_999_808
+    for stage in model.stages:
+        blocks = [b for b in stage if isinstance(b, SqueezeNextBlock)]
+        assert [b.vertical_first for b in blocks] == [i % 2 == 0 for i in range(len(blocks))]
+        assert [isinstance(b.shortcut, nn.Identity) for b in blocks] == [False] + [True] * (len(blocks) - 1)
+    wide = create_model("squeezenext23_200")
+    assert wide.stem[0][0].out_channels == 64 and wide.num_features == 128
+    assert not isinstance(wide.stages[0][0].shortcut, nn.Identity)  # 64 -> 64 at stride 1, projected all the same
+
+
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnet_thesis", "hardnet39ds", "squeezenext23_100"])
+def test_own_models_share_one_head(name: str) -> None:
+    """One head class behind all own models; the classifier stays ``classifier.weight``/``.bias`` in state dicts."""
+    from carspotter.models.head import PooledLinearClassifier
+
+    model = create_model(name, num_classes=5)
+    assert isinstance(model, PooledLinearClassifier)
+    keys = list(model.state_dict())
+    assert keys[-2:] == ["classifier.weight", "classifier.bias"]
+    assert {id(p) for p in model.get_classifier().parameters()} == {
+        id(model.classifier.weight),
+        id(model.classifier.bias),
+    }
 
 
 def test_ghostnet_thesis_architecture() -> None:

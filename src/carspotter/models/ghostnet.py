@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from carspotter.models._registry import register_model
+from carspotter.models.head import PooledLinearClassifier
 
 __all__ = ["GhostNet", "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnet_thesis"]
 
@@ -184,7 +185,7 @@ class ConvBnAct(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class GhostNet(nn.Module):
+class GhostNet(PooledLinearClassifier):
     """GhostNet backbone with the ``paper`` or the ``thesis`` head (see the module docstring)."""
 
     def __init__(
@@ -257,9 +258,6 @@ class GhostNet(nn.Module):
         # The thesis's gate: torch.clamp(x, 0, 1) (gradient zero outside [0, 1]); Hardtanh(0, 1) computes exactly that.
         return SqueezeExcite(chs, chs // 4, nn.Hardtanh(0.0, 1.0))
 
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
     def _init_weights(self, zero_init_last: bool) -> None:
         # Kaiming-normal convs with the fan-out of one group (see `init_conv_fan_out`), BN2d at (1, 0); Linear/BN1d
         # keep PyTorch's defaults.
@@ -280,33 +278,16 @@ class GhostNet(nn.Module):
                         if isinstance(bn, nn.BatchNorm2d):
                             nn.init.zeros_(bn.weight)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh final layer for ``num_classes`` (0 = none: the model returns the pre-logits features)."""
-        ref = self.head_fc.weight if self.head == "thesis" else self.conv_head.weight
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
-        self.classifier.train(self.training)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> final feature map (``num_features`` channels, stride 32)."""
         x = self.act1(self.bn1(self.conv_stem(x)))
         return self.blocks(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map -> logits (or the ``head_hidden_size`` vector fed to the classifier, when ``pre_logits``)."""
-        x = self.global_pool(x)
+    def _head_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled map -> ``head_hidden_size`` vector: 1x1 ``conv_head`` + ReLU (paper) or Linear-BN1d-ReLU (thesis)."""
         if self.head == "paper":
-            x = self.flatten(self.act2(self.conv_head(x)))
-        else:
-            x = self.act2(self.head_bn(self.head_fc(self.flatten(x))))
-        x = self.dropout(x)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+            return self.flatten(self.act2(self.conv_head(x)))
+        return self.act2(self.head_bn(self.head_fc(self.flatten(x))))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

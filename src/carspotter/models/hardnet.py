@@ -1,11 +1,16 @@
 """HarDNet (Chao et al., ICCV 2019, https://arxiv.org/abs/1909.00948): carspotter's implementation.
 
-No maintained library has it. Harmonic dense blocks as in the paper (Sec. 3.1) and its reference code (PingoLH,
-the thesis's source): layer ``l`` takes the outputs of layers ``l - 2**n`` for every ``2**n`` dividing ``l``; its
-width is ``growth_rate * grmul**(n_links - 1)`` rounded to even; the block outputs the odd layers and the last one.
-Each block is followed by a 1x1 "transition" conv and, where marked, a 2x down-sampling (max-pool, or a depthwise
-stride-2 conv in the ``ds`` variants). Convs are conv + BN + ReLU6; ``ds`` variants use 1x1 conv + depthwise 3x3
-("CombConv") inside blocks. Module names follow the reference code (``base.N``) up to the head.
+Harmonic dense blocks as in the paper (Sec. 3.1) and its reference code (PingoLH, the thesis's source): layer ``l``
+takes the outputs of layers ``l - 2**n`` for every ``2**n`` dividing ``l``; its width is
+``growth_rate * grmul**(n_links - 1)`` rounded to even; the block outputs the odd layers and the last one. Each block
+is followed by a 1x1 "transition" conv and, where marked, a 2x down-sampling (max-pool, or a depthwise stride-2 conv
+in the ``ds`` variants). Convs are conv + BN + ReLU6; ``ds`` variants use 1x1 conv + depthwise 3x3
+("CombConv") inside blocks. Module names follow the reference code (``base.N``) up to the head, which is carspotter's
+shared one (`carspotter.models.head`). Parameters at 1000 classes: 3,488,228 / 4,180,602 / 17,565,348 / 36,670,212
+(39DS / 68DS / 68 / 85), the reference README's 3.5 / 4.2 / 17.6 / 36.7 M.
+
+pytorchcv has the same four networks with the same parameter counts, but they end in a fixed 7x7 average pool (64 px
+and 227 px inputs fail) and have no ``forward_features``/``reset_classifier``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from carspotter.models._registry import register_model
+from carspotter.models.head import PooledLinearClassifier
 
 __all__ = ["HarDNet", "hardnet39ds", "hardnet68", "hardnet68ds", "hardnet85"]
 
@@ -115,7 +121,7 @@ class HarDBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class HarDNet(nn.Module):
+class HarDNet(PooledLinearClassifier):
     def __init__(
         self,
         arch: int = 68,
@@ -157,27 +163,8 @@ class HarDNet(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = self._make_classifier(num_classes)
 
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        ref = self.base[0].conv.weight
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
-        self.classifier.train(self.training)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.flatten(self.global_pool(x)))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

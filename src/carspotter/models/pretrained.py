@@ -137,8 +137,12 @@ def load_pretrained(
             f"{next(iter(target))!r}). Were the weights saved from another architecture?"
         )
     model.load_state_dict(to_load, strict=False)
-    if source_class_names is not None and class_names is not None and report.source_num_classes == len(class_names) \
-            and list(source_class_names) != list(class_names):
+    if (
+        source_class_names is not None
+        and class_names is not None
+        and report.source_num_classes == len(class_names)
+        and list(source_class_names) != list(class_names)
+    ):
         model.reset_classifier(len(class_names))
         report.new += [k for k in report.loaded if k in classifier_keys]
         report.loaded = [k for k in report.loaded if k not in classifier_keys]

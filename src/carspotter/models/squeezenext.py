@@ -1,12 +1,28 @@
 """SqueezeNext-23 (Gholami et al., CVPR-W 2018, https://arxiv.org/abs/1803.10615): carspotter's implementation.
 
-No maintained library has it. Blocks follow the paper's Fig. 1: a two-stage 1x1 bottleneck (C -> C/2 -> C/4), a
-separable 1x3 then 3x1 conv (back to C/2), a 1x1 expansion to the output width, each conv with BN + ReLU, and a
-residual (1x1 conv + BN projection when stride or width change). The first block of a stage with stride 2 does not
-reduce (it is the paper's/reference code's rule), and a block that narrows the width reduces to C/4 first.
-ImageNet stem as in the paper (7x7 stride-2 conv + 3x3 stride-2 max-pool; the thesis made the same change to the
-CIFAR reference code it used), stages of [6, 6, 8, 1] blocks at widths 32/64/128/256 x width multiplier, then a 1x1
-conv to 128 x width, global pool, dropout and a linear classifier.
+It follows the authors' Caffe models (github.com/amirgholami/SqueezeNext, ``1.0-SqNxt-23`` and ``2.0-SqNxt-23``
+``train_val.prototxt``) layer for layer:
+
+- stem: 7x7 stride-2 conv without padding + BN + ReLU, then a 3x3 stride-2 max-pool that rounds up (Caffe's pooling):
+  a 55x55 map at 227 px;
+- stages of [6, 6, 8, 1] blocks at 32/64/128/256 x width channels, stride 2 in the first block of stages 2-4. A block
+  with input width C: 1x1 reduce to C/2 and 1x1 squeeze to C/4 (C and C/2 in a stride-2 block, C/4 and C/8 in one
+  that narrows the width), a 3x1 and a 1x3 conv back to the reduced width (their order alternates from block to
+  block, 3x1 first in a stage's first block), a 1x1 expansion to the output width; every conv has BN + ReLU, no bias;
+- the first block of every stage has a projection shortcut (1x1 conv + BN + ReLU), even where neither the width nor
+  the resolution changes (stage 1 of 2.0-SqNxt-23); the other blocks add their input; ReLU after the sum;
+- head: 1x1 conv to 128 channels + BN + ReLU, global average pool, dropout (``drop_rate``, 0 by default: the Caffe
+  models have none), linear classifier.
+
+Widths above 1.0 widen the stages only; the stem keeps 64 channels and the head 128, as in the authors'
+2.0-SqNxt-23. The authors published no 1.5 or 2.5 model: those widths follow the same rule. One difference from the
+Caffe models: the classifier has a bias, as every carspotter head has (``num_classes`` more parameters). At 1000
+classes 1.0 has 718,280 parameters and 2.0 has 2,362,728 (the Caffe models' 717,280 and 2,361,728 plus that bias;
+0.72 M and 2.36 M); 1.0 costs 278.0 M MACs at 227 px.
+
+pytorchcv's ``sqnxt23_*`` (which the authors' README points to) differ: the stem conv is padded by 1 (56x56 at 227),
+convs have biases, stem and head scale with the width (2,583,752 parameters at 2.0), the 1x3 conv always comes first,
+and a fixed 7x7 average pool ends the network (64 px inputs fail).
 """
 
 from __future__ import annotations
@@ -15,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from carspotter.models._registry import register_model
+from carspotter.models.head import PooledLinearClassifier
 
 __all__ = ["SqueezeNext", "squeezenext23_100", "squeezenext23_150", "squeezenext23_200", "squeezenext23_250"]
 
@@ -41,10 +58,16 @@ class ConvBnReLU(nn.Sequential):
 
 
 class SqueezeNextBlock(nn.Module):
-    """1x1 (reduce) -> 1x1 (squeeze) -> 1x3 -> 3x1 -> 1x1 (expand), plus a residual."""
+    """1x1 (reduce) -> 1x1 (squeeze) -> 1x3 and 3x1 (in either order) -> 1x1 (expand), plus a residual.
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+    ``project``: the shortcut is a 1x1 conv + BN + ReLU (the authors' first block of every stage), else the identity.
+    ``vertical_first``: the 3x1 conv comes before the 1x3 (the authors alternate the order from block to block).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, project: bool, vertical_first: bool) -> None:
         super().__init__()
+        if not project and (stride != 1 or in_chs != out_chs):
+            raise ValueError(f"an identity shortcut needs stride 1 and equal widths, got {in_chs}->{out_chs}/{stride}")
         if stride == 2:
             reduction = 1.0
         elif in_chs > out_chs:
@@ -53,20 +76,19 @@ class SqueezeNextBlock(nn.Module):
             reduction = 0.5
         mid = int(in_chs * reduction)
         squeezed = int(in_chs * reduction * 0.5)
+        self.vertical_first = vertical_first
         self.reduce = ConvBnReLU(in_chs, mid, 1, stride)
         self.squeeze = ConvBnReLU(mid, squeezed, 1)
-        self.conv1x3 = ConvBnReLU(squeezed, mid, (1, 3), padding=(0, 1))
-        self.conv3x1 = ConvBnReLU(mid, mid, (3, 1), padding=(1, 0))
+        self.conv1x3 = ConvBnReLU(mid if vertical_first else squeezed, mid, (1, 3), padding=(0, 1))
+        self.conv3x1 = ConvBnReLU(squeezed if vertical_first else mid, mid, (3, 1), padding=(1, 0))
         self.expand = ConvBnReLU(mid, out_chs, 1)
-        if stride == 1 and in_chs == out_chs:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+        self.shortcut: nn.Module = ConvBnReLU(in_chs, out_chs, 1, stride) if project else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(self.conv3x1(self.conv1x3(self.squeeze(self.reduce(x)))))
-        return self.act(out + self.shortcut(x))
+        out = self.squeeze(self.reduce(x))
+        out = self.conv1x3(self.conv3x1(out)) if self.vertical_first else self.conv3x1(self.conv1x3(out))
+        return self.act(self.expand(out) + self.shortcut(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -74,7 +96,9 @@ class SqueezeNextBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class SqueezeNext(nn.Module):
+class SqueezeNext(PooledLinearClassifier):
+    """SqueezeNext with ``blocks`` per stage and stage widths ``32/64/128/256 x width`` (see the module docstring)."""
+
     def __init__(
         self,
         blocks: tuple[int, int, int, int] = (6, 6, 8, 1),
@@ -86,10 +110,10 @@ class SqueezeNext(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
-        stem_chs = int(64 * width)
+        stem_chs = 64
         self.stem = nn.Sequential(
-            ConvBnReLU(in_chans, stem_chs, 7, 2, 3),
-            nn.MaxPool2d(3, 2, 1),
+            ConvBnReLU(in_chans, stem_chs, 7, 2, 0),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
         )
         stages: list[nn.Module] = []
         prev = stem_chs
@@ -97,11 +121,12 @@ class SqueezeNext(nn.Module):
             chs = int(base * width)
             layers = []
             for i in range(n):
-                layers.append(SqueezeNextBlock(prev, chs, stride if i == 0 else 1))
+                first = i == 0
+                layers.append(SqueezeNextBlock(prev, chs, stride if first else 1, first, i % 2 == 0))
                 prev = chs
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = int(128 * width)
+        self.num_features = self.head_hidden_size = 128
         self.conv_head = ConvBnReLU(prev, self.num_features, 1)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
@@ -111,27 +136,8 @@ class SqueezeNext(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        ref = self.conv_head[0].weight
-        self.num_classes = num_classes
-        self.classifier = self._make_classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
-        self.classifier.train(self.training)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.flatten(self.global_pool(x)))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
