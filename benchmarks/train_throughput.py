@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from carspotter.config import Config, load_config
 from carspotter.data.dataset import CarImages, CarsDataModule
 from carspotter.data.fast import FastCarsDataModule
-from carspotter.data.stanford import prepare
+from carspotter.data.prepare import prepare
 from carspotter.data.synth import synthesize
 from carspotter.data.transforms import TrainTransform
 from carspotter.models import create_model

@@ -43,8 +43,7 @@ def rewrite_first_annotation(mat: Path, field: str, value: str) -> None:
     """Point the first annotation of a Stanford .mat file elsewhere, written with the project's own .mat writer."""
     import scipy.io
 
-    from carspotter.data.stanford import read_struct
-    from carspotter.data.synth import mat_struct
+    from carspotter.data.stanford_mat import mat_struct, read_struct
 
     variables = {k: v for k, v in scipy.io.loadmat(str(mat)).items() if not k.startswith("__")}
     rows = read_struct(mat, "annotations", ())

@@ -22,10 +22,12 @@ from PIL import Image
 from synthetic_support import interrupt_prepare_after
 
 from carspotter.data import parquet, writer
+from carspotter.data.parquet import write_parquet_raw
 from carspotter.data.prepare import prepare
 from carspotter.data.prepared import load_prepared
-from carspotter.data.stanford import read_class_names
-from carspotter.data.synth import StanfordImage, synthesize, write_parquet_raw
+from carspotter.data.raw import StanfordImage
+from carspotter.data.stanford_mat import read_class_names
+from carspotter.data.synth import synthesize
 from carspotter.errors import UserError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -252,7 +254,7 @@ def test_no_card_and_no_metadata_is_refused_unless_class_names_are_given(tmp_pat
 def test_class_names_and_revision_options_belong_to_their_sources(tmp_path: Path) -> None:
     raw = _synth(tmp_path / "raw", "original", archives=False)
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
-    with pytest.raises(UserError, match="--class-names is for the parquet release"):
+    with pytest.raises(UserError, match="--class-names is for the parquet layout"):
         prepare(raw, tmp_path / "out", class_names=tmp_path / "names.txt")
     with pytest.raises(UserError, match="--revision is for hf://"):
         prepare(raw, tmp_path / "out", revision="main")

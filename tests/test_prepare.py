@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,16 @@ import scipy.io
 from PIL import Image
 from synthetic_support import CARSPOTTER, interrupt_prepare_after, rewrite_first_annotation
 
+from carspotter.data import prepare as prepare_module
 from carspotter.data import writer
 from carspotter.data.extract import extract_archive
+from carspotter.data.folders import FOLDERS
 from carspotter.data.prepare import detect_layout, prepare
 from carspotter.data.prepared import COLUMNS, load_prepared, sha256_file
-from carspotter.data.stanford import read_class_names, read_struct
-from carspotter.data.synth import StanfordImage, synthesize, write_stanford_raw
+from carspotter.data.raw import RawDataset, RawImage, RawLayout, StanfordImage
+from carspotter.data.stanford import write_stanford_raw
+from carspotter.data.stanford_mat import read_class_names, read_struct
+from carspotter.data.synth import synthesize
 from carspotter.errors import UserError
 
 
@@ -114,8 +119,39 @@ def test_unknown_layout_lists_what_is_expected(tmp_path: Path) -> None:
         prepare(tmp_path / "raw", tmp_path / "out")
     msg = str(err.value)
     assert "photos.zip" in msg and "cars_annos.mat" in msg and "cars_train" in msg and "\n" not in msg
+    assert f"--layout folders reads {FOLDERS.expects}" in msg  # never detected: its own description says how
     with pytest.raises(UserError, match="unknown layout"):
         detect_layout(tmp_path / "raw", "kaggle")
+    with pytest.raises(UserError, match="did you mean original"):
+        detect_layout(tmp_path / "raw", "orignal")
+
+
+def test_a_layout_plugs_in_through_layouts_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new `RawLayout` in `LAYOUTS` is detected, gets the options it declares, and owns them in the errors."""
+    raw = tmp_path / "raw"
+    (raw / "pics").mkdir(parents=True)
+    Image.new("RGB", (12, 8), "red").save(raw / "pics" / "a.png")
+    seen = {}
+
+    def read(raw: Path, scratch: Path, *, seed: int | None) -> RawDataset:
+        seen["seed"] = seed
+        image = RawImage(split="train", fname="a.png", source=raw / "pics" / "a.png", class_id=0)
+        return RawDataset(layout="pics", classes=["red"], images=[image, replace(image, split="test")])
+
+    def detect(raw: Path) -> list[str]:
+        return [] if (raw / "pics").is_dir() else ["pics/"]
+
+    pics = RawLayout(name="pics", expects="pics/*.png", detect=detect, read=read, options=("seed",))
+    monkeypatch.setattr(prepare_module, "LAYOUTS", (*prepare_module.LAYOUTS, pics))
+    assert prepare(raw, tmp_path / "out", seed=7).counts == {"train": 1, "test": 1} and seen["seed"] == 7
+    with pytest.raises(UserError, match="--class-names is for the parquet layout, not the pics layout"):
+        prepare(raw, tmp_path / "out2", class_names=tmp_path / "names.txt")
+    synth_raw = _synth(tmp_path / "stanford", "updated", archives=False)
+    with pytest.raises(UserError, match="--seed is for --layout folders or the pics layout, not the updated layout"):
+        prepare(synth_raw, tmp_path / "out3", seed=1)
+    monkeypatch.setattr(prepare_module, "LAYOUTS", (*prepare_module.LAYOUTS, pics))
+    with pytest.raises(ValueError, match="'pics' is taken"):
+        detect_layout(raw, "pics")
 
 
 def test_forced_layout_must_match(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from PIL import Image
 from carspotter.config import DataConfig
 from carspotter.data.dataset import CarImages
 from carspotter.data.prepared import stratified_split
-from carspotter.data.transforms import TrainTransform, erase_background
+from carspotter.data.raw import clip_box
+from carspotter.data.transforms import TrainTransform, crop_to_box, erase_background
 
 
 def _box_images(root: Path, n: int) -> pd.DataFrame:
@@ -49,6 +50,38 @@ def test_erase_background_keeps_the_car_in_place() -> None:
     assert out.shape == arr.shape
     assert (out[5:25, 10:30] == 40).all()
     assert (out[:5] == 255).all() and (out[:, 30:] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "box, clipped",
+    [
+        ((10, 5, 30, 25), (10, 5, 30, 25)),  # inside: as it is
+        ((-3, -1, 90, 60), (0, 0, 80, 50)),  # overshooting (real annotations do): clipped to the image
+        ((9.6, 4.4, 30.2, 25.5), (10, 4, 30, 26)),  # rounded to whole pixels
+        ((20, 5, 20, 25), (0, 0, 80, 50)),  # empty: the whole image
+        ((85, 5, 99, 25), (0, 0, 80, 50)),  # nothing of it inside the image: the whole image
+        (None, (0, 0, 80, 50)),  # no box (folders, parquet): the whole image
+    ],
+)
+def test_one_box_rule_for_prepare_crop_and_erase(box: tuple | None, clipped: tuple[int, int, int, int]) -> None:
+    """`prepare` writes boxes through `clip_box`, and crop and erase clip through it too: the same pixels either way."""
+    img = Image.fromarray(np.arange(50 * 80 * 3, dtype=np.uint32).reshape(50, 80, 3).astype(np.uint8))
+    assert clip_box(box, 80, 50) == clipped
+    if box is None:
+        return
+    x1, y1, x2, y2 = clipped
+    assert np.array_equal(np.asarray(crop_to_box(img, box)), np.asarray(img)[y1:y2, x1:x2])
+    erased = np.asarray(erase_background(img, box))
+    assert np.array_equal(erased[y1:y2, x1:x2], np.asarray(img)[y1:y2, x1:x2])
+    assert (erased == 255).sum() >= (erased.size - 3 * (x2 - x1) * (y2 - y1))
+
+
+def test_a_row_without_a_box_is_not_cropped(tmp_path: Path) -> None:
+    frame = _box_images(tmp_path, 2)
+    frame.loc[frame.index[0], ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]] = np.nan
+    cfg = DataConfig(path=tmp_path, image_size=(90, 120), crop_to_bbox=True, normalize=False)
+    x, _ = CarImages(tmp_path, frame, TrainTransform(cfg))[0]
+    assert x.min() < 0.01 and x.max() > 0.99  # the whole image: black around the white box
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint() -> None:

@@ -24,16 +24,15 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from carspotter.data.prepared import CACHE_DIR, PreparedDataset
+from carspotter.data.prepared import CACHE_DIR, PreparedDataset, split_boxes
 from carspotter.data.transforms import crop_to_box, erase_background
 from carspotter.errors import UserError
 from carspotter.preprocessing import Preprocessing, open_image, resize_image
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one box rule (`raw.clip_box`): a box empty after clipping is the whole image
 BoxMode = Literal["none", "crop", "erase"]
-_BOX_COLUMNS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def _build(
     workers: int,
     progress: bool,
 ) -> None:
-    boxes = frame[_BOX_COLUMNS].replace("", np.nan).astype(float).to_numpy()
+    boxes = split_boxes(frame)
     fnames = frame["fname"].astype(str).tolist()
     tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)

@@ -17,14 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from carspotter.config import DataConfig
 from carspotter.data.epochs import EpochOrder, EpochSampler, IteratedAtFirstBatch
-from carspotter.data.prepared import PreparedDataset, load_prepared, stratified_split
+from carspotter.data.prepared import PreparedDataset, load_prepared, split_boxes, stratified_split
 from carspotter.data.transforms import EvalTransform, ImageTransform, TrainTransform, preprocessing_from_config
 from carspotter.errors import UserError
 from carspotter.preprocessing import open_image
 
 log = logging.getLogger(__name__)
 
-BOX_COLUMNS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
 
 
 class CarImages(Dataset):
@@ -45,7 +44,8 @@ class CarImages(Dataset):
         that seed alone, whichever worker runs it)."""
         idx, seed = key if isinstance(key, tuple) else (key, None)
         img = open_image(self.root / self.fnames[idx])
-        box = None if self.boxes is None else tuple(self.boxes[idx])
+        row = None if self.boxes is None else self.boxes[idx]
+        box = None if row is None or np.isnan(row).any() else tuple(row)  # no box: the whole image, as in the cache
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -53,7 +53,7 @@ class CarImages(Dataset):
 
 
 def _boxes(frame: pd.DataFrame) -> np.ndarray | None:
-    values = frame[BOX_COLUMNS].replace("", np.nan).astype(float).to_numpy()
+    values = split_boxes(frame)
     return None if np.isnan(values).all() else values
 
 

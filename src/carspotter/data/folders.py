@@ -306,18 +306,32 @@ def _place_presplit(files: list[_File], hashes: dict[str, str], report: FoldersR
     return placed
 
 
-def folders_layout(test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = DEFAULT_SEED) -> RawLayout:
-    """The layout with its split options bound (what `prepare` uses for ``layout="folders"``)."""
-
-    def read(raw: Path, scratch: Path) -> RawDataset:
-        return read_folders(raw, scratch, test_fraction=test_fraction, seed=seed)
-
-    return RawLayout(
-        name=NAME,
-        expects="RAW/<class name>/<images> or RAW/train/<class name>/ and RAW/test/<class name>/",
-        detect=detect,
-        read=read,
+def read_folders_with_defaults(
+    raw: Path, scratch: Path, *, test_fraction: float | None = None, seed: int | None = None
+) -> RawDataset:
+    """`read_folders` as `prepare` calls it: an option not given (None) takes its default, and a user's own split is
+    kept, with a warning when split options were given anyway."""
+    dataset = read_folders(
+        raw,
+        scratch,
+        test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+        seed=DEFAULT_SEED if seed is None else seed,
     )
+    if dataset.details["folders"]["presplit"] and (test_fraction is not None or seed is not None):
+        dataset.details["warnings"].append(
+            "--test-fraction and --seed were not used: RAW has its own train/ and test/ split, which is kept"
+        )
+    return dataset
 
 
-FOLDERS = folders_layout()
+FOLDERS = RawLayout(
+    name=NAME,
+    expects=(
+        "your own photos, one folder per class: RAW/<class name>/<images> "
+        "(or RAW/train/<class name>/ and RAW/test/<class name>/)"
+    ),
+    detect=detect,
+    read=read_folders_with_defaults,
+    options=("test_fraction", "seed"),
+    detected=False,  # almost any folder of images passes for one folder per class: only when asked for by name
+)

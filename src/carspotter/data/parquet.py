@@ -8,21 +8,22 @@ them when neither is there.
 
 The files are read with pyarrow a few rows at a time, and each image's bytes are written to the scratch folder, so
 a 2 GB release never sits in memory. A shard unpacked by an interrupted run is reused (its stamp lists the rows).
-There are no boxes: each image's box is the whole image.
+There are no boxes: each image's box is the whole image. `write_parquet_raw` writes such a release (shards, schema
+metadata, card) from images and labels: `synth` and the tests make parquet datasets with it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from carspotter.data.raw import RawDataset, RawImage, RawLayout
+from carspotter.data.raw import RawDataset, RawImage, RawLayout, StanfordImage
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -294,14 +295,103 @@ def read_parquet(raw: Path, scratch: Path, *, class_names: Path | None = None) -
     return RawDataset(layout=NAME, classes=classes, images=images, details=details)
 
 
-def parquet_layout(class_names: Path | None = None) -> RawLayout:
-    """The layout with ``--class-names`` bound (what `prepare` uses for the parquet release)."""
-    return RawLayout(
-        name=NAME,
-        expects="data/train-*.parquet and data/test-*.parquet (image {bytes, path}, label) and README.md",
-        detect=detect,
-        read=functools.partial(read_parquet, class_names=class_names),
+PARQUET = RawLayout(
+    name=NAME,
+    expects="data/train-*.parquet and data/test-*.parquet (image {bytes, path}, label) and README.md",
+    detect=detect,
+    read=read_parquet,
+    options=("class_names",),
+)
+
+
+# ------------------------------------------------------------------------------------------- writing (synth, tests)
+
+
+def _card(class_names: list[str], counts: dict[str, int]) -> str:
+    """A dataset card whose YAML header is what the Hub's Stanford Cars repositories carry."""
+    import yaml
+
+    header = {
+        "dataset_info": {
+            "features": [
+                {"name": IMAGE_COLUMN, "dtype": "image"},
+                {
+                    "name": LABEL_COLUMN,
+                    "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(class_names)}}},
+                },
+            ],
+            "splits": [{"name": s, "num_examples": n} for s, n in counts.items()],
+        },
+        "configs": [{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in counts]}],
+    }
+    body = "# Synthetic Stanford Cars\n\nProcedurally drawn cars written by `carspotter synth --layout parquet`.\n"
+    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{body}"
+
+
+def write_parquet_raw(
+    out: Path,
+    *,
+    class_names: list[str],
+    images: Iterable[StanfordImage],
+    rows_per_shard: int = 1000,
+    rows_per_group: int = 100,
+    card: bool = True,
+) -> dict[str, int]:
+    """Write the Hugging Face parquet release into the existing folder ``out``: ``data/{split}-0000k-of-0000n.parquet``
+    (``image`` {bytes, path}, ``label``; ``rows_per_group`` rows per row group, as `datasets` writes image data) and,
+    with ``card``, ``README.md`` and the ``huggingface`` schema metadata naming the classes. Returns split counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {IMAGE_COLUMN: {"_type": "Image"}, LABEL_COLUMN: {"names": class_names, "_type": "ClassLabel"}}
+    schema = pa.schema(
+        [
+            pa.field(IMAGE_COLUMN, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            pa.field(LABEL_COLUMN, pa.int64()),
+        ],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})} if card else None,
     )
+    data = Path(out) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    counts = {s: 0 for s in SPLITS}
+    shards: dict[str, list[Path]] = {s: [] for s in SPLITS}
+    writers: dict[str, pq.ParquetWriter] = {}
+    pending: dict[str, list[StanfordImage]] = {s: [] for s in SPLITS}
 
+    def flush(split: str) -> None:
+        rows = pending[split]
+        if not rows:
+            return
+        start = counts[split] - len(rows)
+        table = pa.table(
+            {
+                IMAGE_COLUMN: [
+                    {"bytes": r.data, "path": r.name or f"{start + j + 1:05d}.jpg"} for j, r in enumerate(rows)
+                ],
+                LABEL_COLUMN: [r.class_id for r in rows],
+            },
+            schema=schema,
+        )
+        writers[split].write_table(table, row_group_size=rows_per_group)
+        rows.clear()
 
-PARQUET = parquet_layout()
+    for img in images:
+        split = "test" if img.test else "train"
+        if counts[split] % rows_per_shard == 0:
+            flush(split)
+            if split in writers:
+                writers[split].close()
+            shards[split].append(data / f"{split}-{len(shards[split]):05d}.partial")
+            writers[split] = pq.ParquetWriter(shards[split][-1], schema)
+        pending[split].append(img)
+        counts[split] += 1
+        if len(pending[split]) == rows_per_group:
+            flush(split)
+    for split, writer in writers.items():
+        flush(split)
+        writer.close()
+        for k, path in enumerate(shards[split]):
+            path.rename(data / f"{split}-{k:05d}-of-{len(shards[split]):05d}.parquet")
+    if card:
+        (Path(out) / CARD).write_text(_card(class_names, counts))
+    return counts

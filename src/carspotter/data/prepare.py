@@ -1,13 +1,17 @@
 """`carspotter prepare RAW OUT`: detect the raw layout, read it, write the prepared folder.
 
-A new raw layout is a `RawLayout` added to `LAYOUTS` (detected) or `NAMED_LAYOUTS` (only when asked for by
-name, like ``folders``: almost any folder of images would pass for one folder per class).
+Every raw layout plugs in the same way: a `RawLayout` (see `carspotter.data.raw`) in `LAYOUTS`. Nothing here knows a
+layout by name: ``layout="auto"`` tries the layouts marked ``detected`` in order, each layout gets exactly the options
+it declares, an option given for a layout that does not take it is refused, and the errors quote the layouts' own
+``expects``.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
+from typing import Any
 
 from carspotter.data import folders, hub, parquet, stanford
 from carspotter.data.raw import RawLayout
@@ -17,18 +21,44 @@ from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
-# Detection order: the first layout whose files are all present wins ("updated" is the thesis's release).
-LAYOUTS: tuple[RawLayout, ...] = (stanford.UPDATED, stanford.ORIGINAL, parquet.PARQUET)
-NAMED_LAYOUTS: tuple[RawLayout, ...] = (folders.FOLDERS,)
+# Every layout, in detection order: the first detected layout whose files are all present wins ("updated" is the
+# thesis's release). `folders` is never detected (almost any folder of images would pass): only when named.
+LAYOUTS: tuple[RawLayout, ...] = (stanford.UPDATED, stanford.ORIGINAL, parquet.PARQUET, folders.FOLDERS)
+# The layout-specific options of `prepare` (a layout declares the ones it takes in `RawLayout.options`) as typed.
+_FLAGS = {"test_fraction": "--test-fraction", "seed": "--seed", "class_names": "--class-names"}
+
+
+def _layouts_by_name() -> dict[str, RawLayout]:
+    by_name: dict[str, RawLayout] = {}
+    for lay in LAYOUTS:
+        if lay.name in by_name or lay.name == "auto":
+            raise ValueError(f"layout name {lay.name!r} is taken")
+        unknown = set(lay.options) - set(_FLAGS)
+        if unknown:
+            raise ValueError(f"layout {lay.name!r} declares options prepare does not have: {sorted(unknown)}")
+        by_name[lay.name] = lay
+    return by_name
+
+
+def list_layouts() -> list[str]:
+    """The layout names `prepare` accepts (besides ``auto``), in detection order."""
+    return list(_layouts_by_name())
+
+
+def get_layout(name: str) -> RawLayout:
+    """The layout called ``name``; an unknown name is a `UserError` naming the close matches and every layout."""
+    by_name = _layouts_by_name()
+    if name in by_name:
+        return by_name[name]
+    close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise UserError(f"unknown layout {name!r}{hint}; choose auto or one of {', '.join(by_name)}")
 
 
 def detect_layout(raw: Path, layout: str = "auto") -> RawLayout:
     """The layout of RAW (or check the one asked for); a `UserError` says what was found and what is expected."""
     raw = Path(raw)
-    by_name = {lay.name: lay for lay in (*LAYOUTS, *NAMED_LAYOUTS)}
-    if layout != "auto" and layout not in by_name:
-        raise UserError(f"unknown layout {layout!r}; choose auto or one of {', '.join(by_name)}")
-    candidates = LAYOUTS if layout == "auto" else (by_name[layout],)
+    candidates = [lay for lay in LAYOUTS if lay.detected] if layout == "auto" else [get_layout(layout)]
     missing = {}
     for lay in candidates:
         lacks = lay.detect(raw)
@@ -39,10 +69,29 @@ def detect_layout(raw: Path, layout: str = "auto") -> RawLayout:
     found = sorted(p.name + ("/" if p.is_dir() else "") for p in raw.iterdir() if not p.name.startswith("."))
     shown = ", ".join(found[:12]) + (" ..." if len(found) > 12 else "") if found else "nothing"
     lacking = "; ".join(f"{name} layout lacks {', '.join(lacks)}" for name, lacks in missing.items())
+    if layout != "auto":
+        raise UserError(
+            f"{raw}: not the {layout} layout (found {shown}; {lacking}); it expects {candidates[0].expects}"
+        )
+    named_only = "".join(f"; --layout {lay.name} reads {lay.expects}" for lay in LAYOUTS if not lay.detected)
     raise UserError(
-        f"{raw}: not a known raw dataset layout (found {shown}; {lacking}); see `carspotter prepare --help` "
-        "(your own photos in one folder per class: --layout folders)"
+        f"{raw}: not a known raw dataset layout (found {shown}; {lacking}); see `carspotter prepare --help`{named_only}"
     )
+
+
+def _layout_options(raw: Path, layout: RawLayout, options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``layout`` takes (None: not given); one given for a layout that does not take it is refused."""
+    foreign = [name for name, value in options.items() if value is not None and name not in layout.options]
+    if foreign:
+        flags = " and ".join(_FLAGS[name] for name in foreign)
+        owners = [lay for lay in LAYOUTS if set(foreign) & set(lay.options)]
+        takers = " or ".join(f"the {o.name} layout" if o.detected else f"--layout {o.name}" for o in owners)
+        one = len(foreign) == 1
+        raise UserError(
+            f"{raw}: {flags} {'is' if one else 'are'} for {takers}, not the {layout.name} layout; "
+            f"leave {'it' if one else 'them'} out"
+        )
+    return {name: options[name] for name in layout.options}
 
 
 def prepare(
@@ -81,24 +130,14 @@ def prepare(
     if finished is not None:
         return finished
     chosen = detect_layout(raw, layout)
-    if chosen.name == folders.NAME:  # the only layout that draws its own split
-        chosen = folders.folders_layout(
-            test_fraction=folders.DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
-            seed=folders.DEFAULT_SEED if seed is None else seed,
-        )
-    elif test_fraction is not None or seed is not None:
-        raise UserError(f"{raw}: --test-fraction and --seed are for --layout folders; Stanford Cars comes split")
-    if chosen.name == parquet.NAME:
-        chosen = parquet.parquet_layout(None if class_names is None else Path(class_names))
-    elif class_names is not None:
-        raise UserError(f"{raw}: --class-names is for the parquet release; the {chosen.name} layout names its classes")
-    dataset = chosen.read(raw, scratch_dir(out))
+    given = {
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "class_names": None if class_names is None else Path(class_names),
+    }
+    dataset = chosen.read(raw, scratch_dir(out), **_layout_options(raw, chosen, given))
     if fetched is not None:
         dataset.details["hub"] = fetched
-    if dataset.details.get("folders", {}).get("presplit") and (test_fraction is not None or seed is not None):
-        dataset.details.setdefault("warnings", []).append(
-            "--test-fraction and --seed were not used: RAW has its own train/ and test/ split, which is kept"
-        )
     report = write_prepared(out, dataset, raw=raw)
     n = report.counts
     log.debug("prepared %s: %s train, %s test images, %d classes", out, n["train"], n["test"], report.num_classes)

@@ -27,7 +27,8 @@ CACHE_DIR = ".cache"  # the fast pipeline's decoded images (carspotter.data.cach
 FORMAT_NAME = "carspotter-prepared"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
-COLUMNS = ["fname", "class_id", "class_name", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "width", "height"]
+BOX_COLUMNS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
+COLUMNS = ["fname", "class_id", "class_name", *BOX_COLUMNS, "width", "height"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         held.extend(idx[:n_held].tolist())
         keep.extend(idx[n_held:].tolist())
     return np.sort(np.asarray(keep, dtype=np.int64)), np.sort(np.asarray(held, dtype=np.int64))
+
+
+def split_boxes(frame: pd.DataFrame) -> np.ndarray:
+    """A split's boxes as N×4 floats (PIL box: x1, y1, x2, y2); NaN where a row has none."""
+    return frame[BOX_COLUMNS].replace("", np.nan).astype(float).to_numpy()

@@ -1,13 +1,18 @@
-"""What a raw-dataset layout reader hands to the prepared-folder writer.
+"""What a raw-dataset layout reader hands to the prepared-folder writer, and the box rule every step shares.
 
-Every layout (`updated` and `original` Stanford Cars in `stanford.py`; one folder per class later) is a `RawLayout`:
-``detect`` says what it is missing in a RAW folder, ``read`` lists the images with their labels. Nothing here knows
-about a particular layout, so a new one plugs in by adding its `RawLayout` to `prepare.LAYOUTS`.
+Every layout (`updated` and `original` Stanford Cars in `stanford.py`, the Hugging Face parquet release in
+`parquet.py`, one folder per class in `folders.py`) is a `RawLayout`: ``detect`` says what it is missing in a RAW
+folder, ``read`` lists the images with their labels, ``expects`` describes its files for error messages, ``options``
+names the `prepare` options it takes and ``detected`` whether ``layout="auto"`` tries it. Nothing here or in
+`prepare` knows about a particular layout, so a new one plugs in by adding its `RawLayout` to `prepare.LAYOUTS`.
+
+`StanfordImage` goes the other way: an image and its labels for the writers that make a raw dataset
+(`stanford.write_stanford_raw`, `parquet.write_parquet_raw`), which `synth` and the tests use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,7 +45,36 @@ class RawLayout:
     name: str
     expects: str  # one line: the files this layout needs, for error messages
     detect: Callable[[Path], list[str]]  # RAW -> what is missing (empty: RAW has this layout)
-    read: Callable[[Path, Path], RawDataset]  # (RAW, scratch folder for extracted archives) -> the images
+    # (RAW, scratch folder for extracted archives, **options) -> the images; every option in ``options`` is passed,
+    # None when the user did not give it (the layout's default applies)
+    read: Callable[..., RawDataset]
+    options: tuple[str, ...] = ()  # the `prepare` options only this layout takes, e.g. ("test_fraction", "seed")
+    detected: bool = True  # tried by layout="auto"; False: only when named (e.g. almost any folder has class folders)
+
+
+@dataclass(frozen=True)
+class StanfordImage:
+    """One image to write into a raw layout (`stanford.write_stanford_raw`, `parquet.write_parquet_raw`)."""
+
+    data: bytes  # the encoded image file (JPEG)
+    class_id: int  # 0-based
+    test: bool
+    bbox: tuple[int, int, int, int]  # MATLAB 1-based inclusive (x1, y1, x2, y2), as in the .mat files
+    name: str | None = None  # file name to use (e.g. "00063.jpg"); default: numbered like the real release
+
+
+def clip_box(box: Sequence[float] | None, width: int, height: int) -> tuple[int, int, int, int]:
+    """The one box rule, used by `prepare` and by the crop and erase transforms: a PIL box (0-based, right/bottom
+    exclusive; rounded to whole pixels) clipped to the image; a missing box, or one with nothing left inside the image
+    after clipping, is the whole image (a box that misses the car entirely says nothing about where it is)."""
+    if box is None:
+        return 0, 0, width, height
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, x2 = max(0, min(x1, width)), max(0, min(x2, width))
+    y1, y2 = max(0, min(y1, height)), max(0, min(y2, height))
+    if x2 <= x1 or y2 <= y1:
+        return 0, 0, width, height
+    return x1, y1, x2, y2
 
 
 def lies_inside(path: Path, root: Path) -> bool:

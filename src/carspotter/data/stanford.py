@@ -7,24 +7,35 @@
   ``cars_train/cars_train/``), ``devkit/`` or ``car_devkit.tgz`` with ``cars_meta.mat`` and
   ``cars_train_annos.mat``, and ``cars_test_annos_withlabels.mat`` at the top or in ``devkit/``.
 
-Boxes in the ``.mat`` files are MATLAB's 1-based inclusive pixel coordinates; they become PIL boxes here.
+The ``.mat`` files are read (and, for `write_stanford_raw`, written) through `carspotter.data.stanford_mat`; their
+boxes, MATLAB's 1-based inclusive pixel coordinates, become PIL boxes here. `write_stanford_raw` writes either release
+file for file (names, archives, nesting) from images and labels: `synth` and the tests make raw datasets with it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import io
 import logging
 import os
+import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import numpy as np
-import scipy.io
 
 from carspotter.data.extract import archive_names, extract_archive
-from carspotter.data.raw import RawDataset, RawImage, RawLayout, escapes, listed
-from carspotter.data.writer import PrepareReport
+from carspotter.data.raw import RawDataset, RawImage, RawLayout, StanfordImage, escapes, listed
+from carspotter.data.stanford_mat import (
+    LABELLED_FIELDS,
+    UNLABELLED_FIELDS,
+    UPDATED_FIELDS,
+    Annotation,
+    mat_bytes,
+    pil_box,
+    read_annotations,
+    read_class_names,
+)
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,76 +46,16 @@ log = logging.getLogger(__name__)
 _ROOT_DEPTH = 1
 _SEARCH_DEPTH = 2
 _TEST_LABELS = "cars_test_annos_withlabels*.mat"  # Kaggle ships "cars_test_annos_withlabels (1).mat"
-_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 _IMAGE_DIRS = frozenset({"car_ims", "cars_train", "cars_test"})
 
 
-# ---------------------------------------------------------------------------------------------------------- .mat
+# ------------------------------------------------------------------------------------------------- annotations
 
 
-def load_mat(path: Path) -> dict[str, Any]:
-    try:
-        return scipy.io.loadmat(str(path))
-    except (ValueError, OSError, TypeError, NotImplementedError, KeyError) as exc:
-        raise UserError(f"{path}: not a readable MATLAB .mat file ({exc}); download it again") from None
-
-
-def _scalar(value: Any) -> Any:
-    """A loadmat struct field (a 1×1 number array or a 1-element string array) as a Python int or str."""
-    arr = np.asarray(value)
-    while arr.dtype == object and arr.size == 1:
-        arr = np.asarray(arr.ravel()[0])
-    if arr.dtype.kind in "US":
-        return str(arr.ravel()[0]).strip() if arr.size else ""
-    if arr.size != 1:
-        raise ValueError(f"expected one value, got shape {arr.shape}")
-    return arr.ravel()[0].item()
-
-
-def read_struct(path: Path, key: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The rows of the struct array ``key`` in a .mat file, each a dict of Python ints/strs."""
-    mat = load_mat(path)
-    if key not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__")) or "nothing"
-        raise UserError(f"{path}: no '{key}' in this .mat file (it holds {found}); is this the right file?")
-    arr = mat[key]
-    names = arr.dtype.names or ()
-    lacking = [f for f in required if f not in names]
-    if lacking:
-        raise UserError(
-            f"{path}: '{key}' lacks the field(s) {', '.join(lacking)} (has {', '.join(names) or 'none'}); "
-            "is this the right file?"
-        )
-    rows = []
-    for i, item in enumerate(arr.ravel()):
-        try:
-            rows.append({f: _scalar(item[f]) for f in names})
-        except (ValueError, IndexError) as exc:
-            raise UserError(f"{path}: '{key}' entry {i + 1} is malformed ({exc})") from None
-    return rows
-
-
-def read_class_names(path: Path) -> list[str]:
-    """The ``class_names`` cell of ``cars_meta.mat`` (or ``cars_annos.mat``): class id i (1-based) is entry i-1."""
-    mat = load_mat(path)
-    if "class_names" not in mat:
-        raise UserError(f"{path}: no 'class_names' in this .mat file; is this the devkit's cars_meta.mat?")
-    names = [str(_scalar(v)) for v in np.asarray(mat["class_names"]).ravel()]
-    if not names:
-        raise UserError(f"{path}: 'class_names' is empty")
-    return names
-
-
-def _box(row: dict[str, Any]) -> tuple[int, int, int, int]:
-    """MATLAB 1-based inclusive (x1, y1, x2, y2) -> PIL box (0-based, right/bottom exclusive)."""
-    x1, y1, x2, y2 = (int(row[f]) for f in _BOX_FIELDS)
-    return x1 - 1, y1 - 1, x2, y2
-
-
-def _refuse_escaping(path: Path, field: str, rows: list[dict[str, Any]]) -> None:
+def _refuse_escaping(path: Path, field: str, annotations: list[Annotation]) -> None:
     """Refuse annotations whose image path is absolute or climbs out with ``..``: nothing outside the image folder
     may be read, copied or moved, so the whole file is refused before any image is touched."""
-    bad = [str(row[field]) for row in rows if escapes(str(row[field]))]
+    bad = [str(getattr(a, field)) for a in annotations if escapes(str(getattr(a, field)))]
     if bad:
         raise UserError(
             f"{path}: refusing to prepare: {len(bad)} annotation(s) have a {field} leading outside the image folder "
@@ -113,9 +64,9 @@ def _refuse_escaping(path: Path, field: str, rows: list[dict[str, Any]]) -> None
         )
 
 
-def _class_index(row: dict[str, Any], num_classes: int, path: Path, what: str) -> int:
-    cls = int(row["class"])
-    if not 1 <= cls <= num_classes:
+def _class_index(annotation: Annotation, num_classes: int, path: Path, what: str) -> int:
+    cls = annotation.cls
+    if cls is None or not 1 <= cls <= num_classes:
         raise UserError(f"{path}: {what} has class {cls}, outside 1..{num_classes}; annotations and class names differ")
     return cls - 1
 
@@ -251,8 +202,8 @@ def read_updated(raw: Path, scratch: Path) -> RawDataset:
     annos_path = None if folder is None else folder.find("cars_annos.mat")
     if folder is None or annos_path is None:
         raise UserError(f"{raw}: no cars_annos.mat; the updated release needs it next to car_ims.tgz")
-    rows = read_struct(annos_path, "annotations", ("relative_im_path", *_BOX_FIELDS, "class", "test"))
-    _refuse_escaping(annos_path, "relative_im_path", rows)
+    annotations = read_annotations(annos_path, UPDATED_FIELDS)
+    _refuse_escaping(annos_path, "relative_im_path", annotations)
     meta = _devkit_file(folder, "cars_meta.mat", scratch)
     if meta is not None:
         classes = read_class_names(meta[0])
@@ -263,17 +214,17 @@ def read_updated(raw: Path, scratch: Path) -> RawDataset:
         log.info("no cars_meta.mat (car_devkit.tgz or devkit/) found; using the class names in %s", annos_path)
     images_dir, movable, images_from = _images_folder(folder, "car_ims", scratch)
     images = []
-    for i, row in enumerate(rows):
-        rel = PurePosixPath(str(row["relative_im_path"]).replace("\\", "/"))
+    for i, ann in enumerate(annotations):
+        rel = PurePosixPath(str(ann.relative_im_path).replace("\\", "/"))
         inside = PurePosixPath(*rel.parts[1:]) if len(rel.parts) > 1 and rel.parts[0] == "car_ims" else rel
-        split = "test" if int(row["test"]) else "train"
+        split = "test" if ann.test else "train"
         images.append(
             RawImage(
                 split=split,
                 fname=rel.name,
                 source=images_dir / inside,
-                class_id=_class_index(row, len(classes), annos_path, f"annotation {i + 1} ({rel})"),
-                bbox=_box(row),
+                class_id=_class_index(ann, len(classes), annos_path, f"annotation {i + 1} ({rel})"),
+                bbox=pil_box(ann.bbox),
                 name=str(rel),
                 movable=movable,
             )
@@ -329,20 +280,20 @@ def read_original(raw: Path, scratch: Path) -> RawDataset:
     used = {"class_names": named["meta"]}
     for split, annos_key in (("train", "train"), ("test", "test")):
         annos = found[annos_key]
-        rows = read_struct(annos, "annotations", (*_BOX_FIELDS, "class", "fname"))
-        _refuse_escaping(annos, "fname", rows)
+        annotations = read_annotations(annos, LABELLED_FIELDS)
+        _refuse_escaping(annos, "fname", annotations)
         images_dir, movable, images_from = _images_folder(folder, f"cars_{split}", scratch)
         used[f"{split}_annotations"] = named[annos_key]
         used[f"{split}_images"] = images_from
-        for i, row in enumerate(rows):
-            fname = PurePosixPath(str(row["fname"]).replace("\\", "/")).name
+        for i, ann in enumerate(annotations):
+            fname = PurePosixPath(str(ann.fname).replace("\\", "/")).name
             images.append(
                 RawImage(
                     split=split,
                     fname=fname,
                     source=images_dir / fname,
-                    class_id=_class_index(row, len(classes), annos, f"annotation {i + 1} ({fname})"),
-                    bbox=_box(row),
+                    class_id=_class_index(ann, len(classes), annos, f"annotation {i + 1} ({fname})"),
+                    bbox=pil_box(ann.bbox),
                     name=f"cars_{split}/{fname}",
                     movable=movable,
                 )
@@ -367,8 +318,95 @@ ORIGINAL = RawLayout(
 )
 
 
-def prepare(raw: str | Path, out: str | Path, *, layout: str = "auto", overwrite: bool = False) -> PrepareReport:
-    """`carspotter.data.prepare.prepare`, reachable from here too (the layouts' dispatcher imports this module)."""
-    from carspotter.data.prepare import prepare as _prepare
+# ------------------------------------------------------------------------------------------- writing (synth, tests)
 
-    return _prepare(raw, out, layout=layout, overwrite=overwrite)
+
+LAYOUT_NAMES = (UPDATED.name, ORIGINAL.name)
+_ARCHIVE_MTIME = 1356998400  # 2013-01-01, fixed: the same images give the same archive bytes
+
+
+class _Sink:
+    """Writes files either into folders or into ``.tgz`` archives (deterministic bytes: fixed mtimes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.archives: dict[str, list[tuple[str, bytes]]] = {}
+
+    def add(self, rel: str, data: bytes, archive: str | None = None) -> None:
+        if archive is None:
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        else:
+            self.archives.setdefault(archive, []).append((rel, data))
+
+    def close(self) -> None:
+        for name, members in self.archives.items():
+            with open(self.root / name, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                    dirs: set[str] = set()
+                    for rel, data in members:
+                        parts = rel.split("/")
+                        for depth in range(1, len(parts)):
+                            d = "/".join(parts[:depth])
+                            if d not in dirs:
+                                dirs.add(d)
+                                info = tarfile.TarInfo(d)
+                                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, _ARCHIVE_MTIME
+                                tar.addfile(info)
+                        info = tarfile.TarInfo(rel)
+                        info.size, info.mode, info.mtime = len(data), 0o644, _ARCHIVE_MTIME
+                        tar.addfile(info, io.BytesIO(data))
+
+
+def write_stanford_raw(
+    out: Path,
+    *,
+    layout: str,
+    class_names: list[str],
+    images: Iterable[StanfordImage],
+    archives: bool = True,
+    nested: bool = False,
+    test_labels_in_devkit: bool = False,
+) -> dict[str, int]:
+    """Write a raw Stanford Cars dataset (``updated`` or ``original`` release) into the existing folder ``out``.
+
+    ``nested`` mimics the Kaggle mirrors' ``cars_train/cars_train/`` (original layout); ``test_labels_in_devkit``
+    puts ``cars_test_annos_withlabels.mat`` into ``devkit/`` instead of next to it. Returns the split counts.
+    """
+    if layout not in LAYOUT_NAMES:
+        raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_NAMES)}")
+    out = Path(out)
+    sink = _Sink(out)
+    devkit = "car_devkit.tgz" if archives else None
+    counts = {"train": 0, "test": 0}
+    if layout == "updated":
+        annotations = []
+        for i, img in enumerate(images, start=1):
+            rel = f"car_ims/{img.name or f'{i:06d}.jpg'}"
+            sink.add(rel, img.data, "car_ims.tgz" if archives else None)
+            annotations.append(Annotation(img.bbox, img.class_id + 1, relative_im_path=rel, test=img.test))
+            counts["test" if img.test else "train"] += 1
+        annos = mat_bytes(annotations=annotations, fields=UPDATED_FIELDS, class_names=class_names)
+        (out / "cars_annos.mat").write_bytes(annos)
+        sink.add("devkit/cars_meta.mat", mat_bytes(class_names=class_names), devkit)
+    else:
+        split_annotations: dict[str, list[Annotation]] = {"train": [], "test": []}
+        for img in images:
+            split = "test" if img.test else "train"
+            counts[split] += 1
+            fname = img.name or f"{counts[split]:05d}.jpg"
+            folder = f"cars_{split}/cars_{split}" if nested else f"cars_{split}"
+            sink.add(f"{folder}/{fname}", img.data, f"cars_{split}.tgz" if archives else None)
+            split_annotations[split].append(Annotation(img.bbox, img.class_id + 1, fname=fname))
+        train, test = split_annotations["train"], split_annotations["test"]
+        sink.add("devkit/cars_meta.mat", mat_bytes(class_names=class_names), devkit)
+        sink.add("devkit/cars_train_annos.mat", mat_bytes(annotations=train, fields=LABELLED_FIELDS), devkit)
+        sink.add("devkit/cars_test_annos.mat", mat_bytes(annotations=test, fields=UNLABELLED_FIELDS), devkit)
+        labels = mat_bytes(annotations=test, fields=LABELLED_FIELDS)
+        if test_labels_in_devkit:
+            sink.add("devkit/cars_test_annos_withlabels.mat", labels, devkit)
+        else:
+            (out / "cars_test_annos_withlabels.mat").write_bytes(labels)
+    sink.close()
+    return counts

@@ -1,7 +1,9 @@
 """`carspotter synth`: a synthetic raw Stanford Cars dataset, file for file like the real downloads.
 
-The demo and the tests run on it, so `prepare` reads it through exactly the code path a real download takes: same
-file names, same ``.mat`` struct layouts (as `scipy.io.loadmat` returns them from the genuine files), same archives.
+The demo and the tests run on it, so `prepare` reads it through exactly the code path a real download takes. This
+module only draws the cars (like torchvision's ``FakeData``, but learnable); the layouts' own modules write them out:
+`stanford.write_stanford_raw` (same file names, ``.mat`` files through `stanford_mat`, same archives) and
+`parquet.write_parquet_raw` (the Hugging Face release).
 
 Images are procedurally drawn car-like objects. A class fixes a colour family, a body type (silhouette), a wheel
 count, a window layout and proportions; every image then varies colour, size, aspect, position, direction,
@@ -12,261 +14,28 @@ at 64×64 still learns them.
 from __future__ import annotations
 
 import colorsys
-import gzip
 import io
-import json
 import logging
 import math
 import os
 import shutil
-import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.io
-import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
+from carspotter.data import parquet, stanford
+from carspotter.data.raw import StanfordImage
 from carspotter.errors import UserError
 
 log = logging.getLogger(__name__)
 
-STANFORD_LAYOUTS = ("updated", "original")
-LAYOUT_CHOICES = (*STANFORD_LAYOUTS, "parquet")  # parquet: the Hugging Face release (data/train-*.parquet, card)
+LAYOUT_CHOICES = (*stanford.LAYOUT_NAMES, parquet.NAME)  # parquet: the Hugging Face release (data/*.parquet, card)
 _MAKES = ("Synthmotors", "Pixelwagen", "Voxela", "Rasterra", "Bitline", "Kernelford", "Tensora")
 _MODELS = ("Aurora", "Vega", "Orbit", "Comet", "Zephyr", "Nimbus", "Pulsar", "Quasar", "Nova", "Halo")
 _BODIES = ("Sedan", "Coupe", "SUV", "Hatchback", "Van", "Pickup", "Wagon", "Convertible")
-
-
-# --------------------------------------------------------------------------------------------- .mat and archives
-
-
-@dataclass(frozen=True)
-class StanfordImage:
-    """One image to write into a raw Stanford Cars layout."""
-
-    data: bytes  # the encoded image file (JPEG)
-    class_id: int  # 0-based
-    test: bool
-    bbox: tuple[int, int, int, int]  # MATLAB 1-based inclusive (x1, y1, x2, y2), as in the .mat files
-    name: str | None = None  # file name to use (e.g. "00063.jpg"); default: numbered like the real release
-
-
-def _mat_int(value: int) -> np.ndarray:
-    """A 1×1 unsigned array of the smallest type, as MATLAB saved the genuine annotation files."""
-    value = int(value)
-    dtype = np.uint8 if 0 <= value < 256 else np.uint16 if 0 <= value < 65536 else np.int32
-    return np.array([[value]], dtype=dtype)
-
-
-def mat_struct(rows: list[dict[str, object]], fields: tuple[str, ...]) -> np.ndarray:
-    """A 1×N MATLAB struct array (numpy object record array) with ints as 1×1 arrays and strs as char arrays."""
-    arr = np.empty((1, len(rows)), dtype=[(f, object) for f in fields])
-    for i, row in enumerate(rows):
-        for f in fields:
-            v = row[f]
-            arr[0, i][f] = str(v) if isinstance(v, str) else _mat_int(v)
-    return arr
-
-
-def mat_cell(strings: list[str]) -> np.ndarray:
-    cell = np.empty((1, len(strings)), dtype=object)
-    for i, s in enumerate(strings):
-        cell[0, i] = s
-    return cell
-
-
-def _save_mat(path: Path, variables: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(str(path), variables, format="5", do_compression=True)
-
-
-class _Sink:
-    """Writes files either into folders or into ``.tgz`` archives (deterministic bytes: fixed mtimes)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.archives: dict[str, list[tuple[str, bytes]]] = {}
-
-    def add(self, rel: str, data: bytes, archive: str | None = None) -> None:
-        if archive is None:
-            path = self.root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        else:
-            self.archives.setdefault(archive, []).append((rel, data))
-
-    def close(self) -> None:
-        for name, members in self.archives.items():
-            with open(self.root / name, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                    dirs: set[str] = set()
-                    for rel, data in members:
-                        parts = rel.split("/")
-                        for depth in range(1, len(parts)):
-                            d = "/".join(parts[:depth])
-                            if d not in dirs:
-                                dirs.add(d)
-                                info = tarfile.TarInfo(d)
-                                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1356998400
-                                tar.addfile(info)
-                        info = tarfile.TarInfo(rel)
-                        info.size, info.mode, info.mtime = len(data), 0o644, 1356998400
-                        tar.addfile(info, io.BytesIO(data))
-
-
-def _mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, variables, format="5", do_compression=True)
-    return buf.getvalue()
-
-
-def write_stanford_raw(
-    out: Path,
-    *,
-    layout: str,
-    class_names: list[str],
-    images: Iterable[StanfordImage],
-    archives: bool = True,
-    nested: bool = False,
-    test_labels_in_devkit: bool = False,
-) -> dict[str, int]:
-    """Write a raw Stanford Cars dataset (``updated`` or ``original`` release) into the existing folder ``out``.
-
-    ``nested`` mimics the Kaggle mirrors' ``cars_train/cars_train/`` (original layout); ``test_labels_in_devkit``
-    puts ``cars_test_annos_withlabels.mat`` into ``devkit/`` instead of next to it. Returns the split counts.
-    """
-    if layout not in STANFORD_LAYOUTS:
-        raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(STANFORD_LAYOUTS)}")
-    out = Path(out)
-    sink = _Sink(out)
-    meta = {"class_names": mat_cell(class_names)}
-    counts = {"train": 0, "test": 0}
-    if layout == "updated":
-        rows = []
-        for i, img in enumerate(images, start=1):
-            rel = f"car_ims/{img.name or f'{i:06d}.jpg'}"
-            sink.add(rel, img.data, "car_ims.tgz" if archives else None)
-            x1, y1, x2, y2 = img.bbox
-            rows.append({"relative_im_path": rel, "bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2,
-                         "class": img.class_id + 1, "test": int(img.test)})
-            counts["test" if img.test else "train"] += 1
-        fields = ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test")
-        _save_mat(out / "cars_annos.mat", {"annotations": mat_struct(rows, fields), **meta})
-        sink.add("devkit/cars_meta.mat", _mat_bytes(meta), "car_devkit.tgz" if archives else None)
-    else:
-        split_rows: dict[str, list[dict[str, object]]] = {"train": [], "test": []}
-        for img in images:
-            split = "test" if img.test else "train"
-            counts[split] += 1
-            fname = img.name or f"{counts[split]:05d}.jpg"
-            folder = f"cars_{split}/cars_{split}" if nested else f"cars_{split}"
-            sink.add(f"{folder}/{fname}", img.data, f"cars_{split}.tgz" if archives else None)
-            x1, y1, x2, y2 = img.bbox
-            split_rows[split].append({"bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2,
-                                      "class": img.class_id + 1, "fname": fname})
-        with_class = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
-        without_class = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname")
-        devkit = "car_devkit.tgz" if archives else None
-        sink.add("devkit/cars_meta.mat", _mat_bytes(meta), devkit)
-        train_annos = {"annotations": mat_struct(split_rows["train"], with_class)}
-        sink.add("devkit/cars_train_annos.mat", _mat_bytes(train_annos), devkit)
-        test_annos = {"annotations": mat_struct(split_rows["test"], without_class)}
-        sink.add("devkit/cars_test_annos.mat", _mat_bytes(test_annos), devkit)
-        labels = _mat_bytes({"annotations": mat_struct(split_rows["test"], with_class)})
-        if test_labels_in_devkit:
-            sink.add("devkit/cars_test_annos_withlabels.mat", labels, devkit)
-        else:
-            (out / "cars_test_annos_withlabels.mat").write_bytes(labels)
-    sink.close()
-    return counts
-
-
-# ------------------------------------------------------------------------------------------ parquet (Hugging Face)
-
-
-def _card(class_names: list[str], counts: dict[str, int]) -> str:
-    """A dataset card whose YAML header is what the Hub's Stanford Cars repositories carry."""
-    header = {
-        "dataset_info": {
-            "features": [
-                {"name": "image", "dtype": "image"},
-                {"name": "label", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(class_names)}}}},
-            ],
-            "splits": [{"name": s, "num_examples": n} for s, n in counts.items()],
-        },
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in counts]}
-        ],
-    }
-    body = "# Synthetic Stanford Cars\n\nProcedurally drawn cars written by `carspotter synth --layout parquet`.\n"
-    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{body}"
-
-
-def write_parquet_raw(
-    out: Path,
-    *,
-    class_names: list[str],
-    images: Iterable[StanfordImage],
-    rows_per_shard: int = 1000,
-    rows_per_group: int = 100,
-    card: bool = True,
-) -> dict[str, int]:
-    """Write the Hugging Face parquet release into the existing folder ``out``: ``data/{split}-0000k-of-0000n.parquet``
-    (``image`` {bytes, path}, ``label``; ``rows_per_group`` rows per row group, as `datasets` writes image data) and,
-    with ``card``, ``README.md`` and the ``huggingface`` schema metadata naming the classes. Returns split counts."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    features = {"image": {"_type": "Image"}, "label": {"names": class_names, "_type": "ClassLabel"}}
-    schema = pa.schema(
-        [pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), pa.field("label", pa.int64())],
-        metadata={"huggingface": json.dumps({"info": {"features": features}})} if card else None,
-    )
-    data = Path(out) / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    counts = {"train": 0, "test": 0}
-    shards: dict[str, list[Path]] = {"train": [], "test": []}
-    writers: dict[str, pq.ParquetWriter] = {}
-    pending: dict[str, list[StanfordImage]] = {"train": [], "test": []}
-
-    def flush(split: str) -> None:
-        rows = pending[split]
-        if not rows:
-            return
-        start = counts[split] - len(rows)
-        table = pa.table(
-            {
-                "image": [{"bytes": r.data, "path": r.name or f"{start + j + 1:05d}.jpg"} for j, r in enumerate(rows)],
-                "label": [r.class_id for r in rows],
-            },
-            schema=schema,
-        )
-        writers[split].write_table(table, row_group_size=rows_per_group)
-        rows.clear()
-
-    for img in images:
-        split = "test" if img.test else "train"
-        if counts[split] % rows_per_shard == 0:
-            flush(split)
-            if split in writers:
-                writers[split].close()
-            shards[split].append(data / f"{split}-{len(shards[split]):05d}.partial")
-            writers[split] = pq.ParquetWriter(shards[split][-1], schema)
-        pending[split].append(img)
-        counts[split] += 1
-        if len(pending[split]) == rows_per_group:
-            flush(split)
-    for split, writer in writers.items():
-        flush(split)
-        writer.close()
-        for k, path in enumerate(shards[split]):
-            path.rename(data / f"{split}-{k:05d}-of-{len(shards[split]):05d}.parquet")
-    if card:
-        (Path(out) / "README.md").write_text(_card(class_names, counts))
-    return counts
 
 
 # ------------------------------------------------------------------------------------------------ class styles
@@ -533,10 +302,11 @@ def synthesize(
         if layout == "parquet":  # two shards per split, like the Hub's Stanford Cars
             n_test_total = sum(test for *_, test in items)
             per_shard = max(1, math.ceil(max(n_test_total, len(items) - n_test_total) / 2))
-            counts = write_parquet_raw(tmp, class_names=names, images=render(), rows_per_shard=per_shard)
+            counts = parquet.write_parquet_raw(tmp, class_names=names, images=render(), rows_per_shard=per_shard)
         else:
-            counts = write_stanford_raw(tmp, layout=layout, class_names=names, images=render(), archives=archives,
-                                        nested=nested, test_labels_in_devkit=test_labels_in_devkit)
+            counts = stanford.write_stanford_raw(tmp, layout=layout, class_names=names, images=render(),
+                                                 archives=archives, nested=nested,
+                                                 test_labels_in_devkit=test_labels_in_devkit)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from carspotter.config import DataConfig, Transform
+from carspotter.data.raw import clip_box
 from carspotter.preprocessing import Preprocessing, image_to_array, normalize_array, resize_image
 
 Box = tuple[float, float, float, float]
@@ -31,9 +32,9 @@ def preprocessing_from_config(cfg: DataConfig) -> Preprocessing:
 
 
 def crop_to_box(img: Image.Image, box: Box) -> Image.Image:
-    """Crop to the car's box (PIL box: 0-based, right/bottom exclusive), clipped to the image."""
-    x1, y1, x2, y2 = _clip(img, box)
-    return img.crop((x1, y1, x2, y2))
+    """Crop to the car's box (PIL box: 0-based, right/bottom exclusive), clipped to the image as `prepare` clips it
+    (`carspotter.data.raw.clip_box`: an empty box is the whole image)."""
+    return img.crop(clip_box(box, *img.size))
 
 
 def erase_background(img: Image.Image, box: Box) -> Image.Image:
@@ -41,18 +42,10 @@ def erase_background(img: Image.Image, box: Box) -> Image.Image:
 
     This is what the thesis meant by background erasing; its code instead pasted the crop centred on a white canvas.
     """
-    x1, y1, x2, y2 = _clip(img, box)
+    x1, y1, x2, y2 = clip_box(box, *img.size)
     canvas = Image.new(img.mode, img.size, "white")
     canvas.paste(img.crop((x1, y1, x2, y2)), (x1, y1))
     return canvas
-
-
-def _clip(img: Image.Image, box: Box) -> tuple[int, int, int, int]:
-    w, h = img.size
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    x1, y1 = min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)
-    x2, y2 = min(max(x2, x1 + 1), w), min(max(y2, y1 + 1), h)
-    return x1, y1, x2, y2
 
 
 def build_augmentations(specs: Sequence[Transform], image_size: tuple[int, int]) -> v2.Compose | None:

@@ -30,7 +30,7 @@ from carspotter.data.prepared import (
     SPLITS,
     sha256_file,
 )
-from carspotter.data.raw import RawDataset, RawImage, lies_inside, listed
+from carspotter.data.raw import RawDataset, RawImage, clip_box, lies_inside, listed
 from carspotter.errors import UserError
 from carspotter.preprocessing import max_pixels
 
@@ -255,18 +255,6 @@ def image_size(path: Path) -> tuple[int, int] | None:
             return size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
-
-
-def clip_box(box: tuple[int, int, int, int] | None, width: int, height: int) -> tuple[int, int, int, int]:
-    """A PIL box clipped to the image; a missing or empty box becomes the whole image."""
-    if box is None:
-        return 0, 0, width, height
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    x1, x2 = max(0, min(x1, width)), max(0, min(x2, width))
-    y1, y2 = max(0, min(y1, height)), max(0, min(y2, height))
-    if x2 <= x1 or y2 <= y1:
-        return 0, 0, width, height
-    return x1, y1, x2, y2
 
 
 def _place(source: Path, dest: Path, *, move: bool) -> None:
