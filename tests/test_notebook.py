@@ -1,12 +1,11 @@
-"""`notebooks/colab.ipynb`: valid nbformat-4 JSON, and its code cells run end to end outside Colab (``COLAB`` False,
-the settings cell's paths pointed at a synthetic raw dataset), the way papermill injects parameters."""
+"""`notebooks/colab.ipynb`: valid nbformat-4 JSON, and it runs end to end outside Colab in a Jupyter kernel (nbclient),
+with ``COLAB`` False and the settings cell's paths pointed at a synthetic raw dataset by a cell inserted after it, the
+way papermill injects parameters."""
 
 from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tracking_support import ROOT, TINY
@@ -38,6 +37,9 @@ def test_notebook_is_valid_nbformat_4() -> None:
 
 
 def test_notebook_cells_run_on_synthetic_data(tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
     from carspotter.data.synth import synthesize
 
     synthesize(tmp_path / "drive", layout="updated", num_classes=3, per_class=6, seed=1)  # archives, as downloaded
@@ -48,16 +50,14 @@ def test_notebook_cells_run_on_synthetic_data(tmp_path: Path) -> None:
         "CONFIG": "configs/demo.yaml",
         "OVERRIDES": [*TINY, "trainer.max_epochs=1", "logging.loggers=[csv]"],
     }
-    injected = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
-    cells = ["".join(c["source"]) for c in _code_cells()]
-    script = "from pathlib import PosixPath, Path\n"
-    for cell in cells:
-        script += cell + "\n\n"
-        if cell.startswith("# Settings"):
-            script += injected + "\nassert COLAB is False\n\n"
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "updated layout" in proc.stdout and "test top-1" in proc.stdout
+    nb = nbformat.reads(NOTEBOOK.read_text(), as_version=4)
+    (settings,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    injected = "\n".join(["from pathlib import PosixPath", *(f"{k} = {v!r}" for k, v in parameters.items())])
+    nb.cells.insert(settings + 1, nbformat.v4.new_code_cell(injected + "\nassert COLAB is False"))
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    stdout = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    assert "updated layout" in stdout and "test top-1" in stdout, stdout
     (run,) = [p for p in (tmp_path / "work" / "runs").iterdir() if p.is_dir()]
     assert json.loads((run / "summary.json").read_text())["test_n"] == 9
     assert (tmp_path / "work" / "curves.png").stat().st_size > 5_000

@@ -1,1 +1,1 @@
-"""Evaluation: accuracy of trained checkpoints (metrics) and size/compute/latency of architectures (profile)."""
+"""Evaluation: accuracy of trained checkpoints (metrics) and size/compute/latency of architectures (profile, timing)."""

@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import statistics
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from carspotter.errors import UserError
+from carspotter.evaluation.timing import latency_ms
 from carspotter.models import create_model, get_model_builder
 
 __all__ = [
@@ -87,20 +87,11 @@ def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
 def measure_latency_ms(
     model: nn.Module, image_size: int, in_chans: int = 3, warmup: int = 3, repeats: int = 10, budget_s: float = 5.0
 ) -> float:
-    """Median wall time of batch-1 CPU inference; stops early (after at least 3 runs) once ``budget_s`` is spent."""
+    """Median wall time of batch-1 CPU inference over about ``repeats`` runs, at most ``budget_s`` seconds (see
+    `latency_ms`)."""
     x = torch.randn(1, in_chans, image_size, image_size)
-    times = []
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-            if len(times) >= 3 and time.perf_counter() - start > budget_s:
-                break
-    return statistics.median(times) * 1000
+        return statistics.median(latency_ms(lambda: model(x), runs=repeats, warmup=warmup, budget_s=budget_s))
 
 
 def best_run_accuracy(runs_dir: str | Path) -> dict[tuple[str, str], tuple[float, str, dict[str, Any]]]:

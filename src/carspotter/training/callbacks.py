@@ -116,7 +116,11 @@ class ResendEpochEndMetrics(L.Callback):
 
 
 class Throughput(L.Callback):
-    """Logs training images/s (shown in the progress bar), smoothed over recent batches."""
+    """Logs training images/s (shown in the progress bar), smoothed over recent batches.
+
+    Not Lightning's `ThroughputMonitor`: it sends its numbers to the loggers only (never the progress bar; nowhere in a
+    ``csv``-only run), once a 100-batch window is full, and warns in every run without ``flops_per_batch``.
+    """
 
     def __init__(self, momentum: float = 0.9) -> None:
         self.momentum = momentum
