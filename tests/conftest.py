@@ -94,7 +94,9 @@ def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_f
 
 
 @pytest.fixture(scope="session")
-def exported_pte(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported_pte(
+    responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """`responsive_checkpoint` lowered to an ExecuTorch program (checked against PyTorch by the export itself)."""
     pytest.importorskip("executorch.exir")
     from carspotter.export.executorch import export

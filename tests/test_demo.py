@@ -40,8 +40,10 @@ def test_demo_runs_every_step_and_again_safely(tmp_path: Path, monkeypatch: pyte
     first: list[str] = []
     result = demo.run_demo(tmp_path, None, shorter, echo=first.append)
     assert [line[:4] for line in first if line[:1].isdigit()] == ["1/5 ", "2/5 ", "3/5 ", "4/5 ", "5/5 "]
-    assert result.num_classes == demo.DEMO_CLASSES and result.test_top1 is not None
-    assert (result.run_dir / "best.ckpt").is_file() and (result.run_dir / "eval-test" / "metrics.json").is_file()
+    assert result.num_classes == demo.DEMO_CLASSES and (result.run_dir / "best.ckpt").is_file()
+    # step 4's `evaluate` report agrees with the training's own test score (two code paths)
+    assert json.loads((result.run_dir / "eval-test" / "metrics.json").read_text())["top1"] == result.test_top1
+    assert json.loads((result.run_dir / "summary.json").read_text())["test_top1"] == result.test_top1
     assert json.loads((result.run_dir / "summary.json").read_text())["epochs_run"] == 1
     assert len(result.prediction["predictions"]) == 3
 

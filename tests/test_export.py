@@ -123,7 +123,8 @@ def test_bench_infer_times_every_format(trained_checkpoint, exported_onnx, int8_
     labels = [f.label for f in result.formats]
     assert labels == ["pytorch-eager", "onnx-fp32", "onnx-int8"]  # eager first, the reference of the ratios
     eager, fp32, int8 = result.formats
-    assert eager.speedup == pytest.approx(1.0) and fp32.speedup > 0 and int8.speedup > 0
+    for f in result.formats:  # each ratio is eager's median over its own, measured in this run
+        assert f.speedup == pytest.approx(eager.median_ms / f.median_ms)
     assert all(f.median_ms > 0 and f.p90_ms >= f.median_ms and f.throughput > 0 for f in result.formats)
     assert fp32.top1 == eager.top1  # parity: same predictions on every test image
     assert result.n_eval == len(load_prepared(synthetic_prepared).test)

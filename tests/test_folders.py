@@ -330,7 +330,7 @@ def test_real_photos_prepare_train_evaluate_predict(real_photo_folders: Path, tm
     data = load_prepared(prepared)
     chance = 1 / data.num_classes
     print(f"real photos, {data.num_classes} classes: test top-1 {scores['top1']:.3f} (chance {chance:.3f})")
-    assert scores["top1"] >= 2 * chance
+    assert scores["top1"] >= 3 * chance  # 3.3x measured (seeded, 30 Nov 2026)
 
     photos = [str(prepared / f) for f in data.test["fname"][:5]]
     result = runner.invoke(app, ["predict", str(ckpt), *photos, "--json", "--top-k", "3"])
