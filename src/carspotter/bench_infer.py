@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from carspotter.errors import UserError
+from carspotter.evaluation.timing import latency_ms
 from carspotter.inference import Classifier, load_classifier
 from carspotter.inference.torch_backend import TorchClassifier
 
@@ -85,10 +86,10 @@ def bench_infer(
     photo = images[0] if images else Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8))
     ones = [clf.model_input(photo)[None] for _, _, clf in runtimes]
 
-    timings = _interleaved_latency([clf for _, _, clf in runtimes], ones, runs=runs, warmup=warmup)
+    timings = _interleaved_latency([clf for _, _, clf in runtimes], ones, runs=runs, warmup=warmup, threads=threads)
     results = []
     for (path, label, clf), one, times in zip(runtimes, ones, timings, strict=True):
-        times_ms = np.asarray(times) * 1e3
+        times_ms = np.asarray(times)
         results.append(FormatResult(
             label=label,
             path=str(path),
@@ -108,19 +109,16 @@ def bench_infer(
 
 
 def _interleaved_latency(
-    clfs: list[Classifier], xs: list[np.ndarray], *, runs: int, warmup: int, rounds: int = 10
-) -> list:
-    for clf, x in zip(clfs, xs, strict=True):
-        for _ in range(warmup):
-            clf.logits(x)
+    clfs: list[Classifier], xs: list[np.ndarray], *, runs: int, warmup: int, threads: int, rounds: int = 10
+) -> list[list[float]]:
+    """Milliseconds per call of every model, ``runs`` each, taken round by round so that a noisy neighbour slows
+    every format alike."""
     times: list[list[float]] = [[] for _ in clfs]
     per_round = max(1, runs // rounds)
-    for _ in range(rounds):
+    for r in range(rounds):
         for i, (clf, x) in enumerate(zip(clfs, xs, strict=True)):
-            for _ in range(per_round):
-                start = time.perf_counter()
-                clf.logits(x)
-                times[i].append(time.perf_counter() - start)
+            times[i] += latency_ms(lambda c=clf, x=x: c.logits(x), runs=per_round, warmup=warmup if r == 0 else 0,
+                                   threads=threads)
     return times
 
 

@@ -3,6 +3,7 @@ PyTorch's `torch.utils.benchmark.Timer`, so every latency carspotter reports is 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -12,16 +13,26 @@ __all__ = ["latency_ms"]
 
 
 def latency_ms(
-    fn: Callable[[], object], *, runs: int = 10, warmup: int = 3, budget_s: float = 5.0, threads: int | None = None
+    fn: Callable[[], object],
+    *,
+    runs: int = 10,
+    warmup: int = 3,
+    budget_s: float | None = None,
+    threads: int | None = None,
 ) -> list[float]:
-    """Times of one ``fn()`` call in ms, one per measured block: ``Timer.blocked_autorange`` over about ``runs``
-    calls (as long as ``warmup`` calls took, times ``runs``), at most ``budget_s`` seconds; take the median of them.
+    """The time of each of ``runs`` calls of ``fn()`` in ms, after ``warmup`` untimed calls; with ``budget_s``,
+    timing stops once that many seconds have passed (at least 3 calls are timed).
 
-    A block is one call unless calls are so short (under ~1 ms) that the timer's own overhead would show; then each
-    time is its block's mean. ``threads``: torch's CPU threads while timing (default: the current setting; `Timer`
-    alone would use 1).
+    Each call is one ``Timer.timeit(1)``: one time per call, so medians and percentiles are of single calls.
+    ``threads``: torch's CPU threads while timing (default: the current setting; `Timer` alone would use 1).
     """
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads() if threads is None else threads)
-    per_call = timer.timeit(max(warmup, 1)).mean  # the warm-up, which also says how long one call takes
-    measurement = timer.blocked_autorange(min_run_time=min(budget_s, runs * per_call))
-    return [t * 1e3 for t in measurement.times]
+    if warmup > 0:
+        timer.timeit(warmup)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs:
+        times.append(timer.timeit(1).mean * 1e3)
+        if budget_s is not None and len(times) >= 3 and time.perf_counter() - start > budget_s:
+            break
+    return times
