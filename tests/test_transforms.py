@@ -8,13 +8,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from carspotter.config import DataConfig
 from carspotter.data.dataset import CarImages
 from carspotter.data.prepared import stratified_split
 from carspotter.data.raw import clip_box
-from carspotter.data.transforms import TrainTransform, crop_to_box, erase_background
+from carspotter.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    crop_to_box,
+    erase_background,
+    preprocessing_from_config,
+)
 
 
 def _box_images(root: Path, n: int) -> pd.DataFrame:
@@ -96,12 +103,28 @@ def test_validation_split_is_stratified_seeded_and_disjoint() -> None:
 
 
 @pytest.mark.parametrize("grayscale", [False, True])
-def test_train_transform_shapes_and_augmentations(tmp_path: Path, grayscale: bool) -> None:
+def test_train_transform_applies_each_augmentation(tmp_path: Path, grayscale: bool) -> None:
+    """Each configured augmentation does what its name says, on top of exactly the deployed preprocessing: a
+    certain flip mirrors the evaluation input, a certain erase blanks one rectangle and keeps the rest, and a colour
+    jitter moves the pixels."""
     frame = _box_images(tmp_path, 2)
-    cfg = DataConfig.model_validate({
-        "path": str(tmp_path), "image_size": [40, 56], "grayscale": grayscale,
-        "image_augmentations": [{"RandomHorizontalFlip": {"p": 1.0}}, {"ColorJitter": {"brightness": 0.1}}],
-        "tensor_augmentations": [{"RandomErasing": {"p": 1.0, "value": 0}}],
-    })
-    x, _ = CarImages(tmp_path, frame, TrainTransform(cfg))[0]
-    assert tuple(x.shape) == ((1 if grayscale else 3), 40, 56)
+    base = {"path": str(tmp_path), "image_size": [40, 56], "grayscale": grayscale}
+    images = CarImages(tmp_path, frame, EvalTransform(preprocessing_from_config(DataConfig.model_validate(base))))
+    plain, _ = images[0]
+    assert tuple(plain.shape) == ((1 if grayscale else 3), 40, 56)
+
+    def train(**augs: list) -> torch.Tensor:
+        return CarImages(tmp_path, frame, TrainTransform(DataConfig.model_validate({**base, **augs})))[0][0]
+
+    flipped = train(image_augmentations=[{"RandomHorizontalFlip": {"p": 1.0}}])
+    torch.testing.assert_close(flipped, plain.flip(2), atol=1e-6, rtol=0)
+    erased = train(tensor_augmentations=[{"RandomErasing": {"p": 1.0, "value": 0, "scale": [0.1, 0.2]}}])
+    blank = (erased == 0).all(0) & (plain != 0).any(0)
+    rows, cols = blank.nonzero(as_tuple=True)
+    box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    assert 0.05 <= blank.float().mean() <= 0.2 and (erased[:, box[0], box[1]] == 0).all()  # one rectangle
+    outside = torch.ones_like(blank)
+    outside[box] = False
+    assert torch.equal(erased[:, outside], plain[:, outside])
+    jittered = train(image_augmentations=[{"ColorJitter": {"brightness": [1.5, 1.5]}}])
+    assert not torch.allclose(jittered, plain) and jittered.mean() > plain.mean()
