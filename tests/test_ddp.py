@@ -15,6 +15,7 @@ import pytest
 import torch
 from tracking_support import DEMO, ROOT, make_tiny_dataset, tiny_overrides
 
+from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.training.callbacks import read_epoch_metrics
 from carspotter.training.loggers import local_tracking_uri
 
@@ -45,6 +46,11 @@ def test_two_process_ddp_on_cpu_writes_one_run_from_rank_zero(tmp_path: Path) ->
     assert [int(r["epoch"]) for r in rows] == [0, 1]  # one row per epoch: only rank 0 writes
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["test_n"] == 16
+    # rank 0 scored the whole test split alone (a distributed sampler pads it): what `evaluate` says, to the digit
+    result = evaluate_on_dataset(run / "best.ckpt", data, "test", batch_size=8, progress=False)
+    assert (result.top1, result.top5, result.n, result.loss) == tuple(
+        summary[k] for k in ("test_top1", "test_top5", "test_n", "test_loss")
+    )
     # 12 train images split over 2 ranks → 6 each → 1 batch of 8 per epoch (one process would need 2).
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
 

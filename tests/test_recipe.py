@@ -15,6 +15,7 @@ from carspotter.checkpoint import load_checkpoint, model_state_dict, read_checkp
 from carspotter.config import load_config
 from carspotter.data.batch_augment import BatchPreprocess
 from carspotter.errors import UserError
+from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.inference import load_classifier
 from carspotter.models import create_model
 from carspotter.predict import predict_images
@@ -167,6 +168,11 @@ def test_ema_weights_are_validated_selected_saved_and_resumed(
     torch.testing.assert_close(model.state_dict()["classifier.weight"], model_state_dict(final)["classifier.weight"])
     raw_final = final[RAW_WEIGHTS_KEY]["model.classifier.weight"]
     assert not torch.equal(model.state_dict()["classifier.weight"], raw_final)
+    # trainer.test scored the EMA weights, as evaluate does: the same figures to the last digit
+    scores = evaluate_on_dataset(resumed.best_ckpt, four_classes, batch_size=cfg.trainer.batch_size, progress=False)
+    summary = resumed.summary
+    assert (scores.top1, scores.top5, scores.n, scores.loss) == (
+        summary["test_top1"], summary["test_top5"], summary["test_n"], summary["test_loss"])
 
 
 def test_exported_model_carries_the_ema_weights(four_classes: Path, tmp_path: Path, one_cpu_thread) -> None:

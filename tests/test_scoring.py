@@ -1,4 +1,4 @@
-"""`evaluate_model` (what `evaluate` and the end of training score with): torchmetrics' counts equal a count by
+"""`evaluate_model` and its `SplitScores` (what `trainer.test` counts with too): torchmetrics' counts equal a count by
 hand over the same logits, the confusion matrix included."""
 
 from __future__ import annotations

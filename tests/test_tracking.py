@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -168,10 +168,12 @@ def test_logger_names_are_validated_and_csv_is_always_on() -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from carspotter.training.loggers import SafeMLFlowLogger, prepare_mlflow_store
-    uri, _ = prepare_mlflow_store(sys.argv[1], "concurrent", sys.argv[2])
-    logger = SafeMLFlowLogger(experiment_name="concurrent", run_name=sys.argv[3], tracking_uri=uri)
-    logger.log_hyperparams({"writer": sys.argv[3]})
+    from carspotter.training.loggers import SafeMLFlowLogger
+    uri, artifacts, name = sys.argv[1:]
+    logger = SafeMLFlowLogger(
+        experiment_name="concurrent", run_name=name, tracking_uri=uri, artifact_location=artifacts
+    )
+    logger.log_hyperparams({"writer": name})
     for step in range(40):
         logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
     logger.finalize("success")
@@ -179,23 +181,15 @@ _WRITER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(
-    "cold_template", [False, pytest.param(True, marks=pytest.mark.slow, id="cold-template")], ids=str
-)
-def test_two_processes_create_and_write_one_sqlite_store_at_once(tmp_path: Path, cold_template: bool) -> None:
-    """Store creation and writes from two processes at the same moment: no 'database is locked', no lost rows.
-
-    ``cold_template`` also races the first-ever schema migration (slow: MLflow's migrations take seconds)."""
+def test_two_processes_create_and_write_one_sqlite_store_at_once(tmp_path: Path) -> None:
+    """A new store opened by two processes at the same moment (both would run MLflow's schema migrations), its
+    experiment created and written by both: no 'table already exists', no 'database is locked', no lost rows."""
     from mlflow.tracking import MlflowClient
 
     uri = local_tracking_uri(tmp_path / "runs")
-    env = dict(os.environ)
-    if cold_template:
-        env["CARSPOTTER_CACHE"] = str(tmp_path / "cache")
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _WRITER, uri, str(tmp_path / "art"), name],
-            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -206,11 +200,43 @@ def test_two_processes_create_and_write_one_sqlite_store_at_once(tmp_path: Path,
     assert [p.returncode for p in procs] == [0, 0], outputs
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("concurrent")
+    assert experiment.artifact_location == str(tmp_path / "art")
     found = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert set(found) == {"w1", "w2"}
     for run in found.values():
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED" and run.data.params == {"writer": run.info.run_name}
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 40
+
+
+def test_an_experiment_another_run_creates_meanwhile_is_joined_and_a_deleted_one_is_a_user_error(
+    two_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from carspotter.training.loggers import SafeMLFlowLogger
+
+    runs, _, _ = two_runs
+    shutil.copyfile(runs / "mlflow.db", tmp_path / "mlflow.db")  # a migrated store, without MLflow's seconds of setup
+    uri = local_tracking_uri(tmp_path)
+    other = MlflowClient(tracking_uri=uri)
+    logger = SafeMLFlowLogger(experiment_name="raced", run_name="late", tracking_uri=uri)
+    lookup = logger._mlflow_client.get_experiment_by_name
+
+    def lookup_then_other_run_creates(name: str):
+        found = lookup(name)
+        if found is None:  # another run creates it between this run's lookup and its create
+            other.create_experiment(name)
+        return found
+
+    monkeypatch.setattr(logger._mlflow_client, "get_experiment_by_name", lookup_then_other_run_creates)
+    experiment_id = logger.experiment_id  # looked up (none), created (already exists): joins the other run's
+    raced = other.get_experiment_by_name("raced")
+    assert experiment_id == raced.experiment_id
+    assert other.get_run(logger.run_id).info.experiment_id == raced.experiment_id
+
+    other.delete_experiment(raced.experiment_id)
+    with pytest.raises(UserError, match=f"is deleted.*restore --experiment-id {raced.experiment_id}"):
+        _ = SafeMLFlowLogger(experiment_name="raced", tracking_uri=uri).experiment
 
 
 def test_wandb_without_the_package_is_a_clear_user_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""End to end on synthetic data: the model learns, runs are repeatable and resumable, and the run's summary agrees
-with `evaluate` and `predict` on the same checkpoint."""
+"""End to end on synthetic data: the model learns, runs are repeatable and resumable, and the run's test figures
+(`trainer.test`) agree with `evaluate` and `predict` on the same checkpoint."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from carspotter.checkpoint import load_checkpoint, read_checkpoint
 from carspotter.config import load_config
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
-from carspotter.evaluation.metrics import evaluate_checkpoint
+from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.inference import load_classifier
 from carspotter.predict import predict_images
 from carspotter.training.callbacks import read_epoch_metrics
-from carspotter.training.run import train
+from carspotter.training.run import resolve_runtime, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -72,15 +72,38 @@ def test_checkpoint_describes_itself(learned_run, learnable_prepared: Path) -> N
     assert info.num_classes == len(meta["class_names"]) and not model.training
 
 
-def test_evaluate_and_predict_agree_with_the_summary(learned_run, learnable_prepared: Path) -> None:
-    result = evaluate_checkpoint(learned_run.best_ckpt, learnable_prepared, "test", workers=0, progress=False)
-    assert result.top1 == pytest.approx(learned_run.summary["test_top1"], abs=1e-9)
-    assert result.top5 == pytest.approx(learned_run.summary["test_top5"], abs=1e-9)
+def test_trainer_test_and_evaluate_agree_to_the_last_digit(learned_run, learnable_prepared: Path) -> None:
+    """The summary's test figures come from `trainer.test` on the module the run trained (`CarClassifier.test_step`);
+    `evaluate` rebuilds the network from best.ckpt and runs its own loop. Two code paths, compared with ==."""
+    s = learned_run.summary
+    batch_size = load_config(learned_run.run_dir / "config.yaml").trainer.batch_size
+    result = evaluate_on_dataset(learned_run.best_ckpt, learnable_prepared, "test", batch_size=batch_size,
+                                 progress=False)  # fmt: skip
+    assert (result.top1, result.top5, result.n) == (s["test_top1"], s["test_top5"], s["test_n"])
+    assert result.loss == s["test_loss"]  # same batches, same layout: same float32 sums (channels_last alone would
+    # move the logits by ~1e-6 on the CPU)
     dataset = load_prepared(learnable_prepared)
+    assert result.n == result.confusion.sum() == len(dataset.test)
+    assert s["test_top1"] == np.trace(result.confusion) / result.n  # top-1: the matrix's diagonal share
+    assert 0 < s["test_top1"] <= s["test_top5"] <= 1.0  # top-5 holds top-1's hits
+    # predict: a third path (NumPy preprocessing, one photo at a time) agrees on every top-1 hit
     paths = [dataset.root / f for f in dataset.test["fname"]]
     preds = predict_images(load_classifier(learned_run.best_ckpt), paths, top_k=1)
     hits = [p["predictions"][0]["class_id"] == c for p, c in zip(preds, dataset.test["class_id"], strict=True)]
     assert np.mean(hits) == pytest.approx(result.top1, abs=1e-9)
+
+
+def test_resolve_runtime_decides_the_auto_settings_once(learnable_prepared: Path, tmp_path: Path) -> None:
+    cuda = torch.cuda.is_available()
+    auto = resolve_runtime(tiny_config(learnable_prepared, tmp_path))  # pipeline, precision and layout: auto
+    assert (auto.pipeline, auto.precision, auto.channels_last) == ("fast", "bf16-mixed" if cuda else "32-true", True)
+    assert auto.why.startswith("fast pipeline; ")
+    cpu = resolve_runtime(tiny_config(learnable_prepared, tmp_path, "data.pipeline=classic", "trainer.accelerator=cpu"))
+    assert (cpu.pipeline, cpu.precision, cpu.channels_last) == ("classic", "32-true", False)
+    chosen = ("data.pipeline=fast", "trainer.precision=bf16-mixed", "trainer.channels_last=false")
+    fixed = resolve_runtime(tiny_config(learnable_prepared, tmp_path, *chosen))
+    assert (fixed.pipeline, fixed.precision, fixed.channels_last) == ("fast", "bf16-mixed", False)
+    assert fixed.why == "as configured"
 
 
 def test_runs_are_repeatable_and_never_overwritten(synthetic_prepared: Path, tmp_path: Path) -> None:

@@ -124,9 +124,6 @@ class CarsDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_frame, EvalTransform(self.preprocessing))
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset.test, EvalTransform(self.preprocessing))
-
 
 def eval_loader(
     dataset: PreparedDataset, split: str, preprocessing, batch_size: int = 64, workers: int = 2

@@ -6,8 +6,9 @@ memory (Stanford Cars at 227×227 is 1.26 GB), a batch is a gather of random ind
 it with per-sample parameters and normalises it on the device, in the LightningModule's ``on_after_batch_transfer``.
 On the CPU the same loader reads from the memory map, so no JPEG is decoded after the first epoch.
 
-Validation and test images come from an evaluation cache (no box crop or erase, like the classic `EvalTransform`) and
-get only the deterministic resize and normalisation, so they equal the classic evaluation tensors.
+Validation images come from an evaluation cache (no box crop or erase, like the classic `EvalTransform`) and get
+only the deterministic resize and normalisation, so they equal the classic evaluation tensors. The test split is
+scored through `evaluate`'s own loader (`carspotter.training.run.score_test_split`), never from the cache.
 """
 
 from __future__ import annotations
@@ -113,19 +114,18 @@ class FastCarsDataModule(CarsDataModule):
             progress=self.progress,
         )
 
-    def _needed(self, stage: str | None) -> list[tuple[str, str]]:
+    def _needed(self) -> list[tuple[str, str]]:
+        """The (split, box mode) caches training reads: train, and the split validation scores."""
         val_split = "test" if self.cfg.validate_on_test else "train"
-        if stage in ("fit", "validate", None):
-            return list(dict.fromkeys([("train", self._train_mode), (val_split, "none")]))
-        return [("test", "none")]
+        return list(dict.fromkeys([("train", self._train_mode), (val_split, "none")]))
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the cache is built once, the ranks then read it.
-        for split, mode in self._needed(None):
+        for split, mode in self._needed():
             self._cache(split, mode)
 
     def setup(self, stage: str | None = None) -> None:
-        for key in self._needed(stage):
+        for key in self._needed():
             self._resident(*key)
 
     @property
@@ -179,9 +179,6 @@ class FastCarsDataModule(CarsDataModule):
 
     def val_dataloader(self) -> DeviceBatches:  # type: ignore[override]
         return self._batches("test" if self.cfg.validate_on_test else "train", "none", self.val_frame, shuffle=False)
-
-    def test_dataloader(self) -> DeviceBatches:  # type: ignore[override]
-        return self._batches("test", "none", self.dataset.test, shuffle=False)
 
 
 def _fits(nbytes: int, device: torch.device) -> bool:

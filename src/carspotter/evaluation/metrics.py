@@ -1,21 +1,27 @@
 """`carspotter evaluate`: a checkpoint's accuracy on a prepared split, with per-class accuracy and a confusion matrix.
 
-The scoring itself lives in `carspotter.training.scoring` (training tests its selected checkpoint with it).
+The counting lives in `carspotter.training.scoring` (`SplitScores`): training's ``trainer.test`` counts with it too,
+so a run's test figures and `evaluate` on its ``best.ckpt`` agree to the last digit.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from carspotter.checkpoint import read_checkpoint_info
+from carspotter.checkpoint import load_checkpoint, read_checkpoint_info
+from carspotter.data.dataset import eval_loader
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.plots import confused_pairs, plot_confusion
-from carspotter.training.scoring import EvalResult, evaluate_checkpoint, evaluate_model
+from carspotter.training.scoring import EvalResult, evaluate_model
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EvalResult",
@@ -26,6 +32,26 @@ __all__ = [
     "new_report_dir",
     "write_report",
 ]
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    data: str | Path,
+    split: str = "test",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | None = None,
+    progress: bool = True,
+    tta_flip: bool = False,
+) -> EvalResult:
+    """Evaluate a checkpoint on a prepared split, rebuilding the model and preprocessing from the checkpoint."""
+    model, info = load_checkpoint(ckpt_path)
+    dataset = load_prepared(data)
+    if dataset.classes != info.class_names:
+        log.warning("the dataset's class names differ from the checkpoint's; class ids are compared as they are")
+    loader = eval_loader(dataset, split, info.preprocessing, batch_size=batch_size, workers=workers)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return evaluate_model(model, loader, info.class_names, device=device, progress=progress, tta_flip=tta_flip)
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> None:

@@ -5,35 +5,36 @@ SQLite store shared by all runs of a runs folder (``<runs_dir>/mlflow.db``, arti
 or any tracking URI (a shared server). TensorBoard writes into the run folder; W&B is imported only when chosen and
 reads its credentials from the environment (without ``WANDB_API_KEY`` it runs offline).
 
-Several processes writing one SQLite store (parallel runs, sweep workers) is safe: the schema is created once under a
-file lock, connections wait up to a minute for a busy database, and a write that still meets "database is locked"
-is retried with backoff.
+Several processes may write one SQLite store at once (parallel runs, sweep workers): MLflow's store waits up to 20 s
+for a busy database on every write (its own ``busy_timeout``); a new store's schema is created by one process at a
+time (`_schema_creation_lock`); two runs creating the same experiment at once both end up in it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from carspotter.config import Config
 from carspotter.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"  # in the run folder: `train --resume` continues the same MLflow run
-SQLITE_TIMEOUT_S = 60
-_T = TypeVar("_T")
 
 
 def local_tracking_uri(runs_dir: str | Path) -> str:
@@ -45,111 +46,84 @@ def mlflow_tracking_uri(cfg: Config) -> str:
     return cfg.logging.tracking_uri or local_tracking_uri(cfg.output.runs_dir)
 
 
-def _sqlite_path(uri: str) -> Path | None:
+@contextmanager
+def _schema_creation_lock(uri: str) -> Iterator[None]:
+    """Hold a file lock beside a SQLite store while this process opens it (a no-op for other stores).
+
+    Works around MLflow (3.17): opening a tracking store (constructing an `MlflowClient`) on an empty database creates
+    the tables and runs the Alembic migrations (seconds) with no lock between processes, so parallel first runs on a
+    new runs folder both migrate and all but one fail ("table ... already exists", "No such index"). MLflow takes such
+    a lock only for its job and workspace stores (``mlflow.store.db.utils._safe_initialize_tables``). Drop this when
+    the tracking store does the same, or create stores up front (``mlflow db upgrade``) instead.
+    """
     if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=300):
+        yield
 
 
-def _with_busy_timeout(uri: str) -> str:
-    """SQLite URIs wait for a busy database instead of failing at once (SQLAlchemy's pysqlite ``timeout``)."""
-    if _sqlite_path(uri) is None or "timeout=" in uri:
-        return uri
-    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_S}"
+def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created if missing; another process creating it at the same moment is fine."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-
-def with_retry(fn: Callable[..., _T], *args: Any, attempts: int = 8, **kwargs: Any) -> _T:
-    """Call ``fn``, retrying with exponential backoff while SQLite reports a locked or busy database."""
-    for attempt in range(attempts):
+    found = client.get_experiment_by_name(name)
+    if found is None:
         try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # MLflow wraps sqlite3/SQLAlchemy errors in its own exception types
-            text = str(exc).lower()
-            if attempt == attempts - 1 or not ("database is locked" in text or "database is busy" in text):
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:  # another run created it since the lookup
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
-            delay = min(0.2 * 2**attempt, 10.0)
-            log.debug("tracking store busy (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+            found = client.get_experiment_by_name(name)
+    if found.lifecycle_stage == "deleted":
+        raise UserError(
+            f"MLflow experiment {name!r} is deleted in {client.tracking_uri}: restore it "
+            f"(mlflow experiments restore --experiment-id {found.experiment_id}) or set another logging.experiment"
+        )
+    return found.experiment_id
 
 
 def prepare_mlflow_store(uri: str, experiment: str, artifact_location: str | None = None) -> tuple[str, str]:
-    """Make sure the store's schema and ``experiment`` exist; returns (uri to use, experiment id).
-
-    For a local SQLite file the schema is created under a file lock, so concurrent first runs do not race on it; the
-    first creation is copied from a per-user template (MLflow's migrations take seconds, a copy milliseconds).
-    """
+    """Make sure the store's schema and ``experiment`` exist; returns (uri, experiment id)."""
     from mlflow.tracking import MlflowClient
 
-    db = _sqlite_path(uri)
-    uri = _with_busy_timeout(uri)
-    if db is None:
+    with _schema_creation_lock(uri):
         client = MlflowClient(tracking_uri=uri)
-        return uri, _get_or_create_experiment(client, experiment, artifact_location)
-    db = db.resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(db) + ".lock", timeout=300):
-        if not db.exists():
-            _copy_schema_template(db, artifact_location)
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = with_retry(_get_or_create_experiment, client, experiment, artifact_location)
-    return uri, experiment_id
-
-
-def _get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def _copy_schema_template(db: Path, artifact_location: str | None) -> None:
-    """Create ``db`` with MLflow's current schema: a copy of a cached, freshly migrated empty store."""
-    import mlflow
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    cache = Path(os.environ.get("CARSPOTTER_CACHE", Path.home() / ".cache" / "carspotter"))
-    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(template) + ".lock", timeout=300):
-            if not template.exists():
-                tmp = template.with_suffix(f".tmp{os.getpid()}")
-                tmp.unlink(missing_ok=True)
-                store = SqlAlchemyStore(f"sqlite:///{tmp}", str(cache / "unused-artifacts"))
-                store.engine.dispose()
-                tmp.replace(template)
-            shutil.copyfile(template, db)
-    except OSError as exc:  # no writable cache: migrate in place
-        log.debug("no MLflow schema template (%s); creating the schema in place", exc)
-        SqlAlchemyStore(f"sqlite:///{db}", artifact_location or str(db.parent / MLFLOW_ARTIFACTS)).engine.dispose()
-        return
-    # The template's "Default" experiment points into the cache; point it beside the store instead.
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-            (str(Path(artifact_location or db.parent / MLFLOW_ARTIFACTS) / "0"),),
-        )
+    return uri, _get_or_create_experiment(client, experiment, artifact_location)
 
 
 class SafeMLFlowLogger(MLFlowLogger):
-    """`MLFlowLogger` whose writes survive a briefly locked SQLite store (other runs writing at the same time).
+    """`MLFlowLogger` that parallel runs can share a new SQLite store with, and that resumes without duplicates.
 
-    After ``--resume`` the run re-does the work since its last checkpoint, and so logs again points the killed
-    process had already sent (validation after the last checkpoint, steps of a half-done epoch). A resumed run
+    Opening the store and creating the experiment are safe against other processes doing the same (see the module
+    docstring). After ``--resume`` the run re-does the work since its last checkpoint, and so logs again points the
+    killed process had already sent (validation after the last checkpoint, steps of a half-done epoch). A resumed run
     sends a metric only at steps after the last one MLflow already holds for it (the re-done points are the same:
     a resumed run repeats the uninterrupted one), so no point appears twice.
     """
 
-    def __init__(self, *args: Any, run_id: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, run_id=run_id, **kwargs)
+    def __init__(self, *args: Any, tracking_uri: str, run_id: str | None = None, **kwargs: Any) -> None:
+        with _schema_creation_lock(tracking_uri):  # MLflow's client opens (and if new, migrates) the store here
+            super().__init__(*args, tracking_uri=tracking_uri, run_id=run_id, **kwargs)
         self.resumed = run_id is not None  # continuing a run MLflow already has
         self._stored_until: dict[str, int] = {}  # key -> its last step stored before this process, looked up once
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        if self._experiment_id is None and self._run_id is None:  # Lightning's own lookup-then-create races
+            self._experiment_id = _get_or_create_experiment(
+                self._mlflow_client, self._experiment_name, self._artifact_location
+            )
+        return super().experiment
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = self.not_yet_logged(metrics, step)
         if metrics:
-            with_retry(super().log_metrics, metrics, step)
+            super().log_metrics(metrics, step)
 
     def not_yet_logged(self, metrics: dict[str, float], step: int | None) -> dict[str, float]:
         """``metrics`` without those MLflow already holds at ``step`` or later (only a resumed run has any)."""
@@ -160,15 +134,9 @@ class SafeMLFlowLogger(MLFlowLogger):
     def _last_logged_step(self, key: str) -> int:
         """The last step of ``key`` stored before this process resumed the run (-1: none)."""
         if key not in self._stored_until:
-            history = with_retry(self.experiment.get_metric_history, self.run_id, key)
+            history = self.experiment.get_metric_history(self.run_id, key)
             self._stored_until[key] = max((m.step for m in history), default=-1)
         return self._stored_until[key]
-
-    def log_hyperparams(self, params: Any) -> None:
-        with_retry(super().log_hyperparams, params)
-
-    def finalize(self, status: str = "success") -> None:
-        with_retry(super().finalize, status)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -196,14 +164,13 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     if "mlflow" in chosen:
         local = cfg.logging.tracking_uri is None
         artifacts = str((Path(cfg.output.runs_dir) / MLFLOW_ARTIFACTS).resolve()) if local else None
-        uri, _ = prepare_mlflow_store(mlflow_tracking_uri(cfg), cfg.logging.experiment, artifacts)
         tags = {"mlflow.note.content": cfg.output.description, "carspotter.tags": ",".join(cfg.output.tags)}
         tags.update({f"tag.{t}": "true" for t in cfg.output.tags})
         id_file = run_dir / MLFLOW_RUN_ID_FILE
         mlflow_logger = SafeMLFlowLogger(
             experiment_name=cfg.logging.experiment,
             run_name=run_dir.name,
-            tracking_uri=uri,
+            tracking_uri=mlflow_tracking_uri(cfg),
             tags=tags,
             artifact_location=artifacts,
             run_id=id_file.read_text().strip() if id_file.is_file() else None,
@@ -243,7 +210,7 @@ def log_run_start(loggers: list[Logger], cfg: Config, num_parameters: int, run_d
         if isinstance(logger, SafeMLFlowLogger):
             if logger.resumed:  # MLflow params are immutable; a resume may change trainer limits
                 continue
-            (run_dir / MLFLOW_RUN_ID_FILE).write_text(with_retry(lambda lg=logger: lg.run_id) + "\n")
+            (run_dir / MLFLOW_RUN_ID_FILE).write_text(f"{logger.run_id}\n")
         logger.log_hyperparams(params)
 
 
@@ -261,11 +228,11 @@ def log_run_end(loggers: list[Logger], summary: dict[str, Any], run_dir: Path) -
             client, run_id = logger.experiment, logger.run_id
             unsent = logger.not_yet_logged(final, step) if isinstance(logger, SafeMLFlowLogger) else final
             if unsent:  # a run killed after its summary was sent, then resumed, sends it once
-                with_retry(client.log_batch, run_id, metrics=_mlflow_metrics(unsent, step))
+                client.log_batch(run_id, metrics=_mlflow_metrics(unsent, step))
             for path in files:
                 if path.is_file():
-                    with_retry(client.log_artifact, run_id, str(path))
-            with_retry(client.set_terminated, run_id, "FINISHED")
+                    client.log_artifact(run_id, str(path))
+            client.set_terminated(run_id, "FINISHED")
         elif isinstance(logger, TensorBoardLogger):
             logger.log_metrics(final, step=step)
             logger.finalize("success")

@@ -17,6 +17,7 @@ from carspotter.checkpoint import CheckpointInfo
 from carspotter.config import RUN_SCHEDULES, Config
 from carspotter.errors import UserError
 from carspotter.training.finetune import parameter_groups
+from carspotter.training.scoring import EvalResult, SplitScores
 
 RAW_WEIGHTS_KEY = "raw_state_dict"  # with EMA on: the trained (not averaged) weights, under their ``model.`` keys
 EMA_PREFIX = "ema.module."
@@ -100,12 +101,10 @@ class CarClassifier(L.LightningModule):
         self.model = model
         # The fast pipeline's batches arrive as uint8; this augments (training) and normalises them on the device.
         self.batch_transform = batch_transform
-        self.channels_last = channels_last
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
         # The weights' moving average: what validation sees, best.ckpt holds, and evaluate/export use (see
         # on_save_checkpoint); the raw weights keep training and travel in the checkpoint for --resume.
         self.ema: ModelEmaV3 | None = None
+        self.set_channels_last(channels_last)
         if cfg.trainer.ema is not None:
             self.ema = ModelEmaV3(self.model, decay=cfg.trainer.ema.decay, use_warmup=cfg.trainer.ema.warmup)
             self.ema.requires_grad_(False).train()  # its mode follows the module's, like every other submodule
@@ -119,11 +118,21 @@ class CarClassifier(L.LightningModule):
         self.train_top1 = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro")
+        self.test_scores = SplitScores(n)  # what `evaluate` counts with: the two agree to the last digit
+        self.test_result: EvalResult | None = None  # set by each trainer.test
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are validated and saved as the model: the EMA when it is on."""
         return self.ema.module if self.ema is not None else self.model
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """The memory layout of the weights and of every batch (the test switches to `scoring_setup`'s)."""
+        self.channels_last = enabled
+        layout = torch.channels_last if enabled else torch.contiguous_format
+        self.model.to(memory_format=layout)
+        if self.ema is not None:
+            self.ema.module.to(memory_format=layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -131,7 +140,8 @@ class CarClassifier(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
         training = self.trainer.training
-        if self.batch_transform is not None:
+        # Only the fast pipeline's raw uint8 batches: the test is fed `evaluate`'s loader, normalised already.
+        if self.batch_transform is not None and x.dtype == torch.uint8:
             x = self.batch_transform(x, train=training)
         if training and self.batch_mixing is not None:
             x, y = self.batch_mixing(x, y)  # y becomes N×classes probabilities (each row sums to one)
@@ -177,6 +187,19 @@ class CarClassifier(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)  # DDP: mean
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val/top5", self.val_top5, on_epoch=True, batch_size=len(y))
+
+    def on_test_epoch_start(self) -> None:
+        self.test_scores.reset()
+        self.test_result = None
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_scores.update(self.eval_model(x), y)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_result = self.test_scores.result(self.info.class_names)  # exact: the summary reads it from here
+        for key in ("top1", "top5", "loss"):
+            self.log(f"test/{key}", getattr(self.test_result, key))  # what trainer.test returns (as float32)
 
     def on_train_epoch_start(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from carspotter.checkpoint import CheckpointInfo, init_from_weights, read_checkpoint
 from carspotter.config import Config, load_config, parse_config, save_config
-from carspotter.data.dataset import CarsDataModule
+from carspotter.data.dataset import CarsDataModule, eval_loader
 from carspotter.data.epochs import SeedEachEpoch
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
@@ -40,7 +41,7 @@ from carspotter.training.checkpoint_io import AtomicCheckpointIO
 from carspotter.training.finetune import FreezeBackbone
 from carspotter.training.loggers import build_loggers, flatten, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
-from carspotter.training.scoring import evaluate_checkpoint
+from carspotter.training.scoring import EvalResult, scoring_setup
 from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
@@ -83,30 +84,34 @@ def new_run_dir(cfg: Config) -> Path:
     raise UserError(f"{runs_dir}: could not find a free run folder name for {base!r}")
 
 
-def _on_cuda(cfg: Config) -> bool:
-    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+@dataclass(frozen=True)
+class Runtime:
+    """How a run executes on this machine, decided once from the config and the hardware."""
+
+    pipeline: str  # "classic" or "fast"
+    precision: str  # Lightning's name: "32-true", "bf16-mixed" or "16-mixed"
+    channels_last: bool
+    why: str  # how the ``auto`` settings were decided, in words (logged at the start)
 
 
-def resolve_precision(cfg: Config) -> str:
-    """``auto``: bf16-mixed on a GPU; fp32 on a CPU, where bf16 autocast trained as fast but learned worse on real
-    photos (odd98 at 96 px: README "Precision on the CPU"), even on CPUs with native bf16."""
-    if cfg.trainer.precision != "auto":
-        return cfg.trainer.precision
-    return "bf16-mixed" if _on_cuda(cfg) else "32-true"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 runs at full speed on this CPU (the throughput benchmark's bf16 row needs it)."""
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-
-
-def resolve_channels_last(cfg: Config, pipeline: str = "classic") -> bool:
-    """``auto``: on with CUDA or the fast pipeline (its batches are channels_last in memory already)."""
-    if cfg.trainer.channels_last != "auto":
-        return bool(cfg.trainer.channels_last)
-    return _on_cuda(cfg) or pipeline == "fast"
+def resolve_runtime(cfg: Config) -> Runtime:
+    """The ``auto`` settings, decided. Pipeline: `resolve_pipeline`. Precision: bf16-mixed on a GPU; fp32 on a CPU,
+    where bf16 autocast trained as fast but learned worse on real photos (odd98 at 96 px: README "Precision on the
+    CPU"), even on CPUs with native bf16, so no CPU feature is asked. channels_last: on with CUDA or the fast pipeline
+    (its batches are channels_last in memory already)."""
+    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    where = "GPU" if cuda else "CPU"
+    pipeline = resolve_pipeline(cfg.data)
+    why = [f"{pipeline} pipeline"] if cfg.data.pipeline == "auto" else []
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if cuda else "32-true"
+        why.append(f"{precision} on the {where}")
+    channels_last = cfg.trainer.channels_last
+    if channels_last == "auto":
+        channels_last = cuda or pipeline == "fast"
+        why.append(f"channels_last {'on' if channels_last else 'off'} ({where}, {pipeline} pipeline)")
+    return Runtime(pipeline, precision, bool(channels_last), "; ".join(why) or "as configured")
 
 
 def build_model(cfg: Config, num_classes: int, class_names: list[str] | None = None) -> torch.nn.Module:
@@ -167,7 +172,12 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-RUN_DIR_ENV = "CARSPOTTER_RUN_DIR"  # how rank 0 tells the processes Lightning launches for DDP where the run lives
+# Lightning's subprocess launcher starts the other DDP ranks by running this command line again, with rank 0's
+# environment; the process group that could broadcast the folder's name exists only inside `fit`, after the callbacks
+# and loggers that write into the folder are built, and the name (timestamped, given a suffix when taken) cannot be
+# derived twice. So rank 0 hands the folder it made to the ranks it launches through the environment, as Lightning
+# hands them the seed (PL_GLOBAL_SEED).
+RUN_DIR_ENV = "CARSPOTTER_RUN_DIR"
 
 
 def launch_rank_zero() -> bool:
@@ -205,36 +215,65 @@ def train(
     if resume is not None:
         read_checkpoint(Path(resume) / "last.ckpt")  # weights only: a hostile or foreign file stops here, unread
         check_resume_config(cfg, load_run_config(resume))
+    runtime = resolve_runtime(cfg)
     # The data first: a missing or incomplete dataset fails before a run folder is made.
-    precision = resolve_precision(cfg)
-    pipeline = resolve_pipeline(cfg.data)
-    if pipeline == "fast":
-        datamodule = FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
-    else:
-        datamodule = CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
+    datamodule = build_datamodule(cfg, runtime, progress)
     # Everything the config builds, built (and tried on one image) before a run folder exists: a value that passes
     # validation but fails at run time (`p: high`, `lr: -1`) is one error line and leaves nothing behind.
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model_checked(cfg, datamodule)
     check_buildable(cfg, model, datamodule)
-    if not rank_zero:
-        run_dir = Path(resume) if resume is not None else _rank_run_dir(cfg)
-        output = {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}
-        cfg = parse_config({**cfg.to_dict(), "output": output})
-        ckpt_path = str(run_dir / "last.ckpt") if resume is not None else None
-    elif resume is not None:
+    run_dir, cfg = open_run_dir(cfg, resume, rank_zero)
+    module = CarClassifier(
+        model,
+        cfg,
+        checkpoint_info(cfg, datamodule, run_dir),
+        batch_transform=getattr(datamodule, "batch_transform", None),
+        channels_last=runtime.channels_last,
+    )
+    loggers = build_loggers(cfg, run_dir) if rank_zero else []
+    log_run_start(loggers, cfg, count_parameters(model), run_dir)
+    callbacks = build_callbacks(cfg, run_dir, progress, extra_callbacks)
+    trainer = build_trainer(cfg, runtime, run_dir, callbacks, loggers, progress)
+    if rank_zero:
+        log.info("run folder: %s (%s)", run_dir, runtime.why)
+    fit(trainer, module, datamodule, run_dir, ckpt_path=None if resume is None else run_dir / "last.ckpt")
+    if not trainer.is_global_zero:
+        return RunResult(run_dir=run_dir, summary={}, rank_zero=False)
+
+    test = None
+    if not cfg.data.validate_on_test:  # the test split selected the checkpoint: no test score to report
+        test = score_test_split(module, datamodule, run_dir, trainer.strategy.root_device, progress)
+    summary = summarise(cfg, run_dir, count_parameters(model), started, test)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    plot_training_curves(run_dir / "metrics.csv", run_dir / "results.png")
+    log_run_end(loggers, summary, run_dir)
+    return RunResult(run_dir=run_dir, summary=summary)
+
+
+def build_datamodule(cfg: Config, runtime: Runtime, progress: bool) -> CarsDataModule:
+    if runtime.pipeline == "fast":
+        return FastCarsDataModule(cfg.data, cfg.trainer.batch_size, cfg.trainer.seed, progress=progress)
+    return CarsDataModule(cfg.data, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed)
+
+
+def open_run_dir(cfg: Config, resume: str | Path | None, rank_zero: bool) -> tuple[Path, Config]:
+    """The run's folder and its config, whose ``output.run_name`` is the folder's name. Rank 0 makes the folder (or
+    reopens ``resume``) and saves the config there; the other ranks find it."""
+    if resume is not None:
         run_dir = Path(resume)
-        ckpt_path: str | None = str(run_dir / "last.ckpt")
     else:
-        run_dir = new_run_dir(cfg)
-        cfg = parse_config(
-            {**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}}
-        )
-        ckpt_path = None
+        run_dir = new_run_dir(cfg) if rank_zero else _rank_run_dir(cfg)
+    cfg = parse_config({**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}})
     if rank_zero:
         save_config(cfg, run_dir / CONFIG_FILE)
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-    info = CheckpointInfo(
+    return run_dir, cfg
+
+
+def checkpoint_info(cfg: Config, datamodule: CarsDataModule, run_dir: Path) -> CheckpointInfo:
+    """What every checkpoint of the run says about its model (`CarClassifier.on_save_checkpoint` writes it)."""
+    return CheckpointInfo(
         model_name=cfg.model.name,
         model_args=dict(cfg.model.args),
         num_classes=datamodule.dataset.num_classes,
@@ -244,13 +283,13 @@ def train(
         config=cfg,
         path=run_dir / "best.ckpt",
     )
-    module = CarClassifier(
-        model,
-        cfg,
-        info,
-        batch_transform=getattr(datamodule, "batch_transform", None),
-        channels_last=resolve_channels_last(cfg, pipeline),
-    )
+
+
+def build_callbacks(
+    cfg: Config, run_dir: Path, progress: bool, extra_callbacks: list[L.Callback] | None = None
+) -> list[L.Callback]:
+    """best.ckpt and last.ckpt, metrics.csv, the per-epoch seed, images/s, the progress line, and what the config
+    asks for (frozen backbone, early stopping), then ``extra_callbacks``."""
     # Two checkpoint callbacks: Lightning 2.6 writes `save_last` only in epochs that improved the monitored metric.
     # With trainer.select=last, "best" is simply the latest epoch's weights (monitor None: saved every epoch).
     best = ModelCheckpoint(
@@ -287,17 +326,20 @@ def train(
         mode = "min" if es.monitor == "val/loss" else "max"
         callbacks.append(EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=mode))
     callbacks.extend(extra_callbacks or [])
-    loggers = build_loggers(cfg, run_dir) if rank_zero else []
-    log_run_start(loggers, cfg, count_parameters(model), run_dir)
+    return callbacks
 
-    trainer = L.Trainer(
+
+def build_trainer(
+    cfg: Config, runtime: Runtime, run_dir: Path, callbacks: list[L.Callback], loggers: list[Any], progress: bool
+) -> L.Trainer:
+    return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy,
-        precision=precision,
+        precision=runtime.precision,  # type: ignore[arg-type]
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         logger=loggers or False,
@@ -309,8 +351,12 @@ def train(
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         deterministic=False,
     )
-    if rank_zero:
-        log.info("run folder: %s", run_dir)
+
+
+def fit(
+    trainer: L.Trainer, module: CarClassifier, datamodule: CarsDataModule, run_dir: Path, ckpt_path: Path | None
+) -> None:
+    """``trainer.fit``; Ctrl-C becomes `TrainingInterrupted`, which says how to resume."""
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning's answer to Ctrl-C: it saved nothing more and exits 1
@@ -320,34 +366,60 @@ def train(
         raise
     if trainer.interrupted:
         raise TrainingInterrupted(run_dir)
-    if not trainer.is_global_zero:
-        return RunResult(run_dir=run_dir, summary={}, rank_zero=False)
-
-    summary = summarise(cfg, run_dir, count_parameters(model), started, progress=progress)
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    plot_training_curves(run_dir / "metrics.csv", run_dir / "results.png")
-    log_run_end(loggers, summary, run_dir)
-    return RunResult(run_dir=run_dir, summary=summary)
 
 
-def summarise(cfg: Config, run_dir: Path, num_parameters: int, started: float, progress: bool) -> dict[str, Any]:
-    """Best epoch from the metrics CSV; the test split evaluated once with the selected checkpoint."""
+def score_test_split(
+    module: CarClassifier, datamodule: CarsDataModule, run_dir: Path, device: torch.device, progress: bool
+) -> EvalResult | None:
+    """The test split scored once by ``trainer.test`` with best.ckpt: to the last digit what `carspotter evaluate
+    best.ckpt` reports on this device. So the tester is set up as `evaluate` runs:
+
+    - a trainer of its own on one device (rank 0's after a DDP run, whose DistributedSampler would pad the split with
+      repeated images), without the run's callbacks and loggers, and with `scoring_setup`'s precision and layout
+      (evaluate's: bf16 and channels_last on a GPU, fp32 on a CPU), whatever the run trained with;
+    - fed `evaluate`'s loader (`eval_loader`: PIL resize and normalise) with either pipeline: the fast pipeline's uint8
+      test cache would be normalised on the device instead, another computation;
+    - best.ckpt loaded through `CarClassifier.on_load_checkpoint` and scored with `eval_model`, so with EMA on it
+      scores the averaged weights, the ones best.ckpt holds as its model and `evaluate` loads.
+    """
+    best = run_dir / "best.ckpt"
+    if not best.is_file():
+        return None
+    cfg = module.cfg
+    setup = scoring_setup(device)
+    module.set_channels_last(setup.channels_last)
+    tester = L.Trainer(
+        default_root_dir=run_dir,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        precision=setup.precision,  # type: ignore[arg-type]
+        logger=False,
+        callbacks=[DenseProgressBar(refresh_rate=1)] if progress else [],
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    loader = eval_loader(
+        datamodule.dataset, "test", module.info.preprocessing, cfg.trainer.batch_size, cfg.data.num_workers
+    )
+    # ckpt_path="best" needs the fit trainer's checkpoint callback; this names the same file. Lightning would warn
+    # that the callbacks saved in it are missing: on purpose, the test restores the weights only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+        tester.test(module, dataloaders=loader, ckpt_path=best, verbose=False, weights_only=True)
+    return module.test_result
+
+
+def summarise(
+    cfg: Config, run_dir: Path, num_parameters: int, started: float, test: EvalResult | None
+) -> dict[str, Any]:
+    """Best epoch from the metrics CSV; ``test``: the selected checkpoint on the test split (`score_test_split`)."""
     rows = read_epoch_metrics(run_dir / "metrics.csv")
     if cfg.trainer.select == "last":
         best_row = rows[-1] if rows else {}
     else:
         scored = [r for r in rows if r.get("val_top1")]
         best_row = max(scored, key=lambda r: float(r["val_top1"])) if scored else {}
-    test = None
-    if (run_dir / "best.ckpt").is_file() and not cfg.data.validate_on_test:
-        test = evaluate_checkpoint(
-            run_dir / "best.ckpt",
-            cfg.data.path,
-            "test",
-            batch_size=cfg.trainer.batch_size,
-            workers=cfg.data.num_workers,
-            progress=progress,
-        )
 
     def num(row: dict[str, str], key: str) -> float | None:
         return float(row[key]) if row.get(key) else None

@@ -1,27 +1,21 @@
-"""Scoring a model on a prepared split: top-1, top-5, loss and the confusion matrix.
+"""Scoring a model on a whole split: top-1, top-5, loss and the confusion matrix.
 
-Training calls it once at the end of a run (the selected checkpoint on the test split); `carspotter evaluate` calls
-the same function, so the two always agree.
+`SplitScores` is the one set of counters. Training fills it in `CarClassifier.test_step` (``trainer.test`` on the
+selected checkpoint), `carspotter evaluate` in `evaluate_model`; both run the network on ``scoring_setup(device)``'s
+precision and memory layout, so the two differ only in how batches reach the model and agree to the last digit.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm
-
-from carspotter.checkpoint import load_checkpoint
-from carspotter.data.dataset import eval_loader
-from carspotter.data.prepared import load_prepared
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +37,55 @@ class EvalResult:
         return {"top1": self.top1, "top5": self.top5, "n": self.n}
 
 
+@dataclass(frozen=True)
+class ScoringSetup:
+    precision: str  # Lightning's name: "bf16-mixed" (autocast) or "32-true"
+    channels_last: bool
+
+
+def scoring_setup(device: torch.device | str) -> ScoringSetup:
+    """How a split is scored on ``device``: bf16 autocast and channels_last on a GPU (as training runs there by
+    default), fp32 in the default layout on a CPU. The end of training uses it too, whatever the run trained with."""
+    cuda = torch.device(device).type == "cuda"
+    return ScoringSetup("bf16-mixed" if cuda else "32-true", channels_last=cuda)
+
+
+class SplitScores(nn.Module):
+    """Top-1, top-5, the confusion matrix and the summed cross-entropy over a split, in torchmetrics (as validation).
+
+    One process scores the whole split (after a DDP run, rank 0 alone): the states never sync across processes.
+    float64 states: the fractions come out as hits / n exactly (0.2, not float32's 0.20000000298). The loss is plain
+    cross-entropy (not the training criterion, which may smooth labels). A module, so it moves with its owner.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        local = {"num_classes": num_classes, "sync_on_compute": False}
+        self.top1 = MulticlassAccuracy(average="micro", **local).set_dtype(torch.float64)
+        self.top5 = MulticlassAccuracy(top_k=min(5, num_classes), average="micro", **local).set_dtype(torch.float64)
+        self.confusion = MulticlassConfusionMatrix(**local)  # rows: true class
+        self.loss_sum = SumMetric(sync_on_compute=False).set_dtype(torch.float64)
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        with torch.autocast(logits.device.type, enabled=False):  # counted in fp32 whatever ran the network
+            logits = logits.float()
+            self.loss_sum.update(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            for metric in (self.top1, self.top5, self.confusion):
+                metric.update(logits, target)
+
+    def reset(self) -> None:
+        for metric in (self.top1, self.top5, self.confusion, self.loss_sum):
+            metric.reset()
+
+    def result(self, class_names: list[str]) -> EvalResult:
+        matrix = self.confusion.compute().cpu().numpy().astype(np.int64)
+        n = int(matrix.sum())  # every image lands in one cell
+        if n == 0:
+            return EvalResult(float("nan"), float("nan"), 0, float("nan"), class_names, matrix)
+        top1, top5, loss = (float(m.compute()) for m in (self.top1, self.top5, self.loss_sum))
+        return EvalResult(top1, top5, n, loss / n, class_names, matrix)
+
+
 @torch.inference_mode()
 def evaluate_model(
     model: nn.Module,
@@ -52,56 +95,24 @@ def evaluate_model(
     progress: bool = True,
     tta_flip: bool = False,
 ) -> EvalResult:
-    """Run ``model`` over ``loader`` once, scored by torchmetrics (as validation is); the loss is plain cross-entropy.
+    """Run ``model`` over ``loader`` once and score it with `SplitScores`, set up as `scoring_setup` says.
 
     ``tta_flip``: each image's class probabilities are the mean of the image's and its mirror image's.
     """
+    setup = scoring_setup(device)
     model = model.to(device).eval()
-    cuda = torch.device(device).type == "cuda"
-    if cuda:  # as in training on a GPU: channels_last and bf16 autocast
+    if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    n_classes = len(class_names)
-    # One process scores the whole split (after a DDP run, rank 0 alone): no syncing with other processes. float64
-    # states: the fractions come out as hits / n exactly (0.2, not float32's 0.20000000298).
-    local = {"num_classes": n_classes, "sync_on_compute": False}
-    top1 = MulticlassAccuracy(average="micro", **local).set_dtype(torch.float64).to(device)
-    top5 = MulticlassAccuracy(top_k=min(5, n_classes), average="micro", **local).set_dtype(torch.float64).to(device)
-    confusion = MulticlassConfusionMatrix(**local).to(device)  # rows: true class
-    loss_sum = 0.0
+    scores = SplitScores(len(class_names)).to(device)
+    autocast = setup.precision == "bf16-mixed"
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
-        if cuda:
+        if setup.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x).float()
             if tta_flip:  # log of the mean probability: the loss and the ranking of the averaged prediction
                 mirrored = model(x.flip(3)).float()
                 logits = torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0) - math.log(2)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        for metric in (top1, top5, confusion):
-            metric.update(logits, y)
-    matrix = confusion.compute().cpu().numpy().astype(np.int64)
-    n = int(matrix.sum())  # every image lands in one cell
-    if n == 0:
-        return EvalResult(float("nan"), float("nan"), 0, float("nan"), class_names, matrix)
-    return EvalResult(float(top1.compute()), float(top5.compute()), n, loss_sum / n, class_names, matrix)
-
-
-def evaluate_checkpoint(
-    ckpt_path: str | Path,
-    data: str | Path,
-    split: str = "test",
-    batch_size: int = 64,
-    workers: int = 2,
-    device: str | None = None,
-    progress: bool = True,
-    tta_flip: bool = False,
-) -> EvalResult:
-    """Evaluate a checkpoint on a prepared split, rebuilding the model and preprocessing from the checkpoint."""
-    model, info = load_checkpoint(ckpt_path)
-    dataset = load_prepared(data)
-    if dataset.classes != info.class_names:
-        log.warning("the dataset's class names differ from the checkpoint's; class ids are compared as they are")
-    loader = eval_loader(dataset, split, info.preprocessing, batch_size=batch_size, workers=workers)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return evaluate_model(model, loader, info.class_names, device=device, progress=progress, tta_flip=tta_flip)
+        scores.update(logits, y)
+    return scores.result(class_names)
