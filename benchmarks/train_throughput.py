@@ -45,7 +45,7 @@ from carspotter.data.prepare import prepare
 from carspotter.data.synth import synthesize
 from carspotter.data.transforms import TrainTransform
 from carspotter.models import create_model
-from carspotter.training.module import build_optimizer
+from carspotter.training.optimization import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 THESIS_CONFIG = ROOT / "configs" / "thesis_c50.yaml"
@@ -54,7 +54,8 @@ NUM_CLASSES = 196
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 among the CPU's flags (Linux's /proc/cpuinfo; False elsewhere): bf16 runs at full
-    speed here. carspotter's training never asks (`precision: auto` is fp32 on any CPU); this benchmark's fast row does."""
+    speed here. carspotter's training never asks (`precision: auto` is fp32 on any CPU); this benchmark's fast row
+    does."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -24,6 +24,14 @@ def learnable_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_prepared(tmp_path_factory.mktemp("learnable"), layout="updated", per_class=80, seed=1)
 
 
+@pytest.fixture(scope="session")
+def four_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 synthetic classes × 24 images (updated layout): the recommended recipe's tests train on it in seconds."""
+    return make_synthetic_prepared(
+        tmp_path_factory.mktemp("four"), layout="updated", per_class=24, seed=3, num_classes=4
+    )
+
+
 @pytest.fixture(scope="module")
 def one_cpu_thread():
     """Tiny CPU batches run fastest on one thread, and several threads thrash badly on a busy 2-core machine."""
@@ -90,6 +98,18 @@ def exported_onnx(trained_checkpoint: Path, synthetic_prepared: Path, tmp_path_f
 
     out = tmp_path_factory.mktemp("exported") / "model.onnx"
     export(trained_checkpoint, out, data=synthetic_prepared)
+    return out
+
+
+@pytest.fixture(scope="session")
+def responsive_onnx(
+    responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`responsive_checkpoint` exported to fp32 ONNX (checked against PyTorch by the export itself)."""
+    from carspotter.export.onnx import export
+
+    out = tmp_path_factory.mktemp("responsive-onnx") / "model.onnx"
+    export(responsive_checkpoint, out, data=synthetic_prepared)
     return out
 
 

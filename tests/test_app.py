@@ -89,7 +89,7 @@ def predicted(model: Path, photos: list[Path]) -> list[dict[str, float]]:
 
 def assert_same_top5(page: list[dict], want: dict[str, float], photo: Path) -> float:
     """`predict`'s top-5 in its order (up to ties within the numerical difference: the page runs the pixels model
-    of test_deploy, whose resize is a level away from PIL's on a few pixels; `ranking_support`), probabilities within
+    of test_pixels, whose resize is a level away from PIL's on a few pixels; `ranking_support`), probabilities within
     1e-2; returns the largest difference."""
     assert len(page) == 5, photo.name
     return assert_ranking_matches([(p["class_name"], p["probability"]) for p in page], want, photo.name)[0]

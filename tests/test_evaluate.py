@@ -1,4 +1,5 @@
-"""`evaluate` refuses a dataset with other classes than the checkpoint's, and never writes over an earlier report."""
+"""`evaluate` refuses a dataset with other classes than the model's, never writes over an earlier report, and scores
+an export as its checkpoint."""
 
 from __future__ import annotations
 
@@ -61,3 +62,16 @@ def test_report_folder_names_the_dataset_and_split_and_is_never_overwritten(
     assert first.name == f"eval-best-{synthetic_prepared.name}-test" and first.parent == trained_checkpoint.parent
     assert second.name == f"{first.name}-2"
     assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_exports_are_evaluated_as_their_checkpoint(
+    responsive_checkpoint: Path, responsive_onnx: Path, exported_pte: Path, synthetic_prepared: Path
+) -> None:
+    """`evaluate` on the ONNX and ExecuTorch exports counts what it counts on their checkpoint (their logits differ
+    by under 1e-3, so at most a near-tie may flip)."""
+    reference = evaluate_on_dataset(responsive_checkpoint, synthetic_prepared, progress=False)
+    for export in (responsive_onnx, exported_pte):
+        scores = evaluate_on_dataset(export, synthetic_prepared, progress=False)
+        assert scores.n == reference.n == int(scores.confusion.sum())
+        assert abs(scores.top1 - reference.top1) <= 1 / reference.n and abs(scores.loss - reference.loss) < 1e-4

@@ -1,4 +1,5 @@
-"""Fine-tuning a checkpoint trained on (synthetic) Stanford-layout data onto a user's folder dataset."""
+"""Fine-tuning a checkpoint trained on (synthetic) Stanford-layout data onto a user's folder dataset, and the
+optimizer's parameter groups (classifier versus backbone, no weight decay on norms and biases)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from recipe_support import RECOMMENDED
 
 from carspotter.checkpoint import model_state_dict, read_checkpoint
 from carspotter.config import load_config
@@ -139,6 +141,25 @@ def test_parameter_groups_split_the_classifier_from_the_backbone() -> None:
     optimizer = torch.optim.AdamW(groups, lr=0.003)
     assert [g["lr"] for g in optimizer.param_groups] == [0.003, 0.0001]
     assert parameter_groups(model, load_config(DEMO)) == [{"params": list(model.parameters())}]
+
+
+def test_no_weight_decay_on_norms_and_biases() -> None:
+    model = create_model("ghostnet_100", num_classes=5)
+    cfg = load_config(RECOMMENDED)
+    groups = parameter_groups(model, cfg)
+    undecayed = [p for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]]
+    decayed = [p for g in groups if "weight_decay" not in g for p in g["params"]]
+    assert undecayed and all(p.ndim == 1 for p in undecayed) and all(p.ndim > 1 for p in decayed)
+    assert len(undecayed) + len(decayed) == len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+    assert sorted({g["weight_decay"] for g in optimizer.param_groups}) == [0.0, 0.05]
+    # with a backbone learning rate too: four groups, the classifier's first
+    both = parameter_groups(model, cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
+        update={"backbone_lr": 1e-4})}))  # fmt: skip
+    assert [g.get("lr") for g in both] == [None, None, 1e-4, 1e-4] and both[1]["weight_decay"] == 0.0
+    # the switch off: one group, decayed as the optimizer says
+    cfg_off = load_config(RECOMMENDED, ["optimizer.weight_decay_norm_and_bias=true"])
+    assert len(parameter_groups(model, cfg_off)) == 1
 
 
 def test_a_model_without_the_head_api_is_a_clear_error() -> None:

@@ -1,9 +1,10 @@
 """`evaluate_model` and its `SplitScores` (what `trainer.test` counts with too): torchmetrics' counts equal a count by
-hand over the same logits, the confusion matrix included."""
+hand over the same logits, the confusion matrix included; test-time flip averages the photo and its mirror."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -32,3 +33,25 @@ def test_scores_equal_a_count_by_hand() -> None:
     assert np.array_equal(result.confusion, expected)
     assert np.allclose(result.per_class_accuracy, np.diag(expected) / np.maximum(expected.sum(1), 1))
     assert np.isclose(result.loss, float(nn.functional.cross_entropy(logits, y)), rtol=1e-6)
+
+
+class _LeftRight(nn.Module):
+    """Logits from the mean of the left and of the right half of the image: mirroring swaps them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1] // 2
+        return torch.stack([x[..., :w].mean((1, 2, 3)) * 4, x[..., w:].mean((1, 2, 3)) * 3, torch.zeros(len(x))], 1)
+
+
+def test_test_time_flip_averages_the_photo_and_its_mirror() -> None:
+    x = torch.rand(6, 3, 8, 8)
+    x[:3, ..., :4] += 1.0  # brighter left half: class 0 without flip
+    x[3:, ..., 4:] += 1.5  # brighter right half: class 1 without flip
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    plain = evaluate_model(_LeftRight(), [(x, y)], ["a", "b", "c"], progress=False)
+    flipped = evaluate_model(_LeftRight(), [(x, y)], ["a", "b", "c"], progress=False, tta_flip=True)
+    logits = _LeftRight()(x)
+    mean_probs = (logits.softmax(1) + _LeftRight()(x.flip(3)).softmax(1)) / 2
+    expected_loss = float(nn.functional.nll_loss(mean_probs.log(), y))
+    assert flipped.loss == pytest.approx(expected_loss, rel=1e-5) and plain.loss != pytest.approx(expected_loss)
+    assert flipped.top1 == (mean_probs.argmax(1) == y).float().mean().item()

@@ -1,5 +1,6 @@
 """End to end on synthetic data: the model learns, runs are repeatable and resumable, and the run's test figures
-(`trainer.test`) agree with `evaluate` and `predict` on the same checkpoint."""
+(`trainer.test`) agree with `evaluate` and `predict` on the same checkpoint; config values that fail only when used,
+and a hostile checkpoint given to --resume, are refused before anything is written."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from recipe_support import recipe_config
 
 from carspotter.checkpoint import load_checkpoint, read_checkpoint
 from carspotter.config import load_config
@@ -227,3 +229,45 @@ def test_ctrl_c_during_train_says_how_to_continue(synthetic_prepared: Path, tmp_
     assert noise == []  # a normal run prints its progress and results only
     chatter = [line for line in err.splitlines() if "litlogger" in line or "GPU available" in line]
     assert chatter == []  # Lightning's start-up lines and advert (they used to come twice)
+
+
+@pytest.mark.parametrize(
+    ("override", "section"),
+    [
+        ("data.image_augmentations=[{RandomHorizontalFlip: {p: high}}]", "data.image_augmentations"),
+        ("optimizer.params.lr=-1", "optimizer"),
+        ("model.args={hidden_channels: big}", "model"),
+        ("data.batch_augmentations=[{MixUp: {alpha: -1}}]", "data.batch_augmentations"),
+    ],
+)
+@pytest.mark.parametrize("pipeline", ["fast", "classic"])
+def test_values_that_fail_only_when_used_are_one_line_and_leave_no_run_folder(
+    four_classes: Path, tmp_path: Path, override: str, section: str, pipeline: str
+) -> None:
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+        f"data.path={four_classes}", f"output.runs_dir={tmp_path / 'runs'}", f"data.pipeline={pipeline}", override,
+    ])  # fmt: skip
+    with pytest.raises(UserError, match=section.replace(".", r"\.")):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_hostile_checkpoint_given_to_resume_is_refused_before_anything_is_written(
+    four_classes: Path, tmp_path: Path
+) -> None:
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    cfg = recipe_config(four_classes, tmp_path / "runs")
+    (run / "config.yaml").write_text("written by the user\n")
+    (run / "last.ckpt").write_bytes(pickle.dumps({"state_dict": Evil()}))
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        train(cfg, resume=run, progress=False)
+    assert not (tmp_path / "pwned").exists()
+    assert (run / "config.yaml").read_text() == "written by the user\n"

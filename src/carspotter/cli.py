@@ -172,7 +172,7 @@ def train(
 
 @app.command()
 def evaluate(
-    ckpt: Annotated[Path, typer.Argument(help="A carspotter checkpoint (.ckpt).")],
+    ckpt: Annotated[Path, typer.Argument(help="A checkpoint (.ckpt), or its export (.onnx fp32/int8, .pte).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Report folder (default: eval-CKPT-DATASET-SPLIT beside the "
@@ -186,7 +186,7 @@ def evaluate(
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
                                                               "with its mirror image's (twice the compute).")] = False,
 ) -> None:
-    """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a checkpoint on a prepared split."""
+    """Top-1/top-5, per-class accuracy CSV and a confusion-matrix PNG of a model on a prepared split."""
     from carspotter.evaluation.metrics import evaluate_on_dataset, new_report_dir, write_report
 
     report_dir = new_report_dir(ckpt, data, split, out)

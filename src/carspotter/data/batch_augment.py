@@ -19,7 +19,7 @@ RandomErasing            RandomErasing                   p, scale, ratio, scalar
 =======================  ==============================  ==========================================================
 
 MixUp and CutMix (``data.batch_augmentations``) mix whole batches and their labels; both pipelines run torchvision's
-own v2 classes on the training device (`carspotter.training.module.build_batch_mixing`).
+own v2 classes on the training device (`build_batch_mixing`).
 
 A configured transform outside this table has no batched equivalent: `unsupported_transforms` names it, and the
 fast pipeline refuses it (``data.pipeline: fast``) or falls back to the classic path (``auto``).
@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torchvision.transforms import v2
 
-from carspotter.config import DataConfig, Transform
+from carspotter.config import Config, DataConfig, Transform
 from carspotter.data.transforms import with_default_size
 from carspotter.errors import UserError
 
@@ -201,3 +202,11 @@ class BatchPreprocess(nn.Module):
         if train and len(self.tensor_augs):
             x = self.tensor_augs(x)
         return x
+
+
+def build_batch_mixing(cfg: Config, num_classes: int) -> nn.Module | None:
+    """MixUp / CutMix from ``data.batch_augmentations`` (torchvision v2); one drawn per batch when several."""
+    mixers = [getattr(v2, s.name)(num_classes=num_classes, **s.params) for s in cfg.data.batch_augmentations]
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

@@ -1,7 +1,9 @@
-"""`carspotter evaluate`: a checkpoint's accuracy on a prepared split, with per-class accuracy and a confusion matrix.
+"""`carspotter evaluate`: a model's accuracy on a prepared split, with per-class accuracy and a confusion matrix.
 
-The counting lives in `carspotter.training.scoring` (`SplitScores`): training's ``trainer.test`` counts with it too,
-so a run's test figures and `evaluate` on its ``best.ckpt`` agree to the last digit.
+The model is any file `carspotter.inference.load_classifier` runs: a checkpoint, or its ONNX (fp32, int8) or
+ExecuTorch export, so an export's accuracy is measured as its checkpoint's is. The counting lives in
+`carspotter.training.scoring` (`SplitScores`): training's ``trainer.test`` counts with it too, so a run's test
+figures and `evaluate` on its ``best.ckpt`` agree to the last digit.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from carspotter.checkpoint import load_checkpoint, read_checkpoint_info
 from carspotter.data.dataset import eval_loader
-from carspotter.data.prepared import load_prepared
+from carspotter.data.prepared import PreparedDataset, load_prepared
 from carspotter.errors import UserError
+from carspotter.inference import Classifier, load_classifier
+from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.plots import confused_pairs, plot_confusion
 from carspotter.training.scoring import EvalResult, evaluate_model
 
@@ -27,6 +31,7 @@ __all__ = [
     "EvalResult",
     "check_classes",
     "evaluate_checkpoint",
+    "evaluate_classifier",
     "evaluate_model",
     "evaluate_on_dataset",
     "new_report_dir",
@@ -34,8 +39,46 @@ __all__ = [
 ]
 
 
+class _RuntimeModule(nn.Module):
+    """An exported model's runtime (ONNX Runtime, ExecuTorch) as a CPU module: float32 batches in, logits out."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.classifier.logits(x.numpy()))
+
+
+def evaluate_classifier(
+    classifier: Classifier,
+    dataset: PreparedDataset,
+    split: str = "test",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | None = None,
+    progress: bool = True,
+    tta_flip: bool = False,
+) -> EvalResult:
+    """Score ``classifier`` on a prepared split, fed by the evaluation loader with its own preprocessing. A checkpoint
+    runs on ``device`` (default: the GPU if there is one); an export in its own runtime, on the CPU."""
+    if classifier.takes_pixels:
+        raise UserError(
+            f"{classifier.label}: this export resizes photos itself (--embed-preprocessing), so it cannot be fed "
+            "evaluate's preprocessed batches; evaluate its checkpoint or its fp32 export, or give it to "
+            "`bench-infer --data`, which reports its top-1"
+        )
+    loader = eval_loader(dataset, split, classifier.preprocessing, batch_size=batch_size, workers=workers)
+    if isinstance(classifier, TorchClassifier):
+        model: nn.Module = classifier.model
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        model, device = _RuntimeModule(classifier), "cpu"
+    return evaluate_model(model, loader, classifier.class_names, device=device, progress=progress, tta_flip=tta_flip)
+
+
 def evaluate_checkpoint(
-    ckpt_path: str | Path,
+    model_path: str | Path,
     data: str | Path,
     split: str = "test",
     batch_size: int = 64,
@@ -44,28 +87,26 @@ def evaluate_checkpoint(
     progress: bool = True,
     tta_flip: bool = False,
 ) -> EvalResult:
-    """Evaluate a checkpoint on a prepared split, rebuilding the model and preprocessing from the checkpoint."""
-    model, info = load_checkpoint(ckpt_path)
+    """Evaluate a model file on a prepared split, rebuilding the model and its preprocessing from the file alone."""
+    classifier = load_classifier(model_path)
     dataset = load_prepared(data)
-    if dataset.classes != info.class_names:
-        log.warning("the dataset's class names differ from the checkpoint's; class ids are compared as they are")
-    loader = eval_loader(dataset, split, info.preprocessing, batch_size=batch_size, workers=workers)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return evaluate_model(model, loader, info.class_names, device=device, progress=progress, tta_flip=tta_flip)
+    if dataset.classes != classifier.class_names:
+        log.warning("the dataset's class names differ from the model's; class ids are compared as they are")
+    return evaluate_classifier(classifier, dataset, split, batch_size, workers, device, progress, tta_flip)
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> None:
-    """Refuse a dataset whose classes are not the checkpoint's: its accuracy would compare unrelated class ids."""
+    """Refuse a dataset whose classes are not the model's: its accuracy would compare unrelated class ids."""
     if model_classes == data_classes:
         return
     for i, (ours, theirs) in enumerate(zip(model_classes, data_classes, strict=False)):
         if ours != theirs:
-            detail = f"class {i} is {theirs!r} in {data} but {ours!r} in the checkpoint"
+            detail = f"class {i} is {theirs!r} in {data} but {ours!r} in the model"
             break
     else:
-        detail = f"{data} has {len(data_classes)} classes, the checkpoint {len(model_classes)}"
+        detail = f"{data} has {len(data_classes)} classes, the model {len(model_classes)}"
     raise UserError(
-        f"{data} is not the dataset this checkpoint was trained on: {detail} "
+        f"{data} is not the dataset this model was trained on: {detail} "
         "(--allow-class-mismatch compares class ids anyway)"
     )
 
@@ -80,15 +121,17 @@ def evaluate_on_dataset(
     progress: bool = True,
     tta_flip: bool = False,
 ) -> EvalResult:
-    """`evaluate_checkpoint` after checking that ``data`` has the checkpoint's classes, in the same order."""
-    model_classes = read_checkpoint_info(ckpt).class_names
+    """`evaluate_classifier` on a model file (``ckpt``: a checkpoint or an export) after checking that ``data`` has
+    the model's classes, in the same order."""
+    classifier = load_classifier(ckpt)
+    dataset = load_prepared(data)
     if not allow_class_mismatch:
-        check_classes(model_classes, load_prepared(data).classes, data)
-    return evaluate_checkpoint(ckpt, data, split, batch_size=batch_size, progress=progress, tta_flip=tta_flip)
+        check_classes(classifier.class_names, dataset.classes, data)
+    return evaluate_classifier(classifier, dataset, split, batch_size=batch_size, progress=progress, tta_flip=tta_flip)
 
 
 def new_report_dir(ckpt: str | Path, data: str | Path, split: str, out: str | Path | None = None) -> Path:
-    """A report folder that does not exist yet: ``out``, or ``eval-<ckpt>-<dataset>-<split>`` beside the checkpoint;
+    """A report folder that does not exist yet: ``out``, or ``eval-<ckpt>-<dataset>-<split>`` beside the model file;
     an existing one gets a numeric suffix (``-2``, ``-3``, ...) instead of being overwritten."""
     default = f"eval-{Path(ckpt).stem}-{Path(data).resolve().name}-{split}"
     base = Path(out) if out is not None else Path(ckpt).parent / default

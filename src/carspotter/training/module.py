@@ -1,4 +1,9 @@
-"""The Lightning module: one network, its loss, optimizer and scheduler as configured, and namespaced metrics."""
+"""The Lightning module: one network's training, validation and test steps with namespaced metrics, its EMA weights
+(what is validated and saved as the model), and the description every checkpoint carries.
+
+The loss, optimizer and learning-rate schedule come from `carspotter.training.optimization`, MixUp/CutMix from
+`carspotter.data.batch_augment`.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn as nn
-import torch.optim as optim
 from timm.utils import ModelEmaV3
-from torch.optim import lr_scheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from carspotter.checkpoint import CheckpointInfo
 from carspotter.config import RUN_SCHEDULES, Config
+from carspotter.data.batch_augment import build_batch_mixing
 from carspotter.errors import UserError
 from carspotter.training.finetune import parameter_groups
+from carspotter.training.optimization import build_loss, build_optimizer, build_run_schedule, build_scheduler
 from carspotter.training.scoring import EvalResult, SplitScores
 
 RAW_WEIGHTS_KEY = "raw_state_dict"  # with EMA on: the trained (not averaged) weights, under their ``model.`` keys
@@ -28,61 +33,6 @@ warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_
 # (metrics.csv gets one row per epoch whatever the interval).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
-
-
-def build_loss(cfg: Config) -> nn.Module:
-    return getattr(nn, cfg.loss.name)(**cfg.loss.params)
-
-
-def build_optimizer(cfg: Config, params: Any) -> optim.Optimizer:
-    return getattr(optim, cfg.optimizer.name)(params, **cfg.optimizer.params)
-
-
-def build_scheduler(cfg: Config, optimizer: optim.Optimizer, total_steps: int) -> dict[str, Any] | None:
-    """The configured schedule; ``cosine`` and ``step`` are laid out over ``total_steps`` optimizer steps."""
-    if cfg.scheduler.name is None:
-        return None
-    if cfg.scheduler.name in RUN_SCHEDULES:
-        scheduler = build_run_schedule(cfg.scheduler.name, cfg.scheduler.params, optimizer, total_steps)
-        return {"scheduler": scheduler, "interval": "step", "name": "lr"}
-    scheduler = getattr(lr_scheduler, cfg.scheduler.name)(optimizer, **cfg.scheduler.params)
-    return {"scheduler": scheduler, "interval": cfg.scheduler.interval, "monitor": cfg.scheduler.monitor, "name": "lr"}
-
-
-def build_run_schedule(
-    name: str, params: dict[str, Any], optimizer: optim.Optimizer, total_steps: int
-) -> lr_scheduler.LRScheduler:
-    """Linear warm-up over a fraction of the run, then cosine (or step decay at fractions of the run).
-
-    Everything is a fraction of ``total_steps``, so ``--set trainer.max_epochs=N`` keeps the shape of the schedule.
-    Built from torch's own `LinearLR`, `CosineAnnealingLR`, `MultiStepLR` and `SequentialLR`.
-    """
-    p = {**RUN_SCHEDULES[name], **params}
-    total_steps = max(1, int(total_steps))
-    warm = min(round(p["warmup"] * total_steps), total_steps - 1)
-    if name == "cosine":
-        eta_min = p["final_lr"] * optimizer.defaults["lr"]
-        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, total_steps - warm), eta_min=eta_min
-        )
-    else:
-        milestones = [max(1, round(m * total_steps) - warm) for m in p["milestones"]]
-        main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=p["gamma"])
-    if warm == 0:
-        return main
-    # lr rises linearly from base/(warm+1) at the first step to the base lr at step `warm`.
-    warmup = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warm + 1), end_factor=1.0, total_iters=warm)
-    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warm])
-
-
-def build_batch_mixing(cfg: Config, num_classes: int) -> nn.Module | None:
-    """MixUp / CutMix from ``data.batch_augmentations`` (torchvision v2); one drawn per batch when several."""
-    from torchvision.transforms import v2
-
-    mixers = [getattr(v2, s.name)(num_classes=num_classes, **s.params) for s in cfg.data.batch_augmentations]
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 class CarClassifier(L.LightningModule):

@@ -138,9 +138,10 @@ def check_buildable(cfg: Config, model: torch.nn.Module, datamodule: CarsDataMod
     image, turning a config value that only fails when used into a `UserError` naming its section."""
     from PIL import Image
 
+    from carspotter.data.batch_augment import build_batch_mixing
     from carspotter.data.transforms import TrainTransform
     from carspotter.training.finetune import parameter_groups
-    from carspotter.training.module import build_batch_mixing, build_optimizer, build_scheduler
+    from carspotter.training.optimization import build_optimizer, build_scheduler
 
     height, width = cfg.data.image_size
     try:

@@ -16,6 +16,7 @@ from ranking_support import assert_ranking_matches
 from synthetic_support import CARSPOTTER
 
 from carspotter.errors import UserError
+from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.inference import load_classifier
 from carspotter.inference.onnx_backend import OnnxClassifier
 from carspotter.predict import predict_images
@@ -99,6 +100,8 @@ def test_pixels_model_through_predict_and_bench(
     result = bench_infer([pixels_onnx, responsive_checkpoint], data=synthetic_prepared, runs=10, warmup=1)
     eager, pixels = result.formats
     assert pixels.label == "onnx-fp32-pixels" and pixels.top1 == eager.top1
+    with pytest.raises(UserError, match="resizes photos itself.*bench-infer --data"):
+        evaluate_on_dataset(pixels_onnx, synthetic_prepared, progress=False)
 
 
 def test_int8_is_portable(int8_pixels: tuple[Path, object]) -> None:

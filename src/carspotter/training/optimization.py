@@ -1,0 +1,56 @@
+"""The loss, optimizer and learning-rate schedule built from the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+import torch.optim as optim
+from torch.optim import lr_scheduler
+
+from carspotter.config import RUN_SCHEDULES, Config
+
+
+def build_loss(cfg: Config) -> nn.Module:
+    return getattr(nn, cfg.loss.name)(**cfg.loss.params)
+
+
+def build_optimizer(cfg: Config, params: Any) -> optim.Optimizer:
+    return getattr(optim, cfg.optimizer.name)(params, **cfg.optimizer.params)
+
+
+def build_scheduler(cfg: Config, optimizer: optim.Optimizer, total_steps: int) -> dict[str, Any] | None:
+    """The configured schedule; ``cosine`` and ``step`` are laid out over ``total_steps`` optimizer steps."""
+    if cfg.scheduler.name is None:
+        return None
+    if cfg.scheduler.name in RUN_SCHEDULES:
+        scheduler = build_run_schedule(cfg.scheduler.name, cfg.scheduler.params, optimizer, total_steps)
+        return {"scheduler": scheduler, "interval": "step", "name": "lr"}
+    scheduler = getattr(lr_scheduler, cfg.scheduler.name)(optimizer, **cfg.scheduler.params)
+    return {"scheduler": scheduler, "interval": cfg.scheduler.interval, "monitor": cfg.scheduler.monitor, "name": "lr"}
+
+
+def build_run_schedule(
+    name: str, params: dict[str, Any], optimizer: optim.Optimizer, total_steps: int
+) -> lr_scheduler.LRScheduler:
+    """Linear warm-up over a fraction of the run, then cosine (or step decay at fractions of the run).
+
+    Everything is a fraction of ``total_steps``, so ``--set trainer.max_epochs=N`` keeps the shape of the schedule.
+    Built from torch's own `LinearLR`, `CosineAnnealingLR`, `MultiStepLR` and `SequentialLR`.
+    """
+    p = {**RUN_SCHEDULES[name], **params}
+    total_steps = max(1, int(total_steps))
+    warm = min(round(p["warmup"] * total_steps), total_steps - 1)
+    if name == "cosine":
+        eta_min = p["final_lr"] * optimizer.defaults["lr"]
+        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, total_steps - warm), eta_min=eta_min
+        )
+    else:
+        milestones = [max(1, round(m * total_steps) - warm) for m in p["milestones"]]
+        main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=p["gamma"])
+    if warm == 0:
+        return main
+    # lr rises linearly from base/(warm+1) at the first step to the base lr at step `warm`.
+    warmup = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (warm + 1), end_factor=1.0, total_iters=warm)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warm])
