@@ -18,6 +18,7 @@ from carspotter.data.fast import DeviceBatches, FastCarsDataModule, resolve_pipe
 from carspotter.data.prepared import load_prepared
 from carspotter.data.transforms import EvalTransform, crop_to_box, preprocessing_from_config
 from carspotter.errors import UserError
+from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.preprocessing import open_image, resize_image
 from carspotter.training.callbacks import read_epoch_metrics
 from carspotter.training.run import train
@@ -196,14 +197,19 @@ def _tiny(prepared: Path, runs: Path, pipeline: str, cache: Path, *extra: str):
 
 def test_fast_pipeline_trains_and_its_checkpoint_evaluates_classically(synthetic_prepared: Path, tmp_path: Path):
     # Learning to well above chance takes ~12 epochs (the slow test below); here: the loss falls, the run completes,
-    # best.ckpt is tested through the classic evaluation path, and only the training split was cached.
+    # best.ckpt is tested through the classic evaluation path (what `evaluate` counts), and only the training split
+    # was cached.
     cfg = _tiny(synthetic_prepared, tmp_path / "runs", "fast", tmp_path / "cache", "trainer.max_epochs=3",
                 "scheduler.params.T_max=3")  # fmt: skip
     result = train(cfg, progress=False)
     rows = read_epoch_metrics(result.run_dir / "metrics.csv")
     assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), rows
     assert result.summary["test_n"] == len(load_prepared(synthetic_prepared).test)
-    assert 0.0 <= result.summary["test_top1"] <= 1.0
+    # the run's own test score (trainer.test) is what the classic `evaluate` counts on its best.ckpt
+    batch = cfg.trainer.batch_size
+    scores = evaluate_on_dataset(result.best_ckpt, synthetic_prepared, batch_size=batch, progress=False)
+    assert (scores.top1, scores.top5, scores.n) == (
+        result.summary["test_top1"], result.summary["test_top5"], result.summary["test_n"])
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.npy")) == ["train"]
 
 
