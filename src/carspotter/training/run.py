@@ -182,7 +182,11 @@ RUN_DIR_ENV = "CARSPOTTER_RUN_DIR"
 
 
 def launch_rank_zero() -> bool:
-    """False in a process that Lightning (or torchrun/SLURM) started as a non-zero rank of a distributed run."""
+    """False in a process that Lightning (or torchrun/SLURM) started as a non-zero rank of a distributed run.
+
+    Not Lightning's `rank_zero_only.rank`: before the process group exists it reads the first of RANK, LOCAL_RANK,
+    SLURM_PROCID, so the first process of a second node (LOCAL_RANK=0, NODE_RANK=1) would pass for rank 0 and make
+    a run folder of its own."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
