@@ -31,7 +31,7 @@ def run_demo(
 ) -> DemoResult:
     from carspotter.data.prepare import prepare
     from carspotter.data.synth import synthesize
-    from carspotter.evaluation.metrics import evaluate_checkpoint, write_report
+    from carspotter.evaluation.metrics import evaluate_on_dataset, write_report
     from carspotter.inference import load_classifier
     from carspotter.predict import predict_images
     from carspotter.training.run import train
@@ -52,7 +52,7 @@ def run_demo(
     result = train(cfg)
     echo(f"    run folder: {result.run_dir}")
     echo("4/5 evaluating the selected checkpoint on the test split")
-    evaluation = evaluate_checkpoint(result.best_ckpt, prepared, "test", progress=False)
+    evaluation = evaluate_on_dataset(result.best_ckpt, prepared, "test", progress=False)
     report = write_report(evaluation, result.run_dir / "eval-test")
     echo(
         f"    top-1 {evaluation.top1:.2%}, top-5 {evaluation.top5:.2%} on {evaluation.n} test images; "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,9 @@ from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.plots import confused_pairs, plot_confusion
 from carspotter.training.scoring import EvalResult, evaluate_model
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "EvalResult",
     "check_classes",
-    "evaluate_checkpoint",
     "evaluate_classifier",
     "evaluate_model",
     "evaluate_on_dataset",
@@ -75,24 +71,6 @@ def evaluate_classifier(
     else:
         model, device = _RuntimeModule(classifier), "cpu"
     return evaluate_model(model, loader, classifier.class_names, device=device, progress=progress, tta_flip=tta_flip)
-
-
-def evaluate_checkpoint(
-    model_path: str | Path,
-    data: str | Path,
-    split: str = "test",
-    batch_size: int = 64,
-    workers: int = 2,
-    device: str | None = None,
-    progress: bool = True,
-    tta_flip: bool = False,
-) -> EvalResult:
-    """Evaluate a model file on a prepared split, rebuilding the model and its preprocessing from the file alone."""
-    classifier = load_classifier(model_path)
-    dataset = load_prepared(data)
-    if dataset.classes != classifier.class_names:
-        log.warning("the dataset's class names differ from the model's; class ids are compared as they are")
-    return evaluate_classifier(classifier, dataset, split, batch_size, workers, device, progress, tta_flip)
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> None:
