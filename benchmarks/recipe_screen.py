@@ -4,12 +4,13 @@
         --val-fraction 0.3 --model ghostnet_thesis --batch-size 64 --lr 1e-3
 
 Images are decoded once, resized to a square and kept as uint8 in memory; each epoch draws RandomResizedCrop
-(scale SCALE-1) + flip per image, AdamW (no decay on biases and norms), linear warm-up over 5% of the steps then
+(scale SCALE-1) + flip per image, AdamW (biases and norms undecayed), linear warm-up over 5% of the steps then
 cosine to 1%, label smoothing 0.1. The held-out part of TRAIN (``--val-fraction``, seed 0; 0.3 = 624 photos on
 odd98, so a point of accuracy is about one standard error) scores the last epoch. The test split is never read:
 this is for choosing, `benchmarks/real_accuracy.py` (through ``carspotter train``) is for reporting. It is a
-screen, not the recipe: no EMA, no colour jitter, no checkpoint. ``--optimizer sgd``, ``--mix``, ``--trivial-augment``,
-``--erase`` and ``--source-size`` try the variants in the README's tables. Prints one line per epoch and a RESULT line.
+screen, not the recipe: no EMA, no colour jitter, no checkpoint. ``--decay-norms``, ``--optimizer sgd``, ``--mix``,
+``--trivial-augment``, ``--erase`` and ``--source-size`` try the variants in the README's tables. Prints one line per
+epoch and a RESULT line.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--decay-norms", action="store_true", help="weight decay on biases and norms too (as the thesis)")
     ap.add_argument("--scale", type=float, default=0.6, help="RandomResizedCrop's smallest crop")
     ap.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9, Nesterov")
     ap.add_argument("--mix", action="store_true", help="MixUp (alpha 0.2) or CutMix (alpha 1), one drawn per batch")
@@ -86,6 +88,8 @@ def main() -> None:
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1],
                                                              "weight_decay": 0.0}]  # fmt: skip
+    if args.decay_norms:
+        groups = [{"params": params}]
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     else:
