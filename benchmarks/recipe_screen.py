@@ -86,10 +86,9 @@ def main() -> None:
         kwargs["zero_init_last"] = False
     model = create_model(args.model, num_classes=num_classes, **kwargs).to(memory_format=torch.channels_last)
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1],
-                                                             "weight_decay": 0.0}]  # fmt: skip
-    if args.decay_norms:
-        groups = [{"params": params}]
+    exempt = not args.decay_norms  # biases and norms' scales and shifts (ndim <= 1) go undecayed unless --decay-norms
+    groups = [{"params": [p for p in params if p.ndim > 1 or not exempt]},
+              {"params": [p for p in params if p.ndim <= 1 and exempt], "weight_decay": 0.0}]  # fmt: skip
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     else:
