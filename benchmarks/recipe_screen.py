@@ -27,7 +27,9 @@ import torch.nn as nn
 import torchvision.transforms.v2 as T
 from PIL import Image
 
+from carspotter.config import load_config
 from carspotter.models import create_model
+from carspotter.training.finetune import parameter_groups
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -85,10 +87,9 @@ def main() -> None:
     if args.no_zero_init_last:
         kwargs["zero_init_last"] = False
     model = create_model(args.model, num_classes=num_classes, **kwargs).to(memory_format=torch.channels_last)
-    params = list(model.parameters())
-    exempt = not args.decay_norms  # biases and norms' scales and shifts (ndim <= 1) go undecayed unless --decay-norms
-    groups = [{"params": [p for p in params if p.ndim > 1 or not exempt]},
-              {"params": [p for p in params if p.ndim <= 1 and exempt], "weight_decay": 0.0}]  # fmt: skip
+    # the pipeline's own groups: biases and norms undecayed unless --decay-norms
+    decay_rule = load_config("stanford_ghostnet", [f"optimizer.weight_decay_norm_and_bias={args.decay_norms}"])
+    groups = parameter_groups(model, decay_rule)
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     else:
