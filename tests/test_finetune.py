@@ -145,7 +145,7 @@ def test_parameter_groups_split_the_classifier_from_the_backbone() -> None:
 
 def test_no_weight_decay_on_norms_and_biases() -> None:
     model = create_model("ghostnet_100", num_classes=5)
-    cfg = load_config(RECOMMENDED)
+    cfg = load_config(RECOMMENDED, ["optimizer.weight_decay_norm_and_bias=false"])
     groups = parameter_groups(model, cfg)
     undecayed = [p for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]]
     decayed = [p for g in groups if "weight_decay" not in g for p in g["params"]]
@@ -157,9 +157,9 @@ def test_no_weight_decay_on_norms_and_biases() -> None:
     both = parameter_groups(model, cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
         update={"backbone_lr": 1e-4})}))  # fmt: skip
     assert [g.get("lr") for g in both] == [None, None, 1e-4, 1e-4] and both[1]["weight_decay"] == 0.0
-    # the switch off: one group, decayed as the optimizer says
-    cfg_off = load_config(RECOMMENDED, ["optimizer.weight_decay_norm_and_bias=true"])
-    assert len(parameter_groups(model, cfg_off)) == 1
+    # the switch off (the recipe's own setting): one group, decayed as the optimizer says
+    assert load_config(RECOMMENDED).optimizer.weight_decay_norm_and_bias
+    assert len(parameter_groups(model, load_config(RECOMMENDED))) == 1
 
 
 def test_a_model_without_the_head_api_is_a_clear_error() -> None:
