@@ -211,6 +211,31 @@ def test_ghostnet_output_stride_16_skips_the_last_downsampling(name: str) -> Non
         create_model(name, output_stride=8)
 
 
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnet_thesis"])
+def test_ghostnet_drop_path_drops_residual_branches_in_training_only(name: str) -> None:
+    """``drop_path_rate``: stochastic depth on every bottleneck's residual branch, 0 at the first block and rising
+    linearly with depth (timm's rule); the parameters stay the same (timm weights still load), eval mode is
+    deterministic and equals the model without it, and training draws differ from call to call."""
+    torch.manual_seed(0)
+    plain = create_model(name, num_classes=7, drop_rate=0.0)  # no head dropout: only stochastic depth is random
+    dropped = create_model(name, num_classes=7, drop_rate=0.0, drop_path_rate=0.3)
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in dropped.parameters()]
+    blocks = [b for stage in dropped.blocks for b in stage if hasattr(b, "drop_path")]
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks]
+    assert len(rates) == 16 and rates[0] == 0.0 and rates == sorted(rates) and 0.25 < rates[-1] < 0.3
+    for m in dropped.modules():  # every branch's last BN away from 0 (zero_init_last), so dropping one shows
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+    plain.load_state_dict(dropped.state_dict())
+    x = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x)) and torch.equal(dropped(x), dropped(x))
+    plain.train(), dropped.train()
+    assert torch.equal(plain(x), plain(x)) and not torch.allclose(dropped(x), dropped(x))
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        create_model(name, drop_path_rate=1.0)
+
+
 @pytest.mark.parametrize("variant", ["ghostnet_050", "ghostnet_100", "ghostnet_130"])
 def test_ghostnet_matches_timm(variant: str) -> None:
     timm = pytest.importorskip("timm")

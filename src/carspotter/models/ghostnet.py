@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
+from timm.layers import DropPath
 
 from carspotter.models._registry import register_model
 from carspotter.models.head import PooledLinearClassifier
@@ -120,7 +121,8 @@ class GhostBottleneck(nn.Module):
     """Ghost expansion -> (depthwise kxk stride 2) -> (SE) -> linear Ghost projection, plus a shortcut.
 
     ``dilation`` > 1 (a downsampling block kept at stride 1 for ``output_stride=16``): the depthwise convolutions
-    are dilated instead of strided, as in timm, so the block keeps its parameters and its receptive field."""
+    are dilated instead of strided, as in timm, so the block keeps its parameters and its receptive field.
+    ``drop_path`` > 0: stochastic depth, the residual branch dropped per sample in training (timm's ``DropPath``)."""
 
     def __init__(
         self,
@@ -131,6 +133,7 @@ class GhostBottleneck(nn.Module):
         stride: int,
         se: nn.Module | None,
         dilation: int = 1,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -155,6 +158,7 @@ class GhostBottleneck(nn.Module):
                 nn.Conv2d(in_chs, out_chs, 1, 1, 0, bias=False),
                 nn.BatchNorm2d(out_chs),
             )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -164,7 +168,7 @@ class GhostBottleneck(nn.Module):
         if self.se is not None:
             x = self.se(x)
         x = self.ghost2(x)
-        return x + self.shortcut(shortcut)
+        return self.drop_path(x) + self.shortcut(shortcut)
 
 
 class ConvBnAct(nn.Module):
@@ -199,12 +203,15 @@ class GhostNet(PooledLinearClassifier):
         hidden_channels: int = 1280,
         zero_init_last: bool = True,
         output_stride: int = 32,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if head not in ("paper", "thesis"):
             raise ValueError(f"head must be 'paper' or 'thesis', got {head!r}")
         if output_stride not in (16, 32):
             raise ValueError(f"output_stride must be 16 or 32, got {output_stride!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -219,6 +226,8 @@ class GhostNet(PooledLinearClassifier):
         exp_size = 16
         stages: list[nn.Module] = []
         reduction = 2  # the stem's stride
+        num_blocks = sum(len(cfg) for cfg in cfgs)
+        block_idx = 0
         for cfg in cfgs:
             layers = []
             for k, exp_size, c, use_se, s in cfg:
@@ -229,8 +238,11 @@ class GhostNet(PooledLinearClassifier):
                 out_chs = make_divisible(c * width, 4)
                 mid_chs = make_divisible(exp_size * width, 4)
                 se = self._make_se(mid_chs) if use_se else None
-                layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, k, s, se, dilation))
+                # Stochastic depth grows linearly with depth, as in timm's GhostNet: 0 at the first block.
+                drop_path = drop_path_rate * block_idx / num_blocks
+                layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, k, s, se, dilation, drop_path))
                 prev_chs = out_chs
+                block_idx += 1
             stages.append(nn.Sequential(*layers))
         out_chs = make_divisible(exp_size * width, 4)
         stages.append(nn.Sequential(ConvBnAct(prev_chs, out_chs)))
@@ -306,6 +318,7 @@ def ghostnet_050(
     drop_rate: float = 0.2,
     zero_init_last: bool = True,
     output_stride: int = 32,
+    drop_path_rate: float = 0.0,
 ) -> GhostNet:
     """GhostNet 0.5x, paper head (timm-compatible weights)."""
     return _create_ghostnet(
@@ -316,6 +329,7 @@ def ghostnet_050(
         head="paper",
         zero_init_last=zero_init_last,
         output_stride=output_stride,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -326,6 +340,7 @@ def ghostnet_100(
     drop_rate: float = 0.2,
     zero_init_last: bool = True,
     output_stride: int = 32,
+    drop_path_rate: float = 0.0,
 ) -> GhostNet:
     """GhostNet 1.0x, paper head (timm-compatible weights); 5,182,508 parameters at 1000 classes."""
     return _create_ghostnet(
@@ -336,6 +351,7 @@ def ghostnet_100(
         head="paper",
         zero_init_last=zero_init_last,
         output_stride=output_stride,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -346,6 +362,7 @@ def ghostnet_130(
     drop_rate: float = 0.2,
     zero_init_last: bool = True,
     output_stride: int = 32,
+    drop_path_rate: float = 0.0,
 ) -> GhostNet:
     """GhostNet 1.3x, paper head (timm-compatible weights)."""
     return _create_ghostnet(
@@ -356,6 +373,7 @@ def ghostnet_130(
         head="paper",
         zero_init_last=zero_init_last,
         output_stride=output_stride,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -368,6 +386,7 @@ def ghostnet_thesis(
     width: float = 1.0,
     zero_init_last: bool = True,
     output_stride: int = 32,
+    drop_path_rate: float = 0.0,
 ) -> GhostNet:
     """The thesis's GhostNet: clamp-gated SE and a BN1d hidden-layer classifier (3,041,412 params at 320/196)."""
     return _create_ghostnet(
@@ -379,4 +398,5 @@ def ghostnet_thesis(
         hidden_channels=hidden_channels,
         zero_init_last=zero_init_last,
         output_stride=output_stride,
+        drop_path_rate=drop_path_rate,
     )
