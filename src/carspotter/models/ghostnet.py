@@ -227,7 +227,6 @@ class GhostNet(PooledLinearClassifier):
         stages: list[nn.Module] = []
         reduction = 2  # the stem's stride
         num_blocks = sum(len(cfg) for cfg in cfgs)
-        block_idx = 0
         for cfg in cfgs:
             layers = []
             for k, exp_size, c, use_se, s in cfg:
@@ -239,10 +238,10 @@ class GhostNet(PooledLinearClassifier):
                 mid_chs = make_divisible(exp_size * width, 4)
                 se = self._make_se(mid_chs) if use_se else None
                 # Stochastic depth grows linearly with depth, as in timm's GhostNet: 0 at the first block.
+                block_idx = sum(len(stage) for stage in stages) + len(layers)
                 drop_path = drop_path_rate * block_idx / num_blocks
                 layers.append(GhostBottleneck(prev_chs, mid_chs, out_chs, k, s, se, dilation, drop_path))
                 prev_chs = out_chs
-                block_idx += 1
             stages.append(nn.Sequential(*layers))
         out_chs = make_divisible(exp_size * width, 4)
         stages.append(nn.Sequential(ConvBnAct(prev_chs, out_chs)))
