@@ -29,6 +29,7 @@ from carspotter.predict import predict_images
 from carspotter.preprocessing import open_photo, softmax
 from carspotter.serve import web_runtime
 from carspotter.serve.site import build_site
+from carspotter.writable import OWNER_FILE
 
 EXIF_ORIENTATION = 0x0112
 
@@ -131,22 +132,53 @@ def test_site_is_a_self_contained_pwa(site: Path, exported: Path, photos: list[P
         assert_ranking_matches(top5, want, photo.name)
 
 
-def test_rebuild_replaces_the_site_and_never_a_foreign_folder(site: Path, exported: Path, tmp_path: Path) -> None:
+def test_rebuild_replaces_the_sites_own_files_and_nothing_else(site: Path, exported: Path, tmp_path: Path) -> None:
+    """Issue 35, item 1: a site folder often holds more than the site (a CNAME, a .git/, notes); a rebuild replaces
+    the files the app wrote, removes those of them the new build no longer has, and keeps everything else."""
     old_worker = (site / "sw.js").read_text()
     site = shutil.copytree(site, tmp_path / "site")  # the shared site stays as built
-    (site / "stale.txt").write_text("left by an older build")
+    (site / "CNAME").write_text("cars.example\n")
+    (site / ".git").mkdir()
+    (site / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (site / "ort" / "ort-wasm-from-an-older-build.wasm").write_text("an older build's runtime")
+    record = json.loads((site / OWNER_FILE).read_text())
+    record["files"].append("ort/ort-wasm-from-an-older-build.wasm")  # as if an older build had written it
+    (site / OWNER_FILE).write_text(json.dumps(record))
     again = build_site(exported, site, title="My cars")
-    assert not (site / "stale.txt").exists()
+    assert (site / "CNAME").read_text() == "cars.example\n" and (site / ".git" / "HEAD").is_file()
+    assert not (site / "ort" / "ort-wasm-from-an-older-build.wasm").exists()
     assert json.loads((site / "manifest.webmanifest").read_text())["name"] == "My cars"
     assert "<title>My cars</title>" in (site / "index.html").read_text()
     assert (site / "sw.js").read_text() != old_worker  # a new cache version: phones pick up the new site
-    assert again.files == sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+    assert "CNAME" not in (site / "sw.js").read_text()  # the service worker caches the site's files only
+    ours = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file() and p.name != OWNER_FILE)
+    assert again.files == [f for f in ours if f != "CNAME" and not f.startswith(".git/")]
+
+
+def test_a_foreign_folder_is_refused_unless_overwrite_and_keeps_its_files(
+    runtime, exported: Path, tmp_path: Path
+) -> None:
     foreign = tmp_path / "documents"
     foreign.mkdir()
     (foreign / "model.json").write_text("{}")  # a file name an app site has too: still not one
-    with pytest.raises(UserError, match="not an app site"):
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"documents: exists, holds files carspotter app did not write \(model\.json"):
         build_site(exported, foreign)
-    assert (foreign / "model.json").read_text() == "{}" and len(list(foreign.iterdir())) == 1
+    assert (foreign / "model.json").read_text() == "{}" and len(list(foreign.iterdir())) == 2
+    built = build_site(exported, foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"  # written into, never emptied
+    assert "model.json" in built.files and json.loads((foreign / "model.json").read_text())["class_names"]
+
+
+def test_site_gets_the_users_usual_permissions(runtime, exported: Path, tmp_path: Path) -> None:
+    """A web server running as another user must be able to read the site: not the 0700 of a private temp folder."""
+    previous = os.umask(0o022)
+    try:
+        site = build_site(exported, tmp_path / "public" / "site").path
+    finally:
+        os.umask(previous)
+    assert site.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644) for p in site.rglob("*"))
 
 
 def test_cli_says_which_step_fetches_the_runtime(exported: Path, tmp_path: Path) -> None:

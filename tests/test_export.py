@@ -179,3 +179,21 @@ def test_executorch_round_trip_matches_pytorch(
     assert np.abs(reference.image_logits(images) - et.image_logits(images)).max() < 1e-3
     _, info = load_checkpoint(responsive_checkpoint)
     assert et.class_names == info.class_names and et.preprocessing == info.preprocessing
+
+
+def test_export_replaces_a_file_only_when_told_and_never_writes_through_a_link(
+    trained_checkpoint: Path, synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """Issue 35, item 5: `export -o` over an existing file overwrote it silently, and over a link wrote through it."""
+    from carspotter.export.onnx import export
+
+    target = tmp_path / "elsewhere.onnx"
+    target.write_text("the link's target")
+    link = tmp_path / "model.onnx"
+    link.symlink_to(target)
+    with pytest.raises(UserError, match="model.onnx: a symbolic link of that name exists; --overwrite replaces it"):
+        export(trained_checkpoint, link, data=synthetic_prepared)
+    report = export(trained_checkpoint, link, data=synthetic_prepared, overwrite=True)
+    assert not link.is_symlink() and target.read_text() == "the link's target"
+    assert OnnxClassifier(report.path).class_names == load_prepared(synthetic_prepared).classes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.onnx", "model.onnx"]  # no staging left behind

@@ -18,15 +18,23 @@ from carspotter.export import metadata
 from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_images, compare, describe_export
 from carspotter.inference.executorch_backend import ExecuTorchClassifier, require_executorch
 from carspotter.inference.torch_backend import TorchClassifier
-from carspotter.writable import check_writable
+from carspotter.writable import check_output_file, replacing
 
 log = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-3
 
 
-def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None) -> ExportReport:
-    """Lower ``ckpt`` to an XNNPACK ExecuTorch program at ``out`` and compare it with PyTorch on real images."""
+def export(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    overwrite: bool = False,
+    random_check: bool = False,
+) -> ExportReport:
+    """Lower ``ckpt`` to an XNNPACK ExecuTorch program at ``out`` and compare it with PyTorch on real images; ``out``
+    (and its ``.json``) are written only when the check passes, over an existing file only with ``overwrite``."""
     require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -34,16 +42,15 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None)
     out = Path(out)
     if out.suffix.lower() != ".pte":
         raise UserError(f"{out}: an ExecuTorch export's file name must end in .pte")
-    check_writable(out.parent, "export folder")
+    check_output_file(out, "export", overwrite=overwrite)
     model, info = load_checkpoint(ckpt)
+    images, source = check_images(info, data, n=CHECK_IMAGES // 2, random_check=random_check)
     h, w = info.preprocessing.image_size
     example = (torch.randn(1, info.preprocessing.channels, h, w),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exported = torch.export.export(model, example)
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(program.buffer)
     props = describe_export(
         info,
         {
@@ -54,19 +61,20 @@ def export(ckpt: str | Path, out: str | Path, *, data: str | Path | None = None)
             "exporter": f"torch.export + executorch, torch {torch.__version__}",
         },
     )
-    metadata.write_sidecar(out, props)
-    log.debug("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)
-    images, source = check_images(info, data, n=CHECK_IMAGES // 2)
-    reference = TorchClassifier(model, info.class_names, info.preprocessing)
-    report = compare(reference.image_logits(images), ExecuTorchClassifier(out).image_logits(images))
-    log.info(
-        "ExecuTorch vs PyTorch on %s: max |Δ logit| = %.2e, top-1 agreement %.1f%%",
-        source,
-        report.max_abs_diff,
-        100 * report.top1_agreement,
-    )
-    if not report.max_abs_diff < FP32_TOLERANCE:
-        raise RuntimeError(
-            f"{out}: ExecuTorch differs from PyTorch by {report.max_abs_diff:.3g} (tolerance {FP32_TOLERANCE})"
+    with replacing(out) as staged:
+        staged.write_bytes(program.buffer)
+        metadata.write_sidecar(staged, props)
+        reference = TorchClassifier(model, info.class_names, info.preprocessing)
+        report = compare(reference.image_logits(images), ExecuTorchClassifier(staged).image_logits(images))
+        log.info(
+            "ExecuTorch vs PyTorch on %s: max |Δ logit| = %.2e, top-1 agreement %.1f%%",
+            source,
+            report.max_abs_diff,
+            100 * report.top1_agreement,
         )
+        if not report.max_abs_diff < FP32_TOLERANCE:
+            raise RuntimeError(
+                f"{out}: ExecuTorch differs from PyTorch by {report.max_abs_diff:.3g} (tolerance {FP32_TOLERANCE})"
+            )
+    log.debug("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, metadata.sidecar_path(out).name)
     return ExportReport(out, ExecuTorchClassifier.label, report, len(images), source, out.stat().st_size, {"batch": 1})

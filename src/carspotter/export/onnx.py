@@ -26,7 +26,7 @@ from carspotter.export.pixels import embed_preprocessing as embed_pixels
 from carspotter.inference.onnx_backend import OnnxClassifier
 from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.preprocessing import softmax
-from carspotter.writable import check_writable
+from carspotter.writable import check_output_file, replacing
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +69,36 @@ def describe_export(info: CheckpointInfo, runtime: dict[str, Any], *, pixels_in_
     )
 
 
-def check_images(info: CheckpointInfo, data: str | Path | None, n: int = CHECK_IMAGES) -> tuple[list[Image.Image], str]:
+def check_images(
+    info: CheckpointInfo, data: str | Path | None, n: int = CHECK_IMAGES, *, random_check: bool = False
+) -> tuple[list[Image.Image], str]:
     """Real photos to compare runtimes on: ``data``'s test split, else the dataset the checkpoint was trained on.
 
-    Only when neither is there do random images stand in (logged), so an export never fails for want of data.
+    Random images stand in only when asked (``random_check``): an export checked on noise agrees on noise, so a
+    missing dataset is an error that says how to name one.
     """
     from carspotter.export.inputs import prepared_images
 
-    candidates = [data] if data is not None else []
+    if random_check:
+        if data is not None:
+            raise UserError("--data and --check-random are alternatives: the check runs on one set of images")
+        rng = np.random.default_rng(0)
+        sizes = rng.integers(32, 400, size=(n, 2))
+        images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+        return images, f"{n} random images"
     trained_on = info.config.data.path if info.config is not None else None
-    if data is None and trained_on:
-        candidates.append(trained_on)
-    for candidate in candidates:
-        if candidate is not None and (Path(candidate) / "manifest.json").is_file():
-            images, _ = prepared_images(candidate, "test", limit=n)
-            if images:
-                return images, f"{len(images)} test images of {candidate}"
+    candidate = data if data is not None else trained_on
+    if candidate is not None and (Path(candidate) / "manifest.json").is_file():
+        images, _ = prepared_images(candidate, "test", limit=n)
+        if images:
+            return images, f"{len(images)} test images of {candidate}"
     if data is not None:
         raise UserError(f"{data}: not a complete prepared dataset; cannot check the export on its images")
-    log.warning("no prepared dataset found for the parity check; using random images")
-    rng = np.random.default_rng(0)
-    sizes = rng.integers(32, 400, size=(n, 2))
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes], f"{n} random images"
+    where = f"the dataset it was trained on ({trained_on}) is not there" if trained_on else "it names no dataset"
+    raise UserError(
+        f"{info.path}: {where} to check the export on; pass --data PREPARED (a prepared dataset whose test photos "
+        "the check runs on), or --check-random to check on random images"
+    )
 
 
 def compare(reference: np.ndarray, other: np.ndarray) -> Agreement:
@@ -124,21 +132,24 @@ def export(
     data: str | Path | None = None,
     opset: int = OPSET,
     embed_preprocessing: bool = False,
+    overwrite: bool = False,
+    random_check: bool = False,
 ) -> ExportReport:
     """Export ``ckpt`` to ``out`` (fp32 ONNX) and check it against PyTorch on real photos.
 
-    ``embed_preprocessing``: the model takes uint8 RGB pixels of any size (`carspotter.export.pixels`).
+    ``embed_preprocessing``: the model takes uint8 RGB pixels of any size (`carspotter.export.pixels`). ``out`` is
+    written only when the check passes, replacing an existing file only with ``overwrite`` (a link, not its target).
     """
-    out = Path(out)
-    check_writable(out.parent, "export folder")
+    out = check_output_file(out, "export", overwrite=overwrite)
     model, info = load_checkpoint(ckpt)
-    to_onnx(model, info, out, opset=opset, embed_preprocessing=embed_preprocessing)
-    images, source = check_images(info, data)
-    report = compare(TorchClassifier(model, info.class_names, info.preprocessing).image_logits(images),
-                     OnnxClassifier(out).image_logits(images))
-    log.info("ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.2e, max |Δ probability| = %.2e, top-1 agreement "
-             "%.1f%%", source, report.max_abs_diff, report.max_prob_diff, 100 * report.top1_agreement)
-    check_parity(report, out, pixels_in_graph=embed_preprocessing)
+    images, source = check_images(info, data, random_check=random_check)
+    with replacing(out) as staged:
+        to_onnx(model, info, staged, opset=opset, embed_preprocessing=embed_preprocessing)
+        report = compare(TorchClassifier(model, info.class_names, info.preprocessing).image_logits(images),
+                         OnnxClassifier(staged).image_logits(images))
+        log.info("ONNX Runtime vs PyTorch on %s: max |Δ logit| = %.2e, max |Δ probability| = %.2e, top-1 agreement "
+                 "%.1f%%", source, report.max_abs_diff, report.max_prob_diff, 100 * report.top1_agreement)
+        check_parity(report, out, pixels_in_graph=embed_preprocessing)
     return ExportReport(out, "onnx-fp32", report, len(images), source, out.stat().st_size,
                         {"opset": opset, "preprocessing_in_graph": embed_preprocessing})
 

@@ -48,7 +48,7 @@ from carspotter.export.pixels import embed_preprocessing as embed_pixels
 from carspotter.inference.onnx_backend import OnnxClassifier
 from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.preprocessing import Preprocessing
-from carspotter.writable import check_writable
+from carspotter.writable import check_output_file, replacing
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ def export(
     embed_preprocessing: bool = False,
     min_agreement: float = MIN_AGREEMENT,
     n_check: int = 64,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Export ``ckpt`` as int8 ONNX to ``out``, calibrated on ``calib``'s training images, checked on its test split.
 
@@ -176,7 +177,7 @@ def export(
         raise UserError(f"{calib}: not a complete prepared dataset; --calib needs one (`carspotter prepare RAW OUT`)")
     if not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"--min-agreement must be between 0 and 1, got {min_agreement}")
-    check_writable(out.parent, "export folder")
+    check_output_file(out, "export", overwrite=overwrite)
     model, info = load_checkpoint(ckpt)
     calibration, _ = prepared_inputs(calib, "train", info.preprocessing, limit=n_calib)
     if not len(calibration):
@@ -216,8 +217,8 @@ def export(
             reference_logits(candidate, images[:2], info.preprocessing),
         )
         log.info("onnx ReferenceEvaluator vs ONNX Runtime on 2 images: max |Δ logit| = %.2e", ref.max_abs_diff)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(candidate, out)
+        with replacing(out) as staged:
+            shutil.move(candidate, staged)
     return ExportReport(
         out,
         "onnx-int8",

@@ -27,12 +27,14 @@ from PIL import Image, ImageDraw
 from carspotter.errors import UserError
 from carspotter.export import metadata, pixels
 from carspotter.serve import web_runtime
+from carspotter.writable import claim_output_folder, publish_folder
 
 log = logging.getLogger(__name__)
 
 PAGE_FILES = ("index.html", "app.js")  # copied from serve/static/ as they are; sw.js is a template
 ICON_SIZES = (192, 512)
 ACCENT = (37, 99, 235)  # the page's --accent
+COMMAND = "app"  # the owner recorded in the site folder (`carspotter.writable`)
 WORKER_SIGNATURE = 'const CACHE = "carspotter-'  # in sw.js: the folder is a site built before (a rebuild replaces it)
 
 
@@ -75,23 +77,20 @@ def pixels_model(model_path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any
     return proto, values, True
 
 
-def build_site(model_path: str | Path, out: str | Path, *, title: str = "carspotter") -> Site:
-    """Write the static site for ``model_path`` into ``out`` (empty, absent, or a site built before)."""
+def build_site(model_path: str | Path, out: str | Path, *, title: str = "carspotter", overwrite: bool = False) -> Site:
+    """Write the static site for ``model_path`` into ``out``: absent, empty, a site built before, or (``overwrite``)
+    any folder. Only the site's own files are replaced; files it did not write (a ``CNAME``, a ``.git/``) are kept."""
     out = Path(out)
     ort_files = web_runtime.runtime_files()  # first: a missing runtime is the commonest mistake
+    previous = claim_output_folder(out, COMMAND, overwrite=overwrite, legacy=out.is_dir() and _is_site(out))
     proto, values, wrapped = pixels_model(model_path)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_site(out))):
-        raise UserError(f"{out}: exists and is not an app site built before; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         _write_site(staging, proto, values, ort_files, title)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        files = publish_folder(staging, out, COMMAND, previous)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return Site(out, files, sum((out / f).stat().st_size for f in files), wrapped)
 
 
