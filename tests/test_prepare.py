@@ -32,7 +32,7 @@ from carspotter.errors import UserError
 
 
 def _synth(path: Path, layout: str = "original", **kwargs) -> Path:
-    synthesize(path, layout=layout, num_classes=3, per_class=4, seed=1, **kwargs)
+    synthesize(path, layout=layout, **{"num_classes": 3, "per_class": 4, "seed": 1, **kwargs})
     return path
 
 
@@ -395,6 +395,44 @@ def test_complete_out_is_left_alone_unless_overwrite(tmp_path: Path) -> None:
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
     rebuilt = prepare(raw, out, overwrite=True)
     assert not rebuilt.already_complete and load_prepared(out).manifest["counts"] == {"train": 6, "test": 6}
+
+
+def test_a_complete_out_is_done_only_for_the_raw_it_was_built_from(tmp_path: Path) -> None:
+    """Issue 35, item 3: "already complete" for another RAW meant the user's photos were never prepared."""
+    raw = _synth(tmp_path / "raw", "original", archives=False)
+    other = _synth(tmp_path / "other", "original", archives=False, seed=7, per_class=6)
+    out = tmp_path / "out"
+    prepare(raw, out)
+    source = load_prepared(out).manifest["source"]
+    assert source["raw"] == str(raw.resolve()) and source["fingerprint"]["files"] > 0
+    assert source["layout_asked"] == "auto" and source["options"]["seed"] is None
+    with pytest.raises(UserError, match=rf"OUT was prepared from {raw.resolve()}, not from {other.resolve()}"):
+        prepare(other, out)
+    extra = next(raw.rglob("*.jpg"))
+    added = shutil.copy(extra, extra.with_name("added-later.jpg"))
+    with pytest.raises(UserError, match=r"RAW \(\S+/raw\) has changed since OUT was prepared from it \(\d+ files"):
+        prepare(raw, out)
+    Path(added).unlink()
+    moved = shutil.move(raw, tmp_path / "raw-moved")  # the same files elsewhere: still the same RAW
+    assert prepare(moved, out).already_complete
+    with pytest.raises(UserError, match="was prepared as the original layout, not updated"):
+        prepare(moved, out, layout="updated")
+    rebuilt = prepare(other, out, overwrite=True)
+    assert not rebuilt.already_complete and load_prepared(out).manifest["source"]["raw"] == str(other.resolve())
+
+
+def test_class_folders_with_options_given_again(tmp_path: Path) -> None:
+    raw = tmp_path / "photos"
+    for name in ("Audi A4", "BMW M3"):
+        (raw / name).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (40, 30), (40 * i, 90, 20)).save(raw / name / f"{i}.jpg")
+    out = tmp_path / "prepared"
+    prepare(raw, out, layout="folders", seed=1)
+    assert prepare(raw, out, layout="folders", seed=1).already_complete
+    assert prepare(raw, out, layout="folders").already_complete  # options not given: whatever was used
+    with pytest.raises(UserError, match=r"other options \(--seed 1 then, 2 now\)"):
+        prepare(raw, out, layout="folders", seed=2)
 
 
 def test_foreign_out_folder_is_refused(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from carspotter.data import folders, hub, parquet, stanford
-from carspotter.data.raw import RawLayout
+from carspotter.data.raw import RawLayout, fingerprint
 from carspotter.data.writer import PrepareReport, commit_pending, open_out, scratch_dir, write_prepared
 from carspotter.errors import UserError
 from carspotter.writable import check_writable
@@ -120,25 +120,41 @@ def prepare(
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise UserError(f"{raw}: no such folder; RAW must be the folder holding the downloaded dataset files")
-    if out.resolve() == raw.resolve():
-        raise UserError(f"{out}: OUT must differ from RAW; choose a new folder for the prepared dataset")
     check_writable(out, "prepared dataset folder")
-    existing = open_out(out, overwrite=overwrite)
+    refuse_nesting(raw, out)
+    given = {
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "class_names": None if class_names is None else str(Path(class_names).resolve()),
+    }
+    source = {"raw": str(raw.resolve()), "layout_asked": layout, "options": given, "fingerprint": fingerprint(raw)}
+    existing = open_out(out, overwrite=overwrite, source=source)
     if existing is not None:
         return existing
     finished = commit_pending(out)
     if finished is not None:
         return finished
     chosen = detect_layout(raw, layout)
-    given = {
-        "test_fraction": test_fraction,
-        "seed": seed,
-        "class_names": None if class_names is None else Path(class_names),
-    }
-    dataset = chosen.read(raw, scratch_dir(out), **_layout_options(raw, chosen, given))
+    options = {**given, "class_names": None if class_names is None else Path(class_names)}
+    dataset = chosen.read(raw, scratch_dir(out), **_layout_options(raw, chosen, options))
     if fetched is not None:
         dataset.details["hub"] = fetched
-    report = write_prepared(out, dataset, raw=raw)
+    report = write_prepared(out, dataset, raw=raw, source=source)
     n = report.counts
     log.debug("prepared %s: %s train, %s test images, %d classes", out, n["train"], n["test"], report.num_classes)
     return report
+
+
+def refuse_nesting(raw: Path, out: Path) -> None:
+    """OUT inside RAW would be read back as part of the raw data by the next prepare (a class called ``out``);
+    RAW inside OUT would be mixed with the prepared files. Both are refused before anything is written."""
+    raw_r, out_r = raw.resolve(), out.resolve()
+    if out_r == raw_r:
+        raise UserError(f"{out}: OUT must differ from RAW; choose a new folder for the prepared dataset")
+    if out_r.is_relative_to(raw_r):
+        raise UserError(
+            f"{out}: OUT lies inside RAW ({raw}), where the next prepare would read it as raw data; "
+            "choose a folder outside RAW for the prepared dataset"
+        )
+    if raw_r.is_relative_to(out_r):
+        raise UserError(f"{out}: OUT contains RAW ({raw}); choose a folder for the prepared dataset outside RAW's")

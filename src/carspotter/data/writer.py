@@ -58,11 +58,12 @@ def scratch_dir(out: Path) -> Path:
     return Path(out) / PARTIAL / SCRATCH
 
 
-def open_out(out: Path, *, overwrite: bool) -> PrepareReport | None:
+def open_out(out: Path, *, overwrite: bool, source: dict[str, Any] | None = None) -> PrepareReport | None:
     """Get OUT ready for writing; return the existing report if OUT is already complete (and not ``overwrite``).
 
     OUT may be absent, empty, complete, or left over from an interrupted prepare; a folder holding anything else is
-    refused rather than mixed with a dataset.
+    refused rather than mixed with a dataset. A complete OUT is only "already done" for the RAW it was built from
+    (``source``: what this prepare would build it from, `check_same_source`).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -78,10 +79,12 @@ def open_out(out: Path, *, overwrite: bool) -> PrepareReport | None:
         )
     if (out / MANIFEST).is_file():
         if not overwrite:
+            if source is not None:
+                check_same_source(out, source)
             if (out / PARTIAL).exists():  # a run killed during its final clean-up: OUT is complete, the rest is ours
                 _remove(out / PARTIAL)
             report = report_from_manifest(out)
-            log.warning("%s: already a complete prepared dataset; left as it is (use overwrite to rebuild it)", out)
+            log.debug("%s: already a complete prepared dataset; left as it is", out)  # the report says so
             return report
         log.info("%s: overwriting the existing prepared dataset", out)
         (out / MANIFEST).unlink()  # incomplete from now on
@@ -93,6 +96,39 @@ def open_out(out: Path, *, overwrite: bool) -> PrepareReport | None:
         else:
             log.info("%s: resuming an interrupted prepare", out)
     return None
+
+
+def check_same_source(out: Path, source: dict[str, Any]) -> None:
+    """A `UserError` when the complete prepared folder OUT was built from another RAW (its fingerprint differs: other
+    files, or RAW changed since), or with another layout or option than the ones given now."""
+    recorded = json.loads((out / MANIFEST).read_text()).get("source", {})
+    was = recorded.get("raw", "?")
+    then, now = recorded.get("fingerprint"), source["fingerprint"]
+    same_files = then == now if then is not None else was == source["raw"]  # older folders: by path alone
+    if not same_files:
+        if was == source["raw"]:
+            why = (f"RAW ({was}) has changed since OUT was prepared from it ({_files(then)} then, {_files(now)} now); "
+                   "--overwrite rebuilds OUT from it as it is now")
+        else:
+            why = (f"OUT was prepared from {was}, not from {source['raw']} ({_files(now)}); choose a new OUT for it, "
+                   "or --overwrite to replace OUT with a dataset prepared from it")
+        raise UserError(f"{out}: {why}")
+    asked, built = source.get("layout_asked", "auto"), _source_layout(out)
+    if asked != "auto" and asked != built:
+        raise UserError(f"{out}: was prepared as the {built} layout, not {asked}; --overwrite rebuilds it")
+    before = recorded.get("options", {})
+    differ = [k for k, v in source.get("options", {}).items() if v is not None and k in before and before[k] != v]
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {before[k]!r} then, {source['options'][k]!r} now" for k in differ)
+        raise UserError(f"{out}: was prepared with other options ({shown}); --overwrite rebuilds it")
+
+
+def _files(fp: dict[str, Any] | None) -> str:
+    return "unknown files" if not fp else f"{fp['files']} files, {fp['bytes'] / 1e6:.1f} MB"
+
+
+def _source_layout(out: Path) -> str:
+    return json.loads((out / MANIFEST).read_text()).get("source_layout", "?")
 
 
 def commit_pending(out: Path) -> PrepareReport | None:
@@ -118,7 +154,9 @@ def report_from_manifest(out: Path) -> PrepareReport:
     )
 
 
-def write_prepared(out: Path, dataset: RawDataset, *, raw: Path) -> PrepareReport:
+def write_prepared(
+    out: Path, dataset: RawDataset, *, raw: Path, source: dict[str, Any] | None = None
+) -> PrepareReport:
     """Copy (or move, for our own scratch copies) every readable image into place and write the CSVs and manifest."""
     out = Path(out)
     work = out / PARTIAL
@@ -177,7 +215,7 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path) -> PrepareRepor
     for what, names in (("missing", missing), ("unreadable", unreadable)):
         if names:
             shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            log.warning("%d of %d images %s and skipped: %s", len(names), total, what, shown)
+            log.debug("%d of %d images %s and skipped: %s", len(names), total, what, shown)  # in the report
     _remove_strays(work, wanted)
 
     pd.DataFrame({"class_id": range(len(dataset.classes)), "class_name": dataset.classes}).to_csv(
@@ -189,7 +227,7 @@ def write_prepared(out: Path, dataset: RawDataset, *, raw: Path) -> PrepareRepor
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "source_layout": dataset.layout,
-        "source": {"raw": str(Path(raw).resolve()), **dataset.details},
+        "source": {"raw": str(Path(raw).resolve()), **(source or {}), **dataset.details},
         "counts": {s: len(rows[s]) for s in SPLITS},
         "num_classes": len(dataset.classes),
         "boxes": any(img.bbox is not None for img in dataset.images),  # False: every box is the whole image
