@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_main
 from synthetic_support import CARSPOTTER, make_synthetic_prepared
 
 from carspotter.data.epochs import EpochOrder
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.loggers import local_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,3 +176,39 @@ def test_an_epochs_order_depends_only_on_the_seed_and_the_epoch() -> None:
     assert draw() != first
     shards = [draw(rank=r, world=3) for r in range(3)]
     assert [len(s) for s in shards] == [4, 4, 4] and set().union(*shards) == set(range(10))  # padded, like DDP
+
+
+def test_a_run_folder_works_from_any_directory(
+    synthetic_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 35, item 4: a run started with relative paths (`data.path: data`) is resumed, reported and exported
+    from another folder; the saved config holds absolute paths, and an older run's relative ones are found again."""
+    start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    (start / "data").symlink_to(synthetic_prepared)
+
+    def cli(where: Path, *args: str) -> str:
+        monkeypatch.chdir(where)
+        code, out, err = run_main(list(args), capsys, monkeypatch)
+        assert code == 0, err
+        return out
+
+    cli(start, "train", "-c", str(ROOT / "configs" / "demo.yaml"), "--set", "data.path=data", "--set",
+        "output.runs_dir=runs", "--set", "trainer.max_epochs=1", "--set", "data.image_size=[32,32]", "--set",
+        "logging.loggers=[csv]", "--set", "data.num_workers=0")
+    (run,) = (start / "runs").iterdir()
+    saved = (run / "config.yaml").read_text()
+    assert f"path: {start / 'data'}" in saved and f"runs_dir: {start / 'runs'}" in saved
+
+    cli(elsewhere, "train", "--resume", str(run), "--set", "trainer.max_epochs=2")
+    assert len(read_epoch_metrics(run / "metrics.csv")) == 2
+    assert "report.html" in cli(elsewhere, "report", str(run), "--examples", "2")
+    exported = cli(elsewhere, "export", str(run / "best.ckpt"), "-o", "m.onnx")
+    assert f"test images of {start / 'data'}" in exported  # the run's own photos, not random ones
+
+    # A run saved by an older carspotter: paths relative to the folder training started in.
+    (run / "config.yaml").write_text(saved.replace(str(start) + "/", ""))
+    assert "path: data\n" in (run / "config.yaml").read_text()
+    cli(elsewhere, "train", "--resume", str(run), "--set", "trainer.max_epochs=3")
+    assert len(read_epoch_metrics(run / "metrics.csv")) == 3

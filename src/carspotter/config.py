@@ -79,6 +79,7 @@ class Transform(_Section):
 
 
 BATCH_TRANSFORMS = ("MixUp", "CutMix")
+MIN_IMAGE_SIZE = 8  # smaller inputs vanish in the networks' strided stages
 
 
 class DataConfig(_Section):
@@ -117,6 +118,13 @@ class DataConfig(_Section):
     @classmethod
     def _square(cls, value: Any) -> Any:
         return (value, value) if isinstance(value, int) else value
+
+    @field_validator("image_size", mode="after")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < MIN_IMAGE_SIZE:
+            raise ValueError(f"height and width must be at least {MIN_IMAGE_SIZE} pixels, got {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -476,6 +484,23 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
     keys = list(getattr(model, "model_fields", {}))
     bad = str(loc[-1])
     return f" {bad!r}.{_close(bad, keys)} Allowed: {', '.join(keys)}" if keys else ""
+
+
+# The config's file and folder settings, by section and key: a run saves them absolute, so that its config means the
+# same from any working directory (resume, report, export).
+PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("model", "pretrained"), ("output", "runs_dir"))
+
+
+def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """``cfg`` with every relative path of `PATH_KEYS` taken relative to ``base`` (default: the working directory)
+    and made absolute."""
+    root = Path(base) if base is not None else Path.cwd()
+    raw = cfg.to_dict()
+    for section, key in PATH_KEYS:
+        value = raw[section].get(key)
+        if value is not None and not Path(value).is_absolute():
+            raw[section][key] = str((root / value).absolute())
+    return parse_config(raw)
 
 
 def save_config(cfg: Config, path: Path) -> None:

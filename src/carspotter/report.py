@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from carspotter.data.prepared import load_prepared
@@ -27,7 +26,7 @@ from carspotter.inference import load_classifier
 from carspotter.plots import confused_pairs, plot_training_curves
 from carspotter.predict import predict_images
 from carspotter.preprocessing import open_image
-from carspotter.run_files import BEST_CKPT, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from carspotter.run_files import BEST_CKPT, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, load_run_config
 
 RESULTS_PNG = "results.png"
 REPORT_FILE = "report.html"
@@ -50,7 +49,6 @@ def write_run_report(
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a finished run folder (no {name})")
     config_text = (run_dir / CONFIG_FILE).read_text()
-    config = yaml.safe_load(config_text) or {}
     summary_path = run_dir / SUMMARY_FILE
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     curves = run_dir / RESULTS_PNG
@@ -58,7 +56,7 @@ def write_run_report(
         plot_training_curves(run_dir / METRICS_FILE, curves)
 
     classifier = load_classifier(run_dir / BEST_CKPT)
-    data = Path(data if data is not None else config.get("data", {}).get("path", ""))
+    data = Path(data if data is not None else load_run_config(run_dir).data.path)
     dataset = load_prepared(data)
     check_classes(classifier.class_names, dataset.classes, data)
     test = dataset.test

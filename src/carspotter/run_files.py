@@ -1,4 +1,4 @@
-"""The files of a run folder, by name, and the reader of its per-epoch metrics.
+"""The files of a run folder, by name, and the readers of its per-epoch metrics and of its saved config.
 
 Kept apart from `carspotter.training` so that the commands that only read run folders (`runs`, `report`,
 `models --runs`) start without importing Lightning.
@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from carspotter.errors import UserError
+
+if TYPE_CHECKING:
+    from carspotter.config import Config
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -21,3 +27,28 @@ def read_epoch_metrics(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The run's saved config (with ``overrides``), its paths absolute: a run saved by an older carspotter kept
+    them relative to the folder training started in, which is found again from ``output.runs_dir``."""
+    from carspotter.config import load_config, with_absolute_paths
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+    cfg = load_config(path, overrides)
+    return with_absolute_paths(cfg, started_in(Path(run_dir), cfg.output.runs_dir))
+
+
+def started_in(run_dir: Path, runs_dir: Path) -> Path:
+    """The folder a run was started in, given its ``output.runs_dir`` as saved: for ``runs`` and a run folder
+    ``/work/runs/r1``, ``/work``. An absolute ``runs_dir`` (or one that does not end the run's path): the working
+    directory, as before."""
+    parent = run_dir.resolve().parent
+    if runs_dir.is_absolute() or runs_dir == Path("."):
+        return Path.cwd() if runs_dir.is_absolute() else parent
+    parts = runs_dir.parts
+    if ".." not in parts and parent.parts[-len(parts):] == parts:
+        return Path(*parent.parts[: -len(parts)])
+    return Path.cwd()

@@ -23,19 +23,19 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from carspotter.checkpoint import CheckpointInfo, init_from_weights, read_checkpoint
-from carspotter.config import Config, load_config, parse_config, save_config
+from carspotter.config import Config, parse_config, save_config, with_absolute_paths
 from carspotter.data.dataset import CarsDataModule, eval_loader
 from carspotter.data.epochs import SeedEachEpoch
 from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
 from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.plots import plot_training_curves
+from carspotter.run_files import CONFIG_FILE, SUMMARY_FILE, load_run_config, read_epoch_metrics
 from carspotter.training.callbacks import (
     DenseProgressBar,
     EpochMetricsCSV,
     ResendEpochEndMetrics,
     Throughput,
-    read_epoch_metrics,
 )
 from carspotter.training.checkpoint_io import AtomicCheckpointIO
 from carspotter.training.finetune import FreezeBackbone
@@ -46,8 +46,6 @@ from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -270,6 +268,7 @@ def open_run_dir(cfg: Config, resume: str | Path | None, rank_zero: bool) -> tup
     else:
         run_dir = new_run_dir(cfg) if rank_zero else _rank_run_dir(cfg)
     cfg = parse_config({**cfg.to_dict(), "output": {**cfg.output.model_dump(mode="json"), "run_name": run_dir.name}})
+    cfg = with_absolute_paths(cfg)  # the saved config (and every checkpoint's) works from any directory
     if rank_zero:
         save_config(cfg, run_dir / CONFIG_FILE)
         os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
@@ -483,10 +482,3 @@ def check_resume_config(cfg: Config, saved: Config) -> None:
             f"--resume continues a run with its own settings; these differ from it: {', '.join(changed)} "
             f"(a resume may change only {', '.join(RESUME_MAY_CHANGE)}; start a new run for the rest)"
         )
-
-
-def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
-    return load_config(path, overrides)
