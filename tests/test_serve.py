@@ -7,8 +7,14 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
 import re
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -23,6 +29,7 @@ from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.serve import web_runtime
 from carspotter.serve.app import create_app
+from carspotter.serve.server import allowed_hosts
 
 MAX_BYTES = 300_000
 MAX_PIXELS = 4_000_000
@@ -268,3 +275,75 @@ def test_cors_origin_lets_one_chosen_site_in(exported_onnx: Path, car_jpeg: byte
         assert other.status_code == 403  # another port is another origin
     with pytest.raises(UserError, match="expected a site's origin"):
         create_app(exported_onnx, cors_origins=["cars.example"])
+
+
+def test_dns_rebinding_is_refused_by_the_host_check(server: str, client, car_jpeg: bytes) -> None:
+    """Issue 35, item 8: a page on evil.example whose name was rebound to 127.0.0.1 sends Host and Origin both
+    evil.example, which the Origin check alone took for the server's own page."""
+    photo = {"file": ("car.jpg", car_jpeg, "image/jpeg")}
+    rebound = {"host": "evil.example", "origin": "http://evil.example"}
+    r = client.post("/api/predict", files=photo, headers=rebound)
+    assert r.status_code == 400 and "predictions" not in r.text
+    assert client.get("/healthz", headers={"host": "evil.example"}).status_code == 400
+    port = server.rsplit(":", 1)[1]
+    for name in ("127.0.0.1", "localhost"):  # the loopback names a user types
+        assert client.get("/healthz", headers={"host": f"{name}:{port}"}).status_code == 200
+    assert_still_serving(client, car_jpeg)
+
+
+def test_allowed_host_lets_a_chosen_name_in(exported_onnx: Path) -> None:
+    hosts = allowed_hosts("127.0.0.1", ["cars.example", "*.garage.example"])
+    assert hosts == ["127.0.0.1", "localhost", "[::1]", "cars.example", "*.garage.example"]
+    with running_server(create_app(exported_onnx, allowed_hosts=hosts)) as url:
+        for name, status in (("cars.example", 200), ("pi.garage.example", 200), ("evil.example", 400)):
+            assert httpx.get(f"{url}/healthz", headers={"host": name}, timeout=30).status_code == status, name
+    everywhere = allowed_hosts("0.0.0.0")
+    assert "localhost" in everywhere and socket.gethostname().lower() in everywhere
+
+
+def test_a_port_in_use_is_one_error_line_before_serving(
+    exported_onnx: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carspotter.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(sys, "argv", ["carspotter", "serve", str(exported_onnx), "--port", str(port)])
+        with pytest.raises(SystemExit) as done:
+            main()
+    out = capsys.readouterr()
+    assert done.value.code == 2 and "serving" not in out.out
+    assert re.fullmatch(rf"error: cannot listen on 127\.0\.0\.1:{port}: Address already in use; .*--port.*\n", out.err)
+
+
+def test_sigterm_cleans_up_like_ctrl_c(exported_onnx: Path, tmp_path: Path) -> None:
+    """Issue 35, item 7: systemd and `docker stop` send SIGTERM; the site's temporary folder and the compiler cache
+    folder go with the server, as after Ctrl-C."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    cmd = [sys.executable, "-m", "carspotter.cli", "serve", str(exported_onnx), "--port", "0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the socket is bound and the site built
+        assert line.startswith("serving"), proc.stderr.read() if proc.poll() is not None else line
+        url = re.search(r"http://\S+/", line).group(0)
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "healthz", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.2)
+        made = sorted(p.name.rsplit("-", 1)[0] for p in temp.iterdir())
+        assert made == ["carspotter-site", "carspotter-torchinductor"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert list(temp.iterdir()) == []

@@ -9,7 +9,7 @@ non-multipart requests and non-image parts are 415, undecodable or truncated ima
 content type or with a generic one (``requests`` sends none) is accepted when its bytes are an image (sniffed by
 PIL from the header). ``GET /docs``: the OpenAPI documentation (`carspotter.serve.docs`, offline). Other web
 sites' pages are kept out by `carspotter.serve.security` (security headers, Origin check; ``cors_origins`` lets
-chosen sites in).
+chosen sites in) and by the Host check (`carspotter.serve.server`: DNS rebinding).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -38,6 +39,7 @@ from carspotter.preprocessing import check_pixels, open_photo, top_k_predictions
 from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.docs import DOCS_PATH, app_with_docs
 from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
+from carspotter.serve.server import LOOPBACK_NAMES
 from carspotter.serve.site import build_site
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,16 @@ def create_app(
     max_bytes: int = MAX_BYTES,
     max_pixels: int | None = None,
     cors_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] = LOOPBACK_NAMES,
 ) -> FastAPI:
     """The app serving ``model_path`` (an exported carspotter `.onnx`); the model is loaded once, here.
 
     ``max_pixels``: the largest image accepted (default: `carspotter.preprocessing.max_pixels`, as every command);
-    ``cors_origins``: other sites (``https://host[:port]``) whose pages may call the API.
+    ``cors_origins``: other sites (``https://host[:port]``) whose pages may call the API; ``allowed_hosts``: the Host
+    names answered (`carspotter.serve.server.allowed_hosts`; others get 400, which stops DNS rebinding).
     """
+    if max_bytes < 1:
+        raise UserError(f"--max-bytes {max_bytes}: the largest upload must be at least 1 byte")
     model_path = Path(model_path)
     pixel_limit = configured_max_pixels() if max_pixels is None else max_pixels
     allowed = [normalise_origin(o) for o in cors_origins]
@@ -90,6 +96,7 @@ def create_app(
         page = f"<!doctype html><title>carspotter</title><p>The app page is not available: {html.escape(str(exc))}"
     if allowed:  # answers their preflights and lets their pages read the answers
         app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_methods=["GET", "POST"])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
     app.add_middleware(  # outermost
         BrowserGuard, csp=content_security_policy(page), csp_by_path={DOCS_PATH: docs_csp}, allowed_origins=allowed
     )
