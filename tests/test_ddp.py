@@ -16,7 +16,7 @@ import torch
 from tracking_support import DEMO, ROOT, make_tiny_dataset, tiny_overrides
 
 from carspotter.evaluation.metrics import evaluate_on_dataset
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.loggers import local_tracking_uri
 
 

@@ -20,7 +20,7 @@ from carspotter.data.transforms import EvalTransform, crop_to_box, preprocessing
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.preprocessing import open_image, resize_image
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

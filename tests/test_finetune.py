@@ -19,7 +19,7 @@ from carspotter.data.synth import synthesize
 from carspotter.inference import load_classifier
 from carspotter.models import create_model
 from carspotter.predict import predict_images
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.finetune import parameter_groups, split_parameters
 from carspotter.training.run import build_model, load_run_config, train
 

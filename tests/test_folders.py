@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -258,6 +259,18 @@ def test_stats_and_prepare_commands(tmp_path: Path) -> None:
     assert snippet["data"]["mean"] == pytest.approx(mean.tolist(), abs=1e-4)
     assert snippet["data"]["std"] == pytest.approx(std.tolist(), abs=1e-4)
     assert (tmp_path / "s.png").is_file()
+
+
+def test_stats_prints_its_results_even_when_no_plot_can_be_written(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """Issue 35, item 6: on a read-only dataset the default plot (beside it) cannot be written; the mean and std,
+    computed first, are printed all the same (the blocked spot here: a folder of the plot's name)."""
+    prepared = Path(shutil.copytree(synthetic_prepared, tmp_path / "prepared"))
+    (tmp_path / "prepared-stats.png").mkdir()
+    result = CliRunner().invoke(app, ["stats", str(prepared), "--image-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["data"]["mean"]  # stdout: the snippet alone, ready to paste
+    assert "warning: no plot written" in result.stderr and "prepared-stats.png: is a folder" in result.stderr
+    assert result.stdout.startswith("# ") and "warning" not in result.stdout
 
 
 # ------------------------------------------------------------------------------------------------- real photos

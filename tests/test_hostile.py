@@ -12,19 +12,20 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from cli_support import run_main
 from PIL import Image
 from synthetic_support import rewrite_first_annotation
 
-from carspotter.cli import main
 from carspotter.data.synth import synthesize
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "stanford_ghostnet.yaml"
+SPACE = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "stanford_ghostnet.yaml"
 LONG = "a-folder-name-long-enough-that-any-error-line-naming-it-is-wider-than-eighty-columns"
 
 
@@ -97,6 +98,49 @@ TABLE: list[Row] = [
     Row("train-unknown-key", "nothing", "train -c " + str(DEMO) + " --set trainer.max_epoch=2", 2,
         r"trainer\.max_epoch"),
     Row("train-without-config", "nothing", "train", 2, r"train needs --config FILE"),
+    # issue 35: every one of these was a traceback (exit 1) or a silent success
+    Row("train-image-size-zero", "nothing", "train -c " + str(DEMO) + " --set data.path={data} "
+        "--set output.runs_dir={tmp}/runs --set data.image_size=0", 2,
+        r"data\.image_size: height and width must be at least 8 pixels, got \[0, 0\]"),
+    Row("train-image-size-negative", "nothing", "train -c " + str(DEMO) + " --set data.image_size=-5", 2,
+        r"data\.image_size: height and width must be at least 8 pixels"),
+    Row("prepare-zero-byte-annotations", "zero_byte_annotations", "prepare {tmp}/raw {tmp}/out", 2,
+        r"cars_annos\.mat: not a readable MATLAB \.mat file \(Mat file appears to be truncated\)"),
+    Row("prepare-out-inside-raw", "synthetic_raw", "prepare {tmp}/raw {tmp}/raw/out --layout folders", 2,
+        r"raw/out: OUT lies inside RAW"),
+    Row("prepare-raw-inside-out", "synthetic_raw", "prepare {tmp}/raw {tmp}", 2, r"OUT contains RAW"),
+    Row("prepare-other-raw-into-complete-out", "synthetic_raw", "prepare {tmp}/raw {data}", 2,
+        r"OUT was prepared from \S+, not from \S+/raw \(\d+ files"),
+    Row("sweep-unknown-storage", "nothing", "sweep -c " + str(RECIPE) + " --space " + str(SPACE) +
+        " --storage nosuchdb://x --set data.path={data} --set output.runs_dir={tmp}/runs", 2,
+        r"--storage nosuchdb://x: not a usable Optuna storage .*nosuchdb"),
+    Row("app-out-is-a-file", "blocker_file", "app {onnx} -o {tmp}/blocker", 2, r"blocker: exists and is not a folder"),
+    Row("app-out-not-writable", "nothing", "app {onnx} -o /proc/self/site", 2,
+        r"/proc/self/site: cannot write the output folder here"),
+    Row("app-into-a-foreign-folder", "foreign_folder", "app {onnx} -o {tmp}/mine", 2,
+        r"mine: exists, holds files carspotter app did not write \(\.git, CNAME\).*--overwrite"),
+    Row("stats-plot-is-a-folder", "nothing", "stats {data} --plot {tmp}", 2, r": is a folder; the plot needs a file"),
+    Row("stats-plot-not-writable", "nothing", "stats {data} --plot /proc/self/stats.png", 2,
+        r"/proc/self: cannot write the plot folder here"),
+    Row("models-profile-out-is-a-file", "blocker_file", "models --profile --filter ghostnet_050 --out {tmp}/blocker",
+        2, r"blocker: exists and is not a folder"),
+    Row("runs-plot-is-a-folder", "nothing", "runs {run} --plot {tmp}", 2, r": is a folder; the plot needs a file"),
+    Row("report-out-is-a-folder", "nothing", "report {run} -o {tmp}", 2, r": is a folder; the report needs a file"),
+    Row("report-out-not-writable", "nothing", "report {run} -o /proc/self/report.html", 2,
+        r"/proc/self: cannot write the report folder here"),
+    Row("synth-out-not-writable", "nothing", "synth /proc/self/synth", 2,
+        r"/proc/self/synth: cannot write the synthetic dataset folder here"),
+    Row("synth-out-under-a-file", "blocker_file", "synth {tmp}/blocker/raw", 2, r"blocker is a file, not a folder"),
+    Row("export-over-an-existing-file", "existing_export", "export {ckpt} -o {tmp}/model.onnx --data {data}", 2,
+        r"model\.onnx: a file of that name exists; --overwrite replaces it"),
+    Row("export-over-a-link", "linked_export", "export {ckpt} -o {tmp}/model.onnx --data {data}", 2,
+        r"model\.onnx: a symbolic link of that name exists; --overwrite replaces it"),
+    Row("export-dataset-gone", "checkpoint_without_its_data", "export {tmp}/moved.ckpt -o {tmp}/m.onnx", 2,
+        r"moved\.ckpt: the dataset it was trained on \(\S+/gone\) is not there .*--data PREPARED.*--check-random"),
+    Row("serve-negative-max-bytes", "nothing", "serve {onnx} --max-bytes -1", 2,
+        r"--max-bytes -1: the largest upload must be at least 1 byte"),
+    Row("serve-bad-allowed-host", "nothing", "serve {onnx} --allowed-host http://cars.example/", 2,
+        r"--allowed-host 'http://cars\.example/': expected a host name"),
 ]
 # fmt: on
 
@@ -185,6 +229,34 @@ def text_file(tmp: Path, data: Path) -> None:
     (tmp / "notes.jpg").write_text("not a photo")
 
 
+def zero_byte_annotations(tmp: Path, data: Path) -> None:
+    synthetic_raw(tmp, data)
+    (tmp / "raw" / "cars_annos.mat").write_bytes(b"")
+
+
+def foreign_folder(tmp: Path, data: Path) -> None:
+    (tmp / "mine" / ".git").mkdir(parents=True)
+    (tmp / "mine" / "CNAME").write_text("cars.example\n")
+
+
+def existing_export(tmp: Path, data: Path) -> None:
+    (tmp / "model.onnx").write_text("the user's own file")
+
+
+def linked_export(tmp: Path, data: Path) -> None:
+    (tmp / "elsewhere.txt").write_text("the link's target")
+    (tmp / "model.onnx").symlink_to(tmp / "elsewhere.txt")
+
+
+def checkpoint_without_its_data(tmp: Path, data: Path) -> None:
+    """A copy of the trained checkpoint whose run's dataset has since been moved away (here: never existed)."""
+    import torch
+
+    ckpt = torch.load(_TRAINED[0], map_location="cpu", weights_only=True)
+    ckpt["carspotter"]["config"]["data"]["path"] = str(tmp / "gone")
+    torch.save(ckpt, tmp / "moved.ckpt")
+
+
 SETUPS: dict[str, Callable[[Path, Path], None]] = {
     f.__name__: f
     for f in (
@@ -201,21 +273,16 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
         corrupt_train_images,
         huge_png,
         text_file,
+        zero_byte_annotations,
+        foreign_folder,
+        existing_export,
+        linked_export,
+        checkpoint_without_its_data,
     )
 }
 
 
 # ------------------------------------------------------------------------------------------------------ runner
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    """Run ``carspotter ARGS`` through the real entry point; (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["carspotter", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main()
-    code = done.value.code
-    return (code if isinstance(code, int) else 1), capsys.readouterr().err
 
 
 @pytest.mark.parametrize("row", TABLE, ids=[r.id for r in TABLE])
@@ -228,12 +295,15 @@ def test_hostile_input_gets_one_error_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _TRAINED[:] = [trained_checkpoint]
     SETUPS[row.setup](tmp_path, synthetic_prepared)
     for name, value in row.env.items():
         monkeypatch.setenv(name, value)
     before = _outside_files(tmp_path)
-    command = row.command.format(tmp=tmp_path, ckpt=trained_checkpoint, onnx=exported_onnx, data=synthetic_prepared)
-    code, err = run_cli(shlex.split(command), capsys, monkeypatch)
+    prepared_before = _listing(synthetic_prepared)
+    command = row.command.format(tmp=tmp_path, ckpt=trained_checkpoint, onnx=exported_onnx, data=synthetic_prepared,
+                                 run=trained_checkpoint.parent)
+    code, _, err = run_main(shlex.split(command), capsys, monkeypatch)
 
     assert code == row.code, err
     assert "Traceback" not in err, err
@@ -241,6 +311,19 @@ def test_hostile_input_gets_one_error_line(
     assert len(errors) == 1, err
     assert re.search(row.message, errors[0]), errors[0]  # whole: a wrapped line would cut it
     assert _outside_files(tmp_path) == before  # nothing outside the command's output was moved or deleted
+    assert _listing(synthetic_prepared) == prepared_before  # nor anything in the dataset the commands read
+    if "image-size" in row.id:  # a config refused is refused before a run folder or an MLflow run exists
+        assert not (tmp_path / "runs").exists()
+    for name in ("model.onnx", "elsewhere.txt", "mine/CNAME"):  # the user's files, as they were
+        if (tmp_path / name).exists():
+            assert (tmp_path / name).read_text() in ("the user's own file", "the link's target", "cars.example\n")
+
+
+_TRAINED: list[Path] = []  # the session's trained checkpoint, for the setups that derive a file from it
+
+
+def _listing(folder: Path) -> list[tuple[str, int]]:
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
 
 
 def _outside_files(tmp: Path) -> dict[str, bytes]:
@@ -250,5 +333,6 @@ def _outside_files(tmp: Path) -> dict[str, bytes]:
 
 def test_the_table_covers_every_command_that_takes_user_input() -> None:
     commands = {shlex.split(r.command)[0] for r in TABLE}
-    assert {"prepare", "train", "evaluate", "predict", "export", "serve"} <= commands
+    assert {"prepare", "train", "evaluate", "predict", "export", "serve", "app", "stats", "synth", "sweep", "report",
+            "runs", "models"} <= commands
     assert len(TABLE) == len({r.id for r in TABLE}) and all(r.setup in SETUPS for r in TABLE)

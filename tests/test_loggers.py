@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from carspotter.cli import app
 from carspotter.config import load_config
 from carspotter.errors import UserError
+from carspotter.run_files import read_epoch_metrics
 from carspotter.runs_table import collect_runs, filter_runs, plot_runs, sort_runs
-from carspotter.training.callbacks import read_epoch_metrics
 from carspotter.training.loggers import flatten, local_tracking_uri
 from carspotter.training.run import train
 

@@ -14,7 +14,7 @@ from carspotter.checkpoint import load_checkpoint, model_state_dict, read_checkp
 from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.inference import load_classifier
 from carspotter.models import create_model
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.module import RAW_WEIGHTS_KEY
 from carspotter.training.run import train
 

@@ -12,7 +12,7 @@ from recipe_support import RECOMMENDED, recipe_config
 
 from carspotter.config import load_config
 from carspotter.errors import UserError
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.optimization import build_run_schedule
 from carspotter.training.run import train
 

@@ -14,8 +14,8 @@ from tracking_support import DEMO, ROOT, make_tiny_dataset, tiny_overrides
 
 from carspotter.config import load_config
 from carspotter.errors import UserError
+from carspotter.run_files import read_epoch_metrics
 from carspotter.sweeps import SearchSpace, default_storage, load_space, open_study, run_sweep, summarise_study
-from carspotter.training.callbacks import read_epoch_metrics
 
 SPACE = """\
 parameters:

@@ -22,7 +22,7 @@ from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.inference import load_classifier
 from carspotter.predict import predict_images
-from carspotter.training.callbacks import read_epoch_metrics
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.run import resolve_runtime, train
 
 ROOT = Path(__file__).resolve().parents[1]

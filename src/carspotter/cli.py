@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from carspotter.errors import UserError
-from carspotter.writable import check_writable
+from carspotter.writable import check_output_file, check_writable
 
 app = typer.Typer(
     name="carspotter",
@@ -23,13 +23,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # never wrapped: an error line may hold a long path
+# Never hard-wrapped: a script reading stdout gets paths and commands whole (the terminal wraps long lines itself).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "onnx_ir", "onnxscript"):
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "onnx_ir", "onnxscript",
+                  "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
@@ -85,7 +87,8 @@ def prepare(
     report = prepare_dataset(raw, out, layout=layout, overwrite=overwrite, test_fraction=test_fraction, seed=seed,
                              class_names=class_names, revision=revision)
     if report.already_complete:
-        console.print(f"{out} is already a complete prepared dataset; left as it is (--overwrite rebuilds it)")
+        err_console.print(f"{escape(str(out))} is already a complete prepared dataset, from the same RAW; left as it "
+                          "is (--overwrite rebuilds it)", highlight=False)
     console.print(f"prepared ({report.layout} layout): {report.counts.get('train', 0)} train, "
                   f"{report.counts.get('test', 0)} test images, {report.num_classes} classes → {report.out}")
     for what, names in (("missing", report.missing), ("unreadable", report.unreadable)):
@@ -110,12 +113,24 @@ def stats(
     """
     from carspotter.data.stats import compute_stats, plot_stats
 
+    if plot is not None:  # a plot asked for by name must be writable: said before the work, not after
+        check_output_file(plot, "plot")
     result = compute_stats(prepared, image_size=image_size, grayscale=grayscale)
-    png = plot_stats(result, plot or prepared.parent / f"{prepared.resolve().name}-stats.png")
     counts = list(result.class_counts["train"].values())
     err_console.print(f"{result.num_images} training images, {len(counts)} classes ({min(counts)} to {max(counts)} "
-                      f"images each); plot: {png}", highlight=False)
-    print(result.yaml_snippet(), end="")
+                      "images each)", highlight=False)
+    print(result.yaml_snippet(), end="", flush=True)  # the results first: nothing below can lose them
+    target = plot or prepared.parent / f"{prepared.resolve().name}-stats.png"
+    try:
+        png = plot_stats(result, check_output_file(target, "plot"))
+    except (UserError, OSError) as exc:
+        if plot is not None:
+            raise
+        why = exc if isinstance(exc, UserError) else f"{target}: {exc.strerror or exc}"
+        err_console.print(f"[yellow]warning[/yellow]: no plot written ({escape(str(why))}); --plot FILE.png "
+                          "chooses where", highlight=False)
+        return
+    err_console.print(f"plot: {escape(str(png))}", highlight=False)
 
 
 @app.command()
@@ -131,6 +146,7 @@ def synth(
     """Write a synthetic raw Stanford Cars dataset (same file names and .mat structures) for demos and tests."""
     from carspotter.data.synth import synthesize
 
+    check_writable(out, "synthetic dataset folder")
     report = synthesize(out, layout=layout, num_classes=classes, per_class=per_class, seed=seed, archives=archives)
     console.print(f"synthesised {report.counts['train']} train, {report.counts['test']} test images of "
                   f"{len(report.classes)} classes ({layout} layout) → {report.out}: {', '.join(report.files)}")
@@ -144,7 +160,8 @@ def train(
 ) -> None:
     """Train a model; writes a run folder with checkpoints, metrics.csv and summary.json."""
     from carspotter.config import load_config
-    from carspotter.training.run import TrainingInterrupted, load_run_config
+    from carspotter.run_files import load_run_config
+    from carspotter.training.run import TrainingInterrupted
     from carspotter.training.run import train as run_training
 
     _quiet_lightning()
@@ -214,8 +231,9 @@ def report(
 
     Opens offline (no CDN, every image embedded); draws RUN/results.png from metrics.csv if the run lacks it.
     """
-    from carspotter.report import write_run_report
+    from carspotter.report import REPORT_FILE, write_run_report
 
+    check_output_file(out if out is not None else run / REPORT_FILE, "report")
     console.print(f"report: {write_run_report(run, data, out, examples=examples)}")
 
 
@@ -266,6 +284,10 @@ def export(
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="--int8: fail below this top-1 agreement with PyTorch on the "
                                                   "check images.")] = 0.95,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file at --out (a link is replaced, never "
+                                                 "written through).")] = False,
+    check_random: Annotated[bool, typer.Option(help="Check the export on random images when no prepared dataset "
+                                                    "is at hand (else the check needs real photos: --data).")] = False,
 ) -> None:
     """Export a checkpoint (self-describing ONNX fp32/int8, or ExecuTorch/XNNPACK) and check it against PyTorch."""
     if format_ == "onnx" and int8:
@@ -274,17 +296,18 @@ def export(
         from carspotter.export.quantize import export as export_int8
 
         report = export_int8(ckpt, out, calib=calib, embed_preprocessing=embed_preprocessing,
-                             min_agreement=min_agreement)
+                             min_agreement=min_agreement, overwrite=overwrite)
     elif format_ == "onnx":
         from carspotter.export.onnx import export as export_onnx
 
-        report = export_onnx(ckpt, out, data=data, embed_preprocessing=embed_preprocessing)
+        report = export_onnx(ckpt, out, data=data, embed_preprocessing=embed_preprocessing, overwrite=overwrite,
+                             random_check=check_random)
     elif format_ == "executorch":
         if int8 or embed_preprocessing:
             raise UserError("--int8 and --embed-preprocessing are for --format onnx; the ExecuTorch export is fp32")
         from carspotter.export.executorch import export as export_executorch
 
-        report = export_executorch(ckpt, out, data=data)
+        report = export_executorch(ckpt, out, data=data, overwrite=overwrite, random_check=check_random)
     else:
         raise UserError(f"unknown --format {format_!r}; choose onnx or executorch")
     console.print(f"wrote {report.path} ({report.format}, {report.size_bytes / 1e6:.1f} MB)")
@@ -339,29 +362,42 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Another site allowed to call the "
                                                           "API from its pages, e.g. https://cars.example (repeat for "
                                                           "more); other sites' requests are refused.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Another name this server is "
+                                                           "reached by (cars.example, *.cars.example; repeat for "
+                                                           "more): requests naming any other Host are refused.")
+                            ] = None,
 ) -> None:
     """A web page and JSON API (POST /api/predict, GET /healthz) that recognise a car from a photo (ONNX Runtime)."""
     import uvicorn
 
     from carspotter.serve.app import create_app
+    from carspotter.serve.server import allowed_hosts, bind_socket, exit_cleanly_on_sigterm, host_name
 
-    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels, cors_origins=cors_origin or ())
-    console.print(f"serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(web_app, host=host, port=port, log_level="info")
+    hosts = allowed_hosts(host, allowed_host or ())
+    web_app = create_app(model, max_bytes=max_bytes, max_pixels=max_pixels, cors_origins=cors_origin or (),
+                         allowed_hosts=hosts)
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    exit_cleanly_on_sigterm()
+    console.print(f"serving {model} on http://{host_name(host)}:{bound_port}/ (Ctrl-C stops; answers Host "
+                  f"{', '.join(hosts)})", soft_wrap=True)
+    uvicorn.Server(uvicorn.Config(web_app, host=host, port=bound_port, log_level="info")).run(sockets=[sock])
 
 
 @app.command("app")
 def app_site(
     model: Annotated[Path, typer.Argument(help="An exported model (.onnx), with or without --embed-preprocessing.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (empty, new, or a site built "
-                                                         "before, which is replaced).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The site folder to write (new, empty, or a site built "
+                                                         "before, whose own files are replaced).")],
     title: Annotated[str, typer.Option(help="The app's name on the page and on the home screen.")] = "carspotter",
+    overwrite: Annotated[bool, typer.Option(help="Write into a folder holding other files (they are kept).")
+                         ] = False,
 ) -> None:
     """A static site that recognises cars on the phone itself: an installable PWA running the model in the browser
     (onnxruntime-web), offline after the first visit. Host the folder on any static web server."""
     from carspotter.serve.site import build_site
 
-    site = build_site(model, out, title=title)
+    site = build_site(model, out, title=title, overwrite=overwrite)
     wrapped = " (preprocessing graph added: the page feeds decoded pixels)" if site.wrapped else ""
     console.print(f"wrote {site.path}: {len(site.files)} files, {site.size_bytes / 1e6:.1f} MB{wrapped}")
     console.print(f"try it: python -m http.server -d {site.path} 8000, then open http://127.0.0.1:8000/")
@@ -424,6 +460,9 @@ def models(
         console.print(table)
         console.print("Any timm architecture is also available as 'timm/<name>'.")
         return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; --out names the folder for the profile's files")
+    check_writable(out, "profile folder")
     profiles = profile_models(names, image_size, classes, runs_dir, threads=threads)
     with_acc = runs_dir is not None
     table = Table(title=f"{classes} classes, {image_size}x{image_size}; CPU latency at batch 1 (median)")
@@ -498,6 +537,7 @@ def runs(
     if plot is not None:
         if not plot_runs:
             raise UserError("runs --plot OUT.png needs one or more runs (folders or run ids)")
+        check_output_file(plot, "plot")
         out = runs_table.plot_runs([runs_table.resolve_run(r, runs_dir) for r in plot_runs], plot)
         console.print(f"curves of {len(plot_runs)} run(s) → {out}")
         return
@@ -548,6 +588,15 @@ def _quiet_lightning() -> None:
             logger.removeHandler(handler)
 
 
+def _close_progress_bars() -> None:
+    """End the lines of the progress bars an error interrupted, so the `error:` line starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    sys.stderr.flush()
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
@@ -556,6 +605,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
+        _close_progress_bars()
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:

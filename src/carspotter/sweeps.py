@@ -32,6 +32,7 @@ import optuna
 import yaml
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from carspotter.config import load_config, parse_config, save_config, set_by_path
 from carspotter.errors import UserError
@@ -161,6 +162,12 @@ def open_study(storage: str, study_name: str, space: SearchSpace) -> optuna.Stud
             return optuna.create_study(storage=optuna.storages.RDBStorage(storage), **kwargs)
         except ImportError as exc:
             raise UserError(f"--storage {storage}: the database driver is not installed ({exc})") from None
+        except SQLAlchemyError as exc:  # an unknown scheme, a malformed URL, a server that does not answer
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"--storage {storage}: not a usable Optuna storage ({first}); give sqlite:///PATH, "
+                "postgresql://... or mysql+pymysql://..."
+            ) from None
     db = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=300):  # schema and study creation race between workers otherwise

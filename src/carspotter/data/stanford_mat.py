@@ -113,8 +113,9 @@ def mat_bytes(
 def load_mat(path: Path) -> dict[str, Any]:
     try:
         return scipy.io.loadmat(str(path))
-    except (ValueError, OSError, TypeError, NotImplementedError, KeyError) as exc:
-        raise UserError(f"{path}: not a readable MATLAB .mat file ({exc}); download it again") from None
+    except (ValueError, OSError, TypeError, NotImplementedError, KeyError, scipy.io.matlab.MatReadError) as exc:
+        why = str(exc) or type(exc).__name__
+        raise UserError(f"{path}: not a readable MATLAB .mat file ({why}); download it again") from None
 
 
 def _scalar(value: Any) -> Any:

@@ -3,8 +3,10 @@ a run killed just after its checkpoint would lose from MLflow."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from carspotter.run_files import read_epoch_metrics
 from carspotter.training.loggers import SafeMLFlowLogger
 
 EPOCH_COLUMNS = [
@@ -150,15 +153,25 @@ def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def read_epoch_metrics(path: Path) -> list[dict[str, str]]:
-    if not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def _on_stderr(init: Any) -> Any:
+    """Lightning's bars write to ``sys.stdout`` (read when each bar is made): made with stdout pointing at stderr,
+    they stay off the result lines a script reads from stdout."""
+
+    def make(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return init(self, *args, **kwargs)
+
+    return make
 
 
 class DenseProgressBar(TQDMProgressBar):
-    """One dense line per epoch: loss, top-1, validation top-1, learning rate and images/s."""
+    """One dense line per epoch: loss, top-1, validation top-1, learning rate and images/s; on stderr."""
+
+    init_sanity_tqdm = _on_stderr(TQDMProgressBar.init_sanity_tqdm)
+    init_train_tqdm = _on_stderr(TQDMProgressBar.init_train_tqdm)
+    init_validation_tqdm = _on_stderr(TQDMProgressBar.init_validation_tqdm)
+    init_test_tqdm = _on_stderr(TQDMProgressBar.init_test_tqdm)
+    init_predict_tqdm = _on_stderr(TQDMProgressBar.init_predict_tqdm)
 
     _SHOWN = {
         "train/loss_step": "loss",
