@@ -97,7 +97,8 @@ def assert_same_top5(page: list[dict], want: dict[str, float], photo: Path) -> f
 
 
 def test_site_is_a_self_contained_pwa(site: Path, exported: Path, photos: list[Path]) -> None:
-    files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
+    files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file() and p.name != OWNER_FILE}
+    assert json.loads((site / OWNER_FILE).read_text()) == {"command": "app", "files": sorted(files)}
     assert {
         "index.html",
         "app.js",

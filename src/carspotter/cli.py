@@ -348,7 +348,7 @@ def bench_infer(
         if result.split is not None:
             row.append(_pct(f.top1))
         table.add_row(*row)
-    console.print(table)
+    console.print(table, soft_wrap=False)
 
 
 @app.command()
@@ -457,7 +457,7 @@ def models(
         table = Table("model", "family", "arguments (besides num_classes, in_chans)")
         for name in names:
             table.add_row(name, model_family(name), ", ".join(model_arg_names(name) or ["any timm argument"]))
-        console.print(table)
+        console.print(table, soft_wrap=False)
         console.print("Any timm architecture is also available as 'timm/<name>'.")
         return
     if out.exists() and not out.is_dir():
@@ -474,7 +474,7 @@ def models(
         if with_acc:
             row.append(_pct(p.best_test_top1))
         table.add_row(*row)
-    console.print(table)
+    console.print(table, soft_wrap=False)
     console.print(f"machine: {machine_description(threads)}")
     for kind, path in write_profiles(profiles, out).items():
         console.print(f"  {kind}: {path}")
@@ -565,11 +565,11 @@ def _print_runs_table(rows: list[dict], runs_dir: Path, columns: list[str] | Non
                          overflow="fold")
     for row in rows:
         table.add_row(*(format_cell(column, row[column]) for column in shown))
-    console.print(table)
+    console.print(table, soft_wrap=False)  # a table is laid out for the terminal's width
     hidden = [c for c in COLUMNS if c not in shown]
     if hidden and columns is None:
         console.print(f"not shown (too narrow): {', '.join(hidden)}; --columns chooses, --csv gives all",
-                      style="dim", highlight=False)
+                      style="dim", highlight=False, soft_wrap=False)  # a note beside the table: fits its width
 
 
 def _quiet_lightning() -> None:
