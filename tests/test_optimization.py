@@ -1,5 +1,6 @@
 """`carspotter.training.optimization`: run-scaled schedules (warm-up + cosine, step decay at fractions of the run),
-their checked values, and a --resume with more epochs continuing on the longer schedule."""
+their checked values, a --resume with more epochs continuing on the longer schedule, and weight decay that scales
+with the run (`optimizer.weight_decay_scaling`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from recipe_support import RECOMMENDED, recipe_config
 from carspotter.config import load_config
 from carspotter.errors import UserError
 from carspotter.run_files import read_epoch_metrics
-from carspotter.training.optimization import build_run_schedule
+from carspotter.training.optimization import build_run_schedule, per_step_weight_decay
 from carspotter.training.run import train
 
 
@@ -70,3 +71,54 @@ def test_resume_with_more_epochs_continues_on_the_longer_schedule(four_classes: 
     want = [float(r["lr"]) for r in read_epoch_metrics(three.run_dir / "metrics.csv")]
     got = [float(r["lr"]) for r in read_epoch_metrics(resumed.run_dir / "metrics.csv")]
     assert len(want) == 3 and got[1:] == pytest.approx(want[1:], rel=1e-6)
+
+
+# ------------------------------------------------------------------------- weight decay that scales with the run
+
+
+def _decay_in_last_ckpt(run_dir: Path) -> float:
+    ckpt = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    (used,) = {g["weight_decay"] for g in ckpt["optimizer_states"][0]["param_groups"]}  # every weight decays alike
+    return used
+
+
+def test_scaled_weight_decay_follows_the_runs_steps(four_classes: Path, tmp_path: Path, one_cpu_thread) -> None:
+    """Issue 34, item 1: with power 1, lr x per-step decay x optimizer steps is the same for any batch and epoch
+    count (twice the steps, half the decay per step); with power 0.5 twice the steps divide it by sqrt(2); the
+    optimizer really uses the value the summary reports."""
+    runs = {}
+    for batch, epochs, power in ((8, 2, 1.0), (16, 2, 1.0), (8, 4, 1.0), (8, 2, 0.5), (8, 4, 0.5)):
+        cfg = recipe_config(four_classes, tmp_path / f"b{batch}e{epochs}p{power}", f"trainer.batch_size={batch}",
+                            f"trainer.max_epochs={epochs}", "optimizer.params.weight_decay=0.05",
+                            f"optimizer.weight_decay_scaling={{reference_steps: 100, power: {power}}}")
+        runs[batch, epochs, power] = train(cfg, progress=False).summary
+    for (_, epochs, power), s in runs.items():
+        assert s["optimizer_steps"] % epochs == 0 and s["epochs_run"] == epochs
+        assert s["weight_decay_per_step"] == pytest.approx(0.05 * (100 / s["optimizer_steps"]) ** power, rel=1e-9)
+        assert _decay_in_last_ckpt(Path(s["run_dir"])) == pytest.approx(s["weight_decay_per_step"], rel=1e-12)
+    decay = {k: s["weight_decay_per_step"] * s["optimizer_steps"] for k, s in runs.items()}  # the run's total / lr
+    assert decay[8, 4, 1.0] == pytest.approx(decay[8, 2, 1.0]) == pytest.approx(decay[16, 2, 1.0])
+    assert runs[8, 4, 0.5]["weight_decay_per_step"] == pytest.approx(runs[8, 2, 0.5]["weight_decay_per_step"] / 2**0.5)
+
+
+def test_scaled_weight_decay_follows_a_resume_with_more_epochs(four_classes: Path, tmp_path: Path, one_cpu_thread):
+    scaled = ("optimizer.params.weight_decay=0.05", "optimizer.weight_decay_scaling={reference_steps: 100}")
+    first = train(recipe_config(four_classes, tmp_path, "trainer.max_epochs=1", *scaled), progress=False)
+    resumed = train(recipe_config(four_classes, tmp_path, "trainer.max_epochs=3", *scaled), resume=first.run_dir,
+                    progress=False)  # fmt: skip
+    after = resumed.summary["weight_decay_per_step"]
+    assert after == pytest.approx(first.summary["weight_decay_per_step"] / 3)
+    assert _decay_in_last_ckpt(resumed.run_dir) == pytest.approx(after)
+
+
+def test_the_recipe_scales_its_decay_from_where_it_was_chosen() -> None:
+    """odd98 at batch 16 and 60 epochs (1,981 training photos: 124 steps an epoch) gets the chosen 1.2 per step; all
+    196 classes (twice the photos) half of it."""
+    cfg = load_config(RECOMMENDED)
+    assert per_step_weight_decay(cfg, 124 * 60) == pytest.approx(1.2)
+    assert per_step_weight_decay(cfg, 2 * 124 * 60) == pytest.approx(0.6)
+    assert per_step_weight_decay(load_config(RECOMMENDED, ["optimizer.weight_decay_scaling=null"]), 10) == 1.2
+    with pytest.raises(UserError, match="weight_decay_scaling scales params.weight_decay"):
+        load_config(RECOMMENDED, ["optimizer.params={lr: 0.001}"])
+    with pytest.raises(UserError, match="weight_decay_scaling.power"):
+        load_config(RECOMMENDED, ["optimizer.weight_decay_scaling.power=2"])

@@ -119,3 +119,73 @@ def test_real_training_checkpoint(trained_checkpoint: Path) -> None:
     assert meta["name"] in report.source
     assert report.new == ["classifier.weight", "classifier.bias"] and not report.adapted
     assert len(report.loaded) == len(model.state_dict()) - 2
+
+
+# ------------------------------------------------------------------------------------- weights by Hub name
+
+
+def _hub_cache_with(cache: Path, repo_id: str, tensors: dict[str, torch.Tensor]) -> Path:
+    """A Hugging Face cache (`HF_HUB_CACHE`) holding ``repo_id``'s ``model.safetensors`` at ``main``, laid out as
+    `huggingface_hub` leaves it after a download: ``models--OWNER--NAME/{refs/main, snapshots/COMMIT/...}``."""
+    from safetensors.torch import save_file
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, snapshot / "model.safetensors")
+    return snapshot / "model.safetensors"
+
+
+def test_hub_weights_by_name_train_offline_from_the_cache(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """Issue 34, item 5: `model.pretrained: hf-hub:timm/ghostnet_100.in1k` is read from the standard cache (filled
+    here with a timm GhostNet's own tensors, as a download leaves them) with HF_HUB_OFFLINE=1, through the same
+    loading as a local file: backbone from the file, a new classifier for the dataset's classes."""
+    timm = pytest.importorskip("timm")
+    import subprocess
+
+    source = timm.create_model("ghostnet_100", pretrained=False, num_classes=1000)
+    _hub_cache_with(tmp_path / "hub", "timm/ghostnet_100.in1k", source.state_dict())
+    cmd = _hub_train_command(synthetic_prepared, tmp_path / "runs", "trainer.max_epochs=1", "data.image_size=32",
+                             "trainer.limit_train_batches=1", "optimizer.params.lr=0.0", "logging.loggers=[csv]",
+                             "data.num_workers=0")  # fmt: skip
+    done = subprocess.run(cmd, env=_offline_env(tmp_path / "hub"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "pretrained weights from hf-hub:timm/ghostnet_100.in1k: state dict: loaded" in done.stderr
+    assert "new (file has 1000 classes): classifier.weight, classifier.bias" in done.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    ckpt = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    trained = ckpt.get("raw_state_dict", ckpt["state_dict"])
+    assert _equal(trained["model.conv_stem.weight"], source.state_dict()["conv_stem.weight"])  # lr 0: as loaded
+
+
+def test_hub_weights_offline_without_a_cached_copy_is_one_line(synthetic_prepared: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    cmd = _hub_train_command(synthetic_prepared, tmp_path / "runs")
+    done = subprocess.run(cmd, env=_offline_env(tmp_path / "empty-cache"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "hf-hub:timm/ghostnet_100.in1k: HF_HUB_OFFLINE is set and the weights are not in the Hugging Face " \
+           f"cache {tmp_path / 'empty-cache'}" in line
+    assert not (tmp_path / "runs").exists() and not any((tmp_path / "empty-cache").rglob("*.safetensors"))
+
+
+def _hub_train_command(data: Path, runs: Path, *sets: str) -> list[str]:
+    """`carspotter train` of GhostNet 1.0x from ``hf-hub:timm/ghostnet_100.in1k`` (demo config), in a process of its
+    own: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported."""
+    import sys
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    sets = (f"data.path={data}", f"output.runs_dir={runs}", "model.name=ghostnet_100", "model.args={}",
+            "model.pretrained=hf-hub:timm/ghostnet_100.in1k", *sets)  # fmt: skip
+    return [sys.executable, "-m", "carspotter.cli", "train", "-c", str(demo), *(a for s in sets for a in ("--set", s))]
+
+
+def _offline_env(cache: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return {**env, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}

@@ -25,6 +25,7 @@ from carspotter.errors import UserError
 from carspotter.models import create_model
 from carspotter.models.pretrained import PretrainedReport, load_pretrained
 from carspotter.preprocessing import Preprocessing
+from carspotter.weights_hub import fetch_weights, is_hub_name
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +138,17 @@ class WeightsFile:
 
 
 def read_weights(path: str | Path) -> WeightsFile:
-    """Any weights file ``model.pretrained`` may name, unwrapped to its tensors."""
+    """Any weights ``model.pretrained`` may name, unwrapped to its tensors: a local file (a state dict, pickled or
+    ``.safetensors``, or a carspotter checkpoint) or ``hf-hub:OWNER/NAME`` (`carspotter.weights_hub`)."""
+    if is_hub_name(path):
+        path = fetch_weights(str(path))
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
-            f"{path}: pretrained weights file not found (model.pretrained). carspotter never downloads weights: "
-            "give a local timm/torchvision state dict or a carspotter checkpoint."
+            f"{path}: pretrained weights file not found (model.pretrained): give a local timm/torchvision state "
+            "dict, a carspotter checkpoint, or hf-hub:OWNER/NAME (e.g. hf-hub:timm/ghostnet_100.in1k)"
         )
-    obj = _torch_load(path, "weights file")
+    obj = _read_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path, "weights file")
     source, num_classes, class_names = "state dict", None, None
     if isinstance(obj, Mapping) and isinstance(obj.get("carspotter"), Mapping):
         meta = obj["carspotter"]
@@ -165,6 +169,16 @@ def read_weights(path: str | Path) -> WeightsFile:
     return WeightsFile(path, tensors, source, num_classes, class_names)
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
 def init_from_weights(model: nn.Module, path: str | Path, class_names: list[str] | None = None) -> PretrainedReport:
     """``model.pretrained``: load the file's weights into ``model`` (in place); its classifier stays fresh when the
     file's classes are not ``class_names``."""
@@ -172,7 +186,7 @@ def init_from_weights(model: nn.Module, path: str | Path, class_names: list[str]
     return load_pretrained(
         model,
         weights.tensors,
-        name=str(weights.path),
+        name=str(path) if is_hub_name(path) else str(weights.path),
         source=weights.source,
         source_num_classes=weights.num_classes,
         source_class_names=weights.class_names,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from carspotter.errors import UserError
 from carspotter.preprocessing import THESIS_MEAN_RGB, THESIS_STD_RGB
+from carspotter.weights_hub import is_hub_name
 
 THESIS_MEAN_GRAY = (0.4627,)
 THESIS_STD_GRAY = (0.2545,)
@@ -152,7 +153,8 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "ghostnet_thesis"
     args: dict[str, Any] = Field(default_factory=dict)
-    pretrained: Path | None = None
+    # a weights file (state dict, .safetensors, carspotter checkpoint) or hf-hub:OWNER/NAME (weights_hub.py)
+    pretrained: str | None = None
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
@@ -186,12 +188,26 @@ class LossConfig(_Section):
         return self
 
 
+class WeightDecayScaling(_Section):
+    """Decoupled weight decay (AdamW) shrinks every weight by lr x weight_decay at every optimizer step, so one per-step
+    value decays more the more photos, epochs and smaller batches a run has. With this, ``params.weight_decay`` is the
+    value for a run of ``reference_steps`` steps; a run of S steps uses weight_decay x (reference_steps / S) ** power.
+    power 1: every run decays as much in all (lr x weight_decay x steps constant); 0.5: the AdamW paper's normalised
+    weight decay (Loshchilov & Hutter: proportional to sqrt(batch / (photos x epochs))); 0: no scaling."""
+
+    reference_steps: int = Field(gt=0)
+    power: float = Field(1.0, ge=0.0, le=1.0)
+
+
 class OptimizerConfig(_Section):
     name: str = "AdamW"
     params: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-3, "weight_decay": 0.6})
     backbone_lr: float | None = Field(None, gt=0.0)  # None: one lr for all; else the backbone's (params.lr: the head's)
     # false: no weight decay on biases and normalisation weights (every parameter with fewer than 2 dimensions)
     weight_decay_norm_and_bias: bool = True
+    # params.weight_decay as the per-step decay of a run of reference_steps optimizer steps, scaled to each run's own
+    # step count (training/optimization.py: per_step_weight_decay); null: the same per-step value for every run
+    weight_decay_scaling: WeightDecayScaling | None = None
 
     @model_validator(mode="after")
     def _known(self) -> OptimizerConfig:
@@ -207,6 +223,8 @@ class OptimizerConfig(_Section):
         if self.name not in names:
             raise ValueError(f"unknown optimizer {self.name!r}.{_close(self.name, names)} Allowed: {', '.join(names)}")
         _check_params("optimizer", self.name, getattr(optim, self.name), self.params, skip=("params",))
+        if self.weight_decay_scaling is not None and "weight_decay" not in self.params:
+            raise ValueError("weight_decay_scaling scales params.weight_decay: give optimizer.params.weight_decay")
         return self
 
 
@@ -498,7 +516,7 @@ def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
     raw = cfg.to_dict()
     for section, key in PATH_KEYS:
         value = raw[section].get(key)
-        if value is not None and not Path(value).is_absolute():
+        if value is not None and not is_hub_name(value) and not Path(value).is_absolute():
             raw[section][key] = str((root / value).absolute())
     return parse_config(raw)
 

@@ -116,7 +116,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "batch": cfg.get("trainer", {}).get("batch_size"),
         "optimizer": optimizer.get("name"),
         "lr": opt_params.get("lr"),
-        "weight_decay": opt_params.get("weight_decay"),
+        # per step: as the run derived it (optimizer.weight_decay_scaling), else as configured
+        "weight_decay": summary.get("weight_decay_per_step", opt_params.get("weight_decay")),
         "scheduler": scheduler.get("name"),
         "dropout": model_args.get("drop_rate"),
         "head_width": model_args.get("hidden_channels"),

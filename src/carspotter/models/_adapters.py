@@ -18,7 +18,7 @@ import torch.nn as nn
 def create_timm_model(
     timm_name: str, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, **kwargs: Any
 ) -> nn.Module:
-    """A timm architecture with random weights (carspotter never downloads; see `models.pretrained`)."""
+    """A timm architecture with random weights (weights come from `model.pretrained`: a file or `hf-hub:` name)."""
     import timm
 
     return timm.create_model(

@@ -7,6 +7,7 @@ The loss, optimizer and learning-rate schedule come from `carspotter.training.op
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -21,9 +22,18 @@ from carspotter.config import RUN_SCHEDULES, Config
 from carspotter.data.batch_augment import build_batch_mixing
 from carspotter.errors import UserError
 from carspotter.training.finetune import parameter_groups
-from carspotter.training.optimization import build_loss, build_optimizer, build_run_schedule, build_scheduler
+from carspotter.training.optimization import (
+    build_loss,
+    build_optimizer,
+    build_run_schedule,
+    build_scheduler,
+    per_step_weight_decay,
+)
 from carspotter.training.scoring import EvalResult, SplitScores
 
+log = logging.getLogger(__name__)
+
+SHRINK_WARNING = 0.01  # lr x per-step decay above this (1% of every weight per step) is said to be extreme
 RAW_WEIGHTS_KEY = "raw_state_dict"  # with EMA on: the trained (not averaged) weights, under their ``model.`` keys
 EMA_PREFIX = "ema.module."
 
@@ -109,6 +119,12 @@ class CarClassifier(L.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        if self.cfg.optimizer.weight_decay_scaling is not None:
+            # A resumed run's optimizer state brings the old run's per-step decay; a longer resumed run decays less
+            # per step (the groups exempt from decay keep 0).
+            for group in self.trainer.optimizers[0].param_groups:
+                if group.get("weight_decay"):
+                    group["weight_decay"] = self.weight_decay_per_step
         if not getattr(self, "_rebuild_schedule", False):
             return
         config = self.trainer.lr_scheduler_configs[0]
@@ -156,8 +172,21 @@ class CarClassifier(L.LightningModule):
         self.log("lr", lr, on_step=False, on_epoch=True, sync_dist=True)  # the same on every rank
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.cfg, parameter_groups(self.model, self.cfg))
-        scheduler = build_scheduler(self.cfg, optimizer, self.trainer.estimated_stepping_batches)
+        steps = self.trainer.estimated_stepping_batches
+        optimizer = build_optimizer(self.cfg, parameter_groups(self.model, self.cfg), total_steps=steps)
+        self.weight_decay_per_step = per_step_weight_decay(self.cfg, steps)
+        scaling = self.cfg.optimizer.weight_decay_scaling
+        if scaling is not None:
+            log.info("weight decay %.4g per step: %.4g at %d reference steps, scaled to this run's %d steps (power %g)",
+                     self.weight_decay_per_step, self.cfg.optimizer.params["weight_decay"], scaling.reference_steps,
+                     steps, scaling.power)  # fmt: skip
+            if optimizer.defaults["lr"] * self.weight_decay_per_step > SHRINK_WARNING:
+                log.warning(
+                    "this run (%d steps) is far shorter than the weight decay's reference (%d): every step shrinks the "
+                    "weights by %.0f%%; set optimizer.weight_decay_scaling.reference_steps nearer, or null", steps,
+                    scaling.reference_steps, 100 * optimizer.defaults["lr"] * self.weight_decay_per_step,
+                )
+        scheduler = build_scheduler(self.cfg, optimizer, steps)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -15,8 +15,27 @@ def build_loss(cfg: Config) -> nn.Module:
     return getattr(nn, cfg.loss.name)(**cfg.loss.params)
 
 
-def build_optimizer(cfg: Config, params: Any) -> optim.Optimizer:
-    return getattr(optim, cfg.optimizer.name)(params, **cfg.optimizer.params)
+def per_step_weight_decay(cfg: Config, total_steps: int) -> float | None:
+    """The weight decay each optimizer step of a run of ``total_steps`` steps applies: ``optimizer.params.
+    weight_decay``, scaled by ``optimizer.weight_decay_scaling`` when set (`carspotter.config.WeightDecayScaling`).
+    None: the optimizer's own default."""
+    opt = cfg.optimizer
+    value = opt.params.get("weight_decay")
+    if value is None:
+        return None
+    scaling = opt.weight_decay_scaling
+    if scaling is None:
+        return float(value)
+    return float(value) * (scaling.reference_steps / max(1, int(total_steps))) ** scaling.power
+
+
+def build_optimizer(cfg: Config, params: Any, total_steps: int | None = None) -> optim.Optimizer:
+    """The configured optimizer over ``params``; ``total_steps`` (the run's optimizer steps) scales the weight decay
+    when ``optimizer.weight_decay_scaling`` is set (None: the reference run's, unscaled)."""
+    kwargs = dict(cfg.optimizer.params)
+    if cfg.optimizer.weight_decay_scaling is not None and total_steps is not None:
+        kwargs["weight_decay"] = per_step_weight_decay(cfg, total_steps)
+    return getattr(optim, cfg.optimizer.name)(params, **kwargs)
 
 
 def build_scheduler(cfg: Config, optimizer: optim.Optimizer, total_steps: int) -> dict[str, Any] | None:

@@ -248,6 +248,8 @@ def train(
     if not cfg.data.validate_on_test:  # the test split selected the checkpoint: no test score to report
         test = score_test_split(module, datamodule, run_dir, trainer.strategy.root_device, progress)
     summary = summarise(cfg, run_dir, count_parameters(model), started, test)
+    summary["optimizer_steps"] = int(trainer.estimated_stepping_batches)
+    summary["weight_decay_per_step"] = module.weight_decay_per_step
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     plot_training_curves(run_dir / "metrics.csv", run_dir / "results.png")
     log_run_end(loggers, summary, run_dir)

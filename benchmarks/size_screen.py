@@ -1,0 +1,225 @@
+"""Screen recipe variants at several dataset sizes built from one real dataset, selecting on held-out train photos.
+
+    .venv/bin/python benchmarks/size_screen.py --data ../shared/stanford_cars/odd98 --jobs 2
+
+A recipe fitted to one data size is not a recipe (issue 34): a variant is judged at every size, and one that is best
+at one size and worse at another is not adopted. The sizes are built from the prepared dataset (``--data``: a raw
+dataset, prepared into ``--workdir`` first, or a prepared folder) without copying a photo: a subset folder holds
+filtered CSVs and links to the original images.
+
+- ``all``: every class, every training photo;
+- ``half-classes``: every other class (ids 0, 2, 4, ...), renumbered, all their photos;
+- ``half-photos``: every class, half of each class's training photos (seeded; the test split unchanged);
+- ``sample``: ``../shared/stanford_cars/sample`` if given with ``--sample`` (10 real classes, the small end).
+
+Every variant (``--variant NAME=KEY=VALUE,KEY=VALUE``; defaults below) is trained by ``carspotter train -c
+configs/stanford_ghostnet.yaml`` at every size, with ``data.val_fraction`` (default 0.3) of the training photos held
+out, seed 42; the figure that decides is the held-out top-1 of the last epoch (what ``trainer.select: last`` keeps),
+beside the mean of the last 10 epochs and the training top-1 at the end (from the run's ``metrics.csv``). The test
+split is scored by every run too (the pipeline always does); those figures are recorded and never used to choose.
+
+The rule, fixed before any run: a variant is adopted over the reference (the first variant) only if at every size its
+held-out top-1 is at least the reference's minus one standard error of that size's held-out split
+(sqrt(p(1 - p) / n)), and at one size or more it is above the reference's plus one standard error.
+
+Everything (machine, load before and after, date, the command of every run, every figure) goes to
+``<workdir>/size_screen.json``; the table is printed at the end (``--json``: the last line is the JSON summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from real_accuracy import ROOT, load, machine, prepared, train
+
+from carspotter.data.prepared import MANIFEST, load_prepared, sha256_file
+from carspotter.run_files import METRICS_FILE, read_epoch_metrics
+
+RECIPE = ROOT / "configs" / "stanford_ghostnet.yaml"
+VARIANTS = {  # the reference first
+    "unscaled": ["optimizer.weight_decay_scaling=null"],  # 1.2 per step, whatever the run's size
+    "power-1": [],  # the recipe as its file says: the same decay in all as 1.2 x 7,440 steps
+    "power-0.5": ["optimizer.weight_decay_scaling.power=0.5"],  # the AdamW paper's normalised decay
+}
+SIZES = ("all", "half-classes", "half-photos")
+
+
+def subset(src: Path, out: Path, *, every_other_class: bool = False, photo_fraction: float | None = None) -> Path:
+    """A prepared folder of a part of ``src``: its CSVs filtered (classes renumbered 0..n-1), its images linked."""
+    if (out / MANIFEST).is_file():
+        return out
+    ds = load_prepared(src)
+    kept = list(range(0, ds.num_classes, 2)) if every_other_class else list(range(ds.num_classes))
+    new_id = {old: new for new, old in enumerate(kept)}
+    train = ds.train[ds.train["class_id"].isin(kept)]
+    if photo_fraction is not None:
+        rng = np.random.default_rng(0)
+        parts = []
+        for _, rows in train.groupby("class_id", sort=True):
+            n = max(2, math.ceil(photo_fraction * len(rows)))
+            parts.append(rows.iloc[np.sort(rng.permutation(len(rows))[:n])])
+        train = pd.concat(parts)
+    test = ds.test[ds.test["class_id"].isin(kept)]
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for split in ("train", "test"):
+        (out / split).symlink_to((src / split).resolve(), target_is_directory=True)
+    pd.DataFrame({"class_id": range(len(kept)), "class_name": [ds.classes[i] for i in kept]}).to_csv(
+        out / "classes.csv", index=False
+    )
+    for split, frame in (("train", train), ("test", test)):
+        frame.assign(class_id=frame["class_id"].map(new_id)).to_csv(out / f"{split}.csv", index=False)
+    manifest = {
+        **ds.manifest,
+        "counts": {"train": len(train), "test": len(test)},
+        "num_classes": len(kept),
+        "checksums": {name: sha256_file(out / name) for name in ("classes.csv", "train.csv", "test.csv")},
+        "subset_of": str(src.resolve()),
+        "subset": {"every_other_class": every_other_class, "photo_fraction": photo_fraction},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def held_out(summary: dict, run_dir: Path, n_held: int) -> dict:
+    rows = read_epoch_metrics(run_dir / METRICS_FILE)
+    last10 = [float(r["val_top1"]) for r in rows[-10:] if r.get("val_top1")]
+    top1 = summary["val_top1"]
+    return {
+        "held_out_top1": top1,
+        "held_out_se": math.sqrt(top1 * (1 - top1) / n_held) if n_held else None,
+        "held_out_n": n_held,
+        "held_out_last10_mean": round(sum(last10) / len(last10), 4) if last10 else None,
+        "train_top1_last_epoch": float(rows[-1]["train_top1"]) if rows and rows[-1].get("train_top1") else None,
+        "weight_decay_per_step": summary.get("weight_decay_per_step"),
+        "optimizer_steps": summary.get("optimizer_steps"),
+        "test_top1_not_used": summary["test_top1"],
+        "minutes": summary["minutes"],
+        "command": summary["command"],
+    }
+
+
+def decide(results: dict[str, dict[str, dict]], variants: list[str], sizes: list[str]) -> dict[str, str]:
+    """The rule of the module docstring, variant by variant against the first."""
+    ref, verdicts = variants[0], {}
+    for name in variants[1:]:
+        worse = [s for s in sizes if results[s][name]["held_out_top1"]
+                 < results[s][ref]["held_out_top1"] - results[s][ref]["held_out_se"]]  # fmt: skip
+        better = [s for s in sizes if results[s][name]["held_out_top1"]
+                  > results[s][ref]["held_out_top1"] + results[s][ref]["held_out_se"]]  # fmt: skip
+        if worse:
+            verdicts[name] = f"not adopted: worse than {ref} by more than one s.e. at {', '.join(worse)}"
+        elif better:
+            verdicts[name] = f"adopted over {ref}: no worse at any size, better at {', '.join(better)}"
+        else:
+            verdicts[name] = f"not adopted: within one s.e. of {ref} at every size"
+    return verdicts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="raw dataset (any layout prepare reads) or prepared")
+    ap.add_argument("--sample", type=Path, help="a second, small real dataset as the 'sample' size (raw or prepared)")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "size_screen")
+    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)} (and sample)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
+                    help="a variant (--set overrides, comma-separated; '' for the recipe as it is); the first is the "
+                         f"reference; default: {', '.join(VARIANTS)}")  # fmt: skip
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--val-fraction", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with cores/jobs threads)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    variants = dict(VARIANTS)
+    if args.variant:
+        variants = {}
+        for spec in args.variant:
+            name, _, sets = spec.partition("=")
+            variants[name] = [s for s in sets.split(",") if s]
+    started = time.perf_counter()
+    record: dict = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "load_before": load(),
+        "image_size": args.size,
+        "epochs": args.epochs,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "variants": variants,
+    }
+    base = prepared(args.data, args.workdir)
+    folders = {
+        "all": base,
+        "half-classes": subset(base, args.workdir / "half-classes", every_other_class=True),
+        "half-photos": subset(base, args.workdir / "half-photos", photo_fraction=0.5),
+    }
+    if args.sample is not None:
+        folders["sample"] = prepared(args.sample, args.workdir / "sample-raw")
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes if s not in folders]
+    if unknown:
+        sys.exit(f"unknown size(s) {unknown}; choose from {', '.join(folders)}")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    jobs = [(size, name) for size in sizes for name in variants]
+    common = [f"data.val_fraction={args.val_fraction}", f"trainer.seed={args.seed}", "logging.loggers=[csv]"]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            (size, name): pool.submit(train, f"{size}-{name}", RECIPE, folders[size], args.size, args.epochs,
+                                      args.workdir, [*common, *variants[name]], threads)  # fmt: skip
+            for size, name in jobs
+        }
+        summaries = {key: f.result() for key, f in futures.items()}
+    record["load_after"] = load()
+    results: dict[str, dict[str, dict]] = {}
+    for (size, name), summary in summaries.items():
+        ds = load_prepared(folders[size])
+        n_held = _held_out_count(ds, args.val_fraction, args.seed)
+        results.setdefault(size, {})[name] = held_out(summary, Path(summary["run_dir"]), n_held)
+        results[size][name]["train_photos"] = len(ds.train) - n_held
+        results[size][name]["classes"] = ds.num_classes
+    record["results"] = results
+    record["decision"] = decide(results, list(variants), sizes)
+    record["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    (args.workdir / "size_screen.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    print(f"\n{record['machine']['cpu']}, {record['machine']['cores']} cores; load {record['load_before']} → "
+          f"{record['load_after']}; {record['minutes']} min")  # fmt: skip
+    print(f"{'size':<13} {'variant':<14} {'classes':>7} {'train':>6} {'wd/step':>8} {'held-out':>9} {'± se':>6} "
+          f"{'last 10':>8} {'train top-1':>11}")  # fmt: skip
+    for size in sizes:
+        for name in variants:
+            r = results[size][name]
+            print(f"{size:<13} {name:<14} {r['classes']:>7} {r['train_photos']:>6} {r['weight_decay_per_step']:>8.3g} "
+                  f"{r['held_out_top1']:>9.1%} {r['held_out_se']:>6.1%} {r['held_out_last10_mean']:>8.1%} "
+                  f"{r['train_top1_last_epoch']:>11.0%}")  # fmt: skip
+    for name, verdict in record["decision"].items():
+        print(f"{name}: {verdict}")
+    if args.json:
+        print(json.dumps({"decision": record["decision"], "minutes": record["minutes"]}))
+
+
+def _held_out_count(ds, fraction: float, seed: int) -> int:
+    from carspotter.data.prepared import stratified_split
+
+    _, held = stratified_split(ds.train["class_id"].to_numpy(), fraction, seed)
+    return len(held)
+
+
+if __name__ == "__main__":
+    main()
