@@ -22,7 +22,8 @@ The rule, fixed before any run: a variant is adopted over the reference (the fir
 held-out top-1 is at least the reference's minus one standard error of that size's held-out split
 (sqrt(p(1 - p) / n)), and at one size or more it is above the reference's plus one standard error.
 
-Everything (machine, load before and after, date, the command of every run, every figure) goes to
+Everything (machine, load before and after, date, the command of every run, every figure) goes to ``--results``
+(default ``benchmarks/results/size_screen.json``, kept in the repository: numbers only, no photo) and to
 ``<workdir>/size_screen.json``; the table is printed at the end (``--json``: the last line is the JSON summary).
 """
 
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="raw dataset (any layout prepare reads) or prepared")
     ap.add_argument("--sample", type=Path, help="a second, small real dataset as the 'sample' size (raw or prepared)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "size_screen")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "size_screen.json")
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)} (and sample)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                     help="a variant (--set overrides, comma-separated; '' for the recipe as it is); the first is the "
@@ -196,7 +198,9 @@ def main() -> None:
     record["results"] = results
     record["decision"] = decide(results, list(variants), sizes)
     record["minutes"] = round((time.perf_counter() - started) / 60, 1)
-    (args.workdir / "size_screen.json").write_text(json.dumps(record, indent=2) + "\n")
+    for path in (args.workdir / "size_screen.json", args.results):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
 
     print(f"\n{record['machine']['cpu']}, {record['machine']['cores']} cores; load {record['load_before']} → "
           f"{record['load_after']}; {record['minutes']} min")  # fmt: skip

@@ -33,9 +33,6 @@ from carspotter.writable import OWNER_FILE
 
 EXIF_ORIENTATION = 0x0112
 
-# Known since the GhostNet init fix (group fan-out): the trained test models are sharper, and the in-graph resize's
-# one-level pixel differences from PIL now move their probabilities past this bound (see the issue 13 notes).
-
 
 @pytest.fixture(scope="module")
 def runtime() -> None:

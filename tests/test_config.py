@@ -32,8 +32,10 @@ def test_thesis_config_is_the_thesis_best_run() -> None:
 
 
 def test_every_shipped_config_loads() -> None:
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        load_config(path)
+    shipped = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {p.stem for p in shipped} >= {"demo", "stanford_ghostnet", "thesis_c50", "finetune_folders"}
+    for path in shipped:
+        assert load_config(path).model.name, path
 
 
 def test_misspelt_batch_size_fails_fast_naming_the_key(tmp_path: Path) -> None:

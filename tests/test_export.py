@@ -23,7 +23,6 @@ from carspotter.inference.onnx_backend import OnnxClassifier
 from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.predict import predict_images
 
-# Known since the GhostNet init fix (group fan-out): int8 top-1 agreement of the 2-epoch test model fell to 68%.
 
 @pytest.fixture(scope="module")
 def test_images(synthetic_prepared: Path, trained_checkpoint: Path) -> tuple[np.ndarray, np.ndarray]:

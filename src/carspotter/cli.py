@@ -197,8 +197,9 @@ def evaluate(
                    ] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
     allow_class_mismatch: Annotated[bool, typer.Option(help="Evaluate on a dataset whose class names differ from "
-                                                            "the checkpoint's (class ids compared as they are).")
-                                    ] = False,
+                                                            "the checkpoint's (class ids compared as they are); one "
+                                                            "with some of the model's classes is matched by name "
+                                                            "without it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n} as JSON.")] = False,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
                                                               "with its mirror image's (twice the compute).")] = False,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
-from carspotter.evaluation.metrics import check_classes
+from carspotter.evaluation.metrics import as_model_classes, check_classes
 from carspotter.inference import load_classifier
 from carspotter.plots import confused_pairs, plot_training_curves
 from carspotter.predict import predict_images
@@ -58,7 +58,8 @@ def write_run_report(
     classifier = load_classifier(run_dir / BEST_CKPT)
     data = Path(data if data is not None else load_run_config(run_dir).data.path)
     dataset = load_prepared(data)
-    check_classes(classifier.class_names, dataset.classes, data)
+    if check_classes(classifier.class_names, dataset.classes, data) == "subset":
+        dataset = as_model_classes(dataset, classifier.class_names)
     test = dataset.test
     photos = [dataset.root / f for f in test["fname"]]
     truth = test["class_id"].to_numpy()

@@ -1,5 +1,7 @@
 """`carspotter evaluate`: a model's accuracy on a prepared split, with per-class accuracy and a confusion matrix.
 
+A dataset whose classes are a subset of the model's (by name) is scored against the model's classes.
+
 The model is any file `carspotter.inference.load_classifier` runs: a checkpoint, or its ONNX (fp32, int8) or
 ExecuTorch export, so an export's accuracy is measured as its checkpoint's is. The counting lives in
 `carspotter.training.scoring` (`SplitScores`): training's ``trainer.test`` counts with it too, so a run's test
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,11 @@ from carspotter.inference.torch_backend import TorchClassifier
 from carspotter.plots import confused_pairs, plot_confusion
 from carspotter.training.scoring import EvalResult, evaluate_model
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "EvalResult",
+    "as_model_classes",
     "check_classes",
     "evaluate_classifier",
     "evaluate_model",
@@ -73,20 +80,37 @@ def evaluate_classifier(
     return evaluate_model(model, loader, classifier.class_names, device=device, progress=progress, tta_flip=tta_flip)
 
 
-def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> None:
-    """Refuse a dataset whose classes are not the model's: its accuracy would compare unrelated class ids."""
+def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> str:
+    """``"same"`` when ``data`` has the model's classes in its order, ``"subset"`` when its class names are all among
+    the model's (an enrolled or bigger model scored on the classes it was trained on: matched by name); any other
+    dataset is refused, since its accuracy would compare unrelated class ids."""
     if model_classes == data_classes:
-        return
-    for i, (ours, theirs) in enumerate(zip(model_classes, data_classes, strict=False)):
-        if ours != theirs:
-            detail = f"class {i} is {theirs!r} in {data} but {ours!r} in the model"
-            break
+        return "same"
+    known = set(model_classes)
+    if len(set(data_classes)) == len(data_classes) and known.issuperset(data_classes):
+        return "subset"
+    unknown = [name for name in data_classes if name not in known]
+    if unknown:
+        detail = (f"{len(unknown)} of its {len(data_classes)} classes are not among the model's {len(model_classes)} "
+                  f"(e.g. {unknown[0]!r})")
     else:
-        detail = f"{data} has {len(data_classes)} classes, the model {len(model_classes)}"
+        detail = f"a class name stands twice in {data}"
     raise UserError(
         f"{data} is not the dataset this model was trained on: {detail} "
         "(--allow-class-mismatch compares class ids anyway)"
     )
+
+
+def as_model_classes(dataset: PreparedDataset, model_classes: list[str]) -> PreparedDataset:
+    """``dataset`` relabelled with the model's class ids (matched by name), so that a prediction of a class the
+    dataset does not have counts as wrong and the report lists every class of the model."""
+    index = {name: i for i, name in enumerate(model_classes)}
+    ids = {old: index[name] for old, name in enumerate(dataset.classes)}
+
+    def relabel(frame):  # noqa: ANN001, ANN202 - a pandas DataFrame
+        return frame.assign(class_id=frame["class_id"].map(ids))
+
+    return replace(dataset, classes=list(model_classes), train=relabel(dataset.train), test=relabel(dataset.test))
 
 
 def evaluate_on_dataset(
@@ -100,11 +124,13 @@ def evaluate_on_dataset(
     tta_flip: bool = False,
 ) -> EvalResult:
     """`evaluate_classifier` on a model file (``ckpt``: a checkpoint or an export) after checking that ``data`` has
-    the model's classes, in the same order."""
+    the model's classes, in the same order, or a subset of them (matched by name, said in the log)."""
     classifier = load_classifier(ckpt)
     dataset = load_prepared(data)
-    if not allow_class_mismatch:
-        check_classes(classifier.class_names, dataset.classes, data)
+    if not allow_class_mismatch and check_classes(classifier.class_names, dataset.classes, data) == "subset":
+        log.warning("%s: %d of the model's %d classes, matched by name; predictions of the model's other classes "
+                    "count as wrong", data, dataset.num_classes, len(classifier.class_names))
+        dataset = as_model_classes(dataset, classifier.class_names)
     return evaluate_classifier(classifier, dataset, split, batch_size=batch_size, progress=progress, tta_flip=tta_flip)
 
 
