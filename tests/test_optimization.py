@@ -113,10 +113,11 @@ def test_scaled_weight_decay_follows_a_resume_with_more_epochs(four_classes: Pat
 
 def test_the_recipe_scales_its_decay_from_where_it_was_chosen() -> None:
     """odd98 at batch 16 and 60 epochs (1,981 training photos: 124 steps an epoch) gets the chosen 1.2 per step; all
-    196 classes (twice the photos) half of it."""
+    196 classes (twice the photos) 1.2 / sqrt(2), the full train split (four times) half of it."""
     cfg = load_config(RECOMMENDED)
     assert per_step_weight_decay(cfg, 124 * 60) == pytest.approx(1.2)
-    assert per_step_weight_decay(cfg, 2 * 124 * 60) == pytest.approx(0.6)
+    assert per_step_weight_decay(cfg, 2 * 124 * 60) == pytest.approx(1.2 / 2**0.5)
+    assert per_step_weight_decay(cfg, 4 * 124 * 60) == pytest.approx(0.6)
     assert per_step_weight_decay(load_config(RECOMMENDED, ["optimizer.weight_decay_scaling=null"]), 10) == 1.2
     with pytest.raises(UserError, match="weight_decay_scaling scales params.weight_decay"):
         load_config(RECOMMENDED, ["optimizer.params={lr: 0.001}"])
