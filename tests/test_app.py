@@ -223,7 +223,7 @@ def test_app_in_chromium_matches_predict_and_works_offline(
         browser.refresh()  # the network is gone: the service worker answers
         wait_ready(browser)
         assert_same_top5(classify(browser, photos[2]), expected[2], photos[2])
-        junk = photos[0].parent.parent / "notes.txt"
+        junk = photos[1].parent / "notes.txt"  # the test's own folder, never the shared dataset
         junk.write_text("not a photo")
         browser.find_element("id", "file").send_keys(str(junk))
         from selenium.webdriver.support.ui import WebDriverWait

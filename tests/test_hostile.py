@@ -109,7 +109,7 @@ TABLE: list[Row] = [
     Row("prepare-out-inside-raw", "synthetic_raw", "prepare {tmp}/raw {tmp}/raw/out --layout folders", 2,
         r"raw/out: OUT lies inside RAW"),
     Row("prepare-raw-inside-out", "synthetic_raw", "prepare {tmp}/raw {tmp}", 2, r"OUT contains RAW"),
-    Row("prepare-other-raw-into-complete-out", "synthetic_raw", "prepare {tmp}/raw {data}", 2,
+    Row("prepare-other-raw-into-complete-out", "raw_and_a_prepared_copy", "prepare {tmp}/raw {tmp}/prepared", 2,
         r"OUT was prepared from \S+, not from \S+/raw \(\d+ files"),
     Row("sweep-unknown-storage", "nothing", "sweep -c " + str(RECIPE) + " --space " + str(SPACE) +
         " --storage nosuchdb://x --set data.path={data} --set output.runs_dir={tmp}/runs", 2,
@@ -229,6 +229,12 @@ def text_file(tmp: Path, data: Path) -> None:
     (tmp / "notes.jpg").write_text("not a photo")
 
 
+def raw_and_a_prepared_copy(tmp: Path, data: Path) -> None:
+    """A raw dataset, and a copy of the session's prepared dataset (built from another RAW) as OUT."""
+    synthetic_raw(tmp, data)
+    shutil.copytree(data, tmp / "prepared")
+
+
 def zero_byte_annotations(tmp: Path, data: Path) -> None:
     synthetic_raw(tmp, data)
     (tmp / "raw" / "cars_annos.mat").write_bytes(b"")
@@ -274,6 +280,7 @@ SETUPS: dict[str, Callable[[Path, Path], None]] = {
         huge_png,
         text_file,
         zero_byte_annotations,
+        raw_and_a_prepared_copy,
         foreign_folder,
         existing_export,
         linked_export,
