@@ -55,15 +55,15 @@ def check_writable(folder: str | Path, what: str = "output folder") -> None:
         )
 
 
-def check_output_file(path: str | Path, what: str, *, overwrite: bool = True, flag: str = "--overwrite") -> Path:
+def check_output_file(path: str | Path, what: str, *, overwrite: bool = True) -> Path:
     """``path`` as a file carspotter may write: not a folder, in a writable folder, and, unless ``overwrite``, not
-    there yet (``flag`` is the option that allows replacing it). A `UserError` before any work starts."""
+    there yet (``--overwrite`` allows replacing it). A `UserError` before any work starts."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; the {what} needs a file name, e.g. {path / 'out'}{path.suffix}")
     if not overwrite and os.path.lexists(path):
         kind = "a symbolic link" if path.is_symlink() else "a file"
-        raise UserError(f"{path}: {kind} of that name exists; {flag} replaces it, or choose another name")
+        raise UserError(f"{path}: {kind} of that name exists; --overwrite replaces it, or choose another name")
     check_writable(path.parent, f"{what} folder")
     return path
 

@@ -101,7 +101,8 @@ def open_out(out: Path, *, overwrite: bool, source: dict[str, Any] | None = None
 def check_same_source(out: Path, source: dict[str, Any]) -> None:
     """A `UserError` when the complete prepared folder OUT was built from another RAW (its fingerprint differs: other
     files, or RAW changed since), or with another layout or option than the ones given now."""
-    recorded = json.loads((out / MANIFEST).read_text()).get("source", {})
+    manifest = json.loads((out / MANIFEST).read_text())
+    recorded = manifest.get("source", {})
     was = recorded.get("raw", "?")
     then, now = recorded.get("fingerprint"), source["fingerprint"]
     same_files = then == now if then is not None else was == source["raw"]  # older folders: by path alone
@@ -113,7 +114,7 @@ def check_same_source(out: Path, source: dict[str, Any]) -> None:
             why = (f"OUT was prepared from {was}, not from {source['raw']} ({_files(now)}); choose a new OUT for it, "
                    "or --overwrite to replace OUT with a dataset prepared from it")
         raise UserError(f"{out}: {why}")
-    asked, built = source.get("layout_asked", "auto"), _source_layout(out)
+    asked, built = source.get("layout_asked", "auto"), manifest.get("source_layout", "?")
     if asked != "auto" and asked != built:
         raise UserError(f"{out}: was prepared as the {built} layout, not {asked}; --overwrite rebuilds it")
     before = recorded.get("options", {})
@@ -125,10 +126,6 @@ def check_same_source(out: Path, source: dict[str, Any]) -> None:
 
 def _files(fp: dict[str, Any] | None) -> str:
     return "unknown files" if not fp else f"{fp['files']} files, {fp['bytes'] / 1e6:.1f} MB"
-
-
-def _source_layout(out: Path) -> str:
-    return json.loads((out / MANIFEST).read_text()).get("source_layout", "?")
 
 
 def commit_pending(out: Path) -> PrepareReport | None:
