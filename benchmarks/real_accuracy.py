@@ -71,12 +71,25 @@ def prepared(data: Path, workdir: Path) -> Path:
 def train(
     name: str, config: Path, data: Path, size: int, epochs: int, workdir: Path, extra: list[str], threads: int | None
 ) -> dict:
-    """One ``carspotter train`` run; its progress goes to ``<workdir>/<name>.log``, its summary is returned."""
+    """One ``carspotter train`` run; its progress goes to ``<workdir>/<name>.log``, its summary is returned.
+
+    A finished run is recorded in ``<workdir>/<name>.done.json``; the same command again (the run's name aside) with
+    its run folder still there is not retrained: its summary is returned (``"reused": true``), so a benchmark can be
+    built over several sittings and an interrupted one re-run."""
     runs = workdir / "runs"
-    run_name = f"{name}-{size}px-{epochs}ep-{time.strftime('%Y%m%d-%H%M%S')}"
     sets = [f"data.path={data}", f"data.image_size={size}", f"trainer.max_epochs={epochs}",
-            f"output.runs_dir={runs}", f"output.run_name={run_name}", *extra]  # fmt: skip
-    cmd = [*CARSPOTTER, "train", "-c", str(config), *[a for s in sets for a in ("--set", s)]]
+            f"output.runs_dir={runs}", *extra]  # fmt: skip
+    command = ["carspotter", "train", "-c", str(config), *[a for s in sets for a in ("--set", s)]]
+    done_file = workdir / f"{name}.done.json"
+    if done_file.is_file():
+        done = json.loads(done_file.read_text())
+        summary_file = Path(done["run_dir"]) / "summary.json"
+        if done["command"] == command and summary_file.is_file():
+            summary = {**json.loads(summary_file.read_text()), **done["added"], "reused": True}
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: finished before, reused ({done['run_dir']})", flush=True)
+            return summary
+    run_name = f"{name}-{size}px-{epochs}ep-{time.strftime('%Y%m%d-%H%M%S')}"
+    cmd = [*CARSPOTTER, *command[1:], "--set", f"output.run_name={run_name}"]
     log_path = workdir / f"{name}.log"
     print(f"[{time.strftime('%H:%M:%S')}] {name}: training ({log_path})", flush=True)
     started = time.perf_counter()
@@ -86,9 +99,14 @@ def train(
     summary_file = runs / run_name / "summary.json"
     if done.returncode != 0 or not summary_file.is_file():  # failed, or stopped (SIGTERM ends Lightning with 0)
         sys.exit(f"{name}: carspotter train did not finish (exit {done.returncode}); see {log_path}")
-    summary = json.loads(summary_file.read_text())
-    summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
-    summary["command"] = "carspotter " + " ".join(cmd[len(CARSPOTTER) :])
+    added = {
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "command": "carspotter " + " ".join(cmd[len(CARSPOTTER) :]),
+        "threads": threads,
+        "load_after_run": load(),
+    }
+    done_file.write_text(json.dumps({"command": command, "run_dir": str(runs / run_name), "added": added}, indent=2))
+    summary = {**json.loads(summary_file.read_text()), **added}
     print(
         f"[{time.strftime('%H:%M:%S')}] {name}: test top-1 {summary['test_top1']:.2%}"
         f" (top-5 {summary['test_top5']:.2%}, n={summary['test_n']}),"

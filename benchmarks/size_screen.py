@@ -12,7 +12,7 @@ filtered CSVs and links to the original images.
 - ``half-photos``: every class, half of each class's training photos (seeded; the test split unchanged);
 - ``sample``: ``../shared/stanford_cars/sample`` if given with ``--sample`` (10 real classes, the small end).
 
-Every variant (``--variant NAME=KEY=VALUE,KEY=VALUE``; defaults below) is trained by ``carspotter train -c
+Every variant (``--variant 'NAME=KEY=VALUE;KEY=VALUE'``; defaults below) is trained by ``carspotter train -c
 configs/stanford_ghostnet.yaml`` at every size, with ``data.val_fraction`` (default 0.3) of the training photos held
 out, seed 42; the figure that decides is the held-out top-1 of the last epoch (what ``trainer.select: last`` keeps),
 beside the mean of the last 10 epochs and the training top-1 at the end (from the run's ``metrics.csv``). The test
@@ -21,6 +21,10 @@ split is scored by every run too (the pipeline always does); those figures are r
 The rule, fixed before any run: a variant is adopted over the reference (the first variant) only if at every size its
 held-out top-1 is at least the reference's minus one standard error of that size's held-out split
 (sqrt(p(1 - p) / n)), and at one size or more it is above the reference's plus one standard error.
+
+``--eval-sizes 112,128`` also scores each run's held-out photos at other input sizes than it trained at (the
+"test at a higher resolution" of FixRes: a random-resized crop makes a car look bigger in training than in a whole
+photo), with the checkpoint the run kept; recorded beside the held-out top-1 at the training size, scored the same way.
 
 Everything (machine, load before and after, date, the command of every run, every figure) goes to ``--results``
 (default ``benchmarks/results/size_screen.json``, kept in the repository: numbers only, no photo) and to
@@ -111,6 +115,26 @@ def held_out(summary: dict, run_dir: Path, n_held: int) -> dict:
     }
 
 
+def held_out_at_sizes(run_dir: Path, folder: Path, sizes: list[int], fraction: float, seed: int) -> dict[int, float]:
+    """Top-1 of ``run_dir/best.ckpt`` on the held-out photos of ``folder``'s train split, fed at each input size."""
+    import dataclasses
+
+    from carspotter.data.prepared import stratified_split
+    from carspotter.evaluation.metrics import evaluate_classifier
+    from carspotter.inference import load_classifier
+
+    classifier = load_classifier(run_dir / "best.ckpt")
+    ds = load_prepared(folder)
+    _, held = stratified_split(ds.train["class_id"].to_numpy(), fraction, seed)
+    ds = dataclasses.replace(ds, test=ds.train.iloc[held].reset_index(drop=True))  # scored as "test" below
+    trained_at = classifier.preprocessing
+    scores = {}
+    for size in sizes:
+        classifier.preprocessing = dataclasses.replace(trained_at, image_size=(size, size))
+        scores[size] = round(evaluate_classifier(classifier, ds, "test", progress=False, device="cpu").top1, 4)
+    return scores
+
+
 def decide(results: dict[str, dict[str, dict]], variants: list[str], sizes: list[str]) -> dict[str, str]:
     """The rule of the module docstring, variant by variant against the first."""
     ref, verdicts = variants[0], {}
@@ -135,14 +159,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "size_screen")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "size_screen.json")
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)} (and sample)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
-                    help="a variant (--set overrides, comma-separated; '' for the recipe as it is); the first is the "
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE;...",
+                    help="a variant (--set overrides, separated by ';'; '' for the recipe as it is); the first is the "
                          f"reference; default: {', '.join(VARIANTS)}")  # fmt: skip
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--val-fraction", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with cores/jobs threads)")
+    ap.add_argument("--eval-sizes", default="", help="comma-separated input sizes to score the held-out photos at too")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -152,7 +177,7 @@ def main() -> None:
         variants = {}
         for spec in args.variant:
             name, _, sets = spec.partition("=")
-            variants[name] = [s for s in sets.split(",") if s]
+            variants[name] = [s.strip() for s in sets.split(";") if s.strip()]
     started = time.perf_counter()
     record: dict = {
         "machine": machine(),
@@ -195,6 +220,11 @@ def main() -> None:
         results.setdefault(size, {})[name] = held_out(summary, Path(summary["run_dir"]), n_held)
         results[size][name]["train_photos"] = len(ds.train) - n_held
         results[size][name]["classes"] = ds.num_classes
+        eval_sizes = [int(x) for x in args.eval_sizes.split(",") if x.strip()]
+        if eval_sizes:
+            scores = held_out_at_sizes(Path(summary["run_dir"]), folders[size], [args.size, *eval_sizes],
+                                       args.val_fraction, args.seed)  # fmt: skip
+            results[size][name]["held_out_top1_at_size"] = scores
     record["results"] = results
     record["decision"] = decide(results, list(variants), sizes)
     record["minutes"] = round((time.perf_counter() - started) / 60, 1)
@@ -212,6 +242,11 @@ def main() -> None:
             print(f"{size:<13} {name:<14} {r['classes']:>7} {r['train_photos']:>6} {r['weight_decay_per_step']:>8.3g} "
                   f"{r['held_out_top1']:>9.1%} {r['held_out_se']:>6.1%} {r['held_out_last10_mean']:>8.1%} "
                   f"{r['train_top1_last_epoch']:>11.0%}")  # fmt: skip
+    for size in sizes:
+        for name in variants:
+            if "held_out_top1_at_size" in results[size][name]:
+                at = ", ".join(f"{k} px {v:.1%}" for k, v in results[size][name]["held_out_top1_at_size"].items())
+                print(f"{size} {name}: held-out top-1 at input size {at}")
     for name, verdict in record["decision"].items():
         print(f"{name}: {verdict}")
     if args.json:
