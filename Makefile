@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock demo test lint clean
+.PHONY: install lock demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the tests marked slow (longer training, DDP, kill/resume, the notebook, the
+# browser, ExecuTorch lowering, real photos). `make test` (what CI runs) still runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from carspotter.bench_infer import bench_infer
 from carspotter.config import load_config
 from carspotter.data.prepared import COLUMNS, FORMAT_NAME, FORMAT_VERSION, MANIFEST
 from carspotter.export import executorch as export_executorch
 from carspotter.export import onnx as export_onnx
 from carspotter.export import quantize as export_int8
+from carspotter.inference.bench_infer import bench_infer
 from carspotter.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

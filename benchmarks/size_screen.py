@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 from real_accuracy import ROOT, load, machine, prepared, train
 
-from carspotter.data.prepared import MANIFEST, load_prepared, sha256_file
-from carspotter.run_files import METRICS_FILE, read_epoch_metrics
+from carspotter.data.prepared import MANIFEST, load_prepared
+from carspotter.formats.files import sha256_file
+from carspotter.formats.run_dir import METRICS_FILE, read_epoch_metrics
 
 RECIPE = ROOT / "configs" / "stanford_ghostnet.yaml"
 VARIANTS = {  # the reference first
@@ -123,7 +124,7 @@ def held_out_at_sizes(run_dir: Path, folder: Path, sizes: list[int], fraction: f
     from carspotter.evaluation.metrics import evaluate_classifier
     from carspotter.inference import load_classifier
 
-    classifier = load_classifier(run_dir / "best.ckpt")
+    classifier = load_classifier(run_dir / "best.ckpt", device="cpu")
     ds = load_prepared(folder)
     _, held = stratified_split(ds.train["class_id"].to_numpy(), fraction, seed)
     ds = dataclasses.replace(ds, test=ds.train.iloc[held].reset_index(drop=True))  # scored as "test" below
@@ -131,7 +132,7 @@ def held_out_at_sizes(run_dir: Path, folder: Path, sizes: list[int], fraction: f
     scores = {}
     for size in sizes:
         classifier.preprocessing = dataclasses.replace(trained_at, image_size=(size, size))
-        scores[size] = round(evaluate_classifier(classifier, ds, "test", progress=False, device="cpu").top1, 4)
+        scores[size] = round(evaluate_classifier(classifier, ds, "test", progress=False).top1, 4)
     return scores
 
 

@@ -25,7 +25,7 @@ from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.inference import load_classifier
 from carspotter.inference.onnx_backend import OnnxClassifier
-from carspotter.predict import predict_images
+from carspotter.inference.predict import predict_images
 from carspotter.preprocessing import open_photo, softmax
 from carspotter.serve import web_runtime
 from carspotter.serve.site import build_site
@@ -93,6 +93,7 @@ def assert_same_top5(page: list[dict], want: dict[str, float], photo: Path) -> f
     return assert_ranking_matches([(p["class_name"], p["probability"]) for p in page], want, photo.name)[0]
 
 
+@pytest.mark.slow
 def test_site_is_a_self_contained_pwa(site: Path, exported: Path, photos: list[Path]) -> None:
     files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file() and p.name != OWNER_FILE}
     assert json.loads((site / OWNER_FILE).read_text()) == {"command": "app", "files": sorted(files)}
@@ -197,6 +198,7 @@ def test_cli_refuses_a_file_that_is_not_an_export(runtime, tmp_path: Path) -> No
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not a readable ONNX model" in proc.stderr
 
 
+@pytest.mark.slow
 @requires_browser
 def test_app_in_chromium_matches_predict_and_works_offline(
     browser, site: Path, exported: Path, photos: list[Path]
@@ -232,6 +234,7 @@ def test_app_in_chromium_matches_predict_and_works_offline(
         assert "not an image" in browser.find_element("id", "error").text
 
 
+@pytest.mark.slow
 @requires_browser
 @pytest.mark.realdata
 def test_app_in_chromium_on_real_photos(

@@ -15,7 +15,7 @@ from carspotter.errors import UserError
 
 def test_mixup_and_cutmix_targets_are_probabilities() -> None:
     cfg = load_config(RECOMMENDED, ["data.batch_augmentations=[{MixUp: {alpha: 0.4}}, {CutMix: {alpha: 1.0}}]"])
-    mixing = build_batch_mixing(cfg, num_classes=7)
+    mixing = build_batch_mixing(cfg.data, num_classes=7)
     torch.manual_seed(0)
     x, y = torch.rand(16, 3, 24, 24), torch.randint(0, 7, (16,))
     mixed_any = False

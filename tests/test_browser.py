@@ -20,6 +20,8 @@ from carspotter.errors import UserError
 from carspotter.serve import web_runtime
 from carspotter.serve.app import create_app
 
+pytestmark = pytest.mark.slow  # a real Chromium
+
 
 @requires_browser
 def test_serve_page_recognises_a_photo_in_the_browser(

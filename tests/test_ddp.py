@@ -16,10 +16,11 @@ import torch
 from tracking_support import DEMO, ROOT, make_tiny_dataset, tiny_overrides
 
 from carspotter.evaluation.metrics import evaluate_on_dataset
-from carspotter.run_files import read_epoch_metrics
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.training.loggers import local_tracking_uri
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_writes_one_run_from_rank_zero(tmp_path: Path) -> None:
     data = make_tiny_dataset(tmp_path / "data", classes=4, per_class=8)  # 4 train, 4 test images per class
     runs = tmp_path / "runs"

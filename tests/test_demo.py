@@ -32,6 +32,7 @@ def test_configs_are_packaged_and_found_by_name(tmp_path: Path, monkeypatch: pyt
         load_config("stanford_ghostnets")
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_again_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every step on a smaller synthetic set (20 photos per class) and budget; run twice in one folder, as a user
     re-running `make demo` does: the data is reused (the training's image cache in it included), a new run is made."""

@@ -19,8 +19,8 @@ from carspotter.data.prepared import load_prepared
 from carspotter.data.transforms import EvalTransform, crop_to_box, preprocessing_from_config
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_on_dataset
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.preprocessing import open_image, resize_image
-from carspotter.run_files import read_epoch_metrics
 from carspotter.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,15 +11,15 @@ import torch
 import torch.nn as nn
 from recipe_support import RECOMMENDED
 
-from carspotter.checkpoint import model_state_dict, read_checkpoint
 from carspotter.config import load_config
 from carspotter.data.prepare import prepare
 from carspotter.data.prepared import load_prepared
 from carspotter.data.synth import synthesize
+from carspotter.formats.checkpoint import model_state_dict, read_checkpoint
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.inference import load_classifier
+from carspotter.inference.predict import predict_images
 from carspotter.models import create_model
-from carspotter.predict import predict_images
-from carspotter.run_files import read_epoch_metrics
 from carspotter.training.finetune import parameter_groups, split_parameters
 from carspotter.training.run import build_model, load_run_config, train
 
@@ -67,6 +67,7 @@ def user_folders(stanford_run, tmp_path_factory: pytest.TempPathFactory) -> Path
     return raw.parent / "prepared"
 
 
+@pytest.mark.slow
 def test_build_model_starts_from_the_checkpoint_with_a_new_classifier(stanford_run, user_folders: Path) -> None:
     run, _ = stanford_run
     source = model_state_dict(read_checkpoint(run.best_ckpt))
@@ -83,6 +84,7 @@ def test_build_model_starts_from_the_checkpoint_with_a_new_classifier(stanford_r
     assert torch.equal(same.state_dict()["classifier.weight"], source["classifier.weight"])
 
 
+@pytest.mark.slow
 def test_fine_tuning_beats_training_from_scratch_after_one_epoch(stanford_run, user_folders: Path) -> None:
     """Same data, seed and settings; only the starting weights differ. The frozen first epoch trains the classifier
     alone, on the checkpoint's features; then `--resume` continues with the whole network."""

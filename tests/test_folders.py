@@ -309,6 +309,7 @@ def test_real_photos_in_class_folders_prepare(real_photo_folders: Path, tmp_path
     )
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_photos_prepare_train_evaluate_predict(real_photo_folders: Path, tmp_path: Path) -> None:
     """The acceptance path on real photos, through the CLI: prepare → train → evaluate → predict with folder names."""

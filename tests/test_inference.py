@@ -9,7 +9,7 @@ from ranking_support import assert_ranking_matches
 
 from carspotter.errors import UserError
 from carspotter.inference import load_classifier
-from carspotter.predict import predict_images
+from carspotter.inference.predict import predict_images
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

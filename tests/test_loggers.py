@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from carspotter.cli import app
 from carspotter.config import load_config
 from carspotter.errors import UserError
-from carspotter.run_files import read_epoch_metrics
-from carspotter.runs_table import collect_runs, filter_runs, plot_runs, sort_runs
+from carspotter.experiments.runs_table import collect_runs, filter_runs, plot_runs, sort_runs
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.training.loggers import flatten, local_tracking_uri
 from carspotter.training.run import train
 
@@ -61,6 +61,7 @@ def _best(run_dir: Path, key: str, pick=max) -> float:
     return pick(float(r[key]) for r in read_epoch_metrics(run_dir / "metrics.csv"))
 
 
+@pytest.mark.slow
 def test_runs_csv_lists_both_runs_with_their_best_metrics(two_runs) -> None:
     runs, first, second = two_runs
     result = CliRunner().invoke(app, ["runs", "--runs-dir", str(runs), "--csv"])
@@ -181,6 +182,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_create_and_write_one_sqlite_store_at_once(tmp_path: Path) -> None:
     """A new store opened by two processes at the same moment (both would run MLflow's schema migrations), its
     experiment created and written by both: no 'table already exists', no 'database is locked', no lost rows."""

@@ -10,15 +10,16 @@ import pytest
 import torch
 from recipe_support import recipe_config
 
-from carspotter.checkpoint import load_checkpoint, model_state_dict, read_checkpoint
 from carspotter.evaluation.metrics import evaluate_on_dataset
+from carspotter.formats.checkpoint import RAW_WEIGHTS_KEY, model_state_dict, read_checkpoint
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.inference import load_classifier
+from carspotter.inference.torch_backend import load_checkpoint
 from carspotter.models import create_model
-from carspotter.run_files import read_epoch_metrics
-from carspotter.training.module import RAW_WEIGHTS_KEY
 from carspotter.training.run import train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["fast", "classic"])
 def test_ema_weights_are_validated_selected_saved_and_resumed(
     four_classes: Path, tmp_path: Path, one_cpu_thread, pipeline: str
@@ -56,6 +57,7 @@ def test_ema_weights_are_validated_selected_saved_and_resumed(
     )
 
 
+@pytest.mark.slow
 def test_exported_model_carries_the_ema_weights(four_classes: Path, tmp_path: Path, one_cpu_thread) -> None:
     from carspotter.export.onnx import export
 

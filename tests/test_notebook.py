@@ -8,6 +8,7 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
 from tracking_support import ROOT, TINY
 
 NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
@@ -36,6 +37,7 @@ def test_notebook_is_valid_nbformat_4() -> None:
                 assert colab_only not in code, f"{colab_only} outside an `if COLAB:` block: {code}"
 
 
+@pytest.mark.slow
 def test_notebook_cells_run_on_synthetic_data(tmp_path: Path) -> None:
     import nbformat
     from nbclient import NotebookClient

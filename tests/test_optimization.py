@@ -13,7 +13,7 @@ from recipe_support import RECOMMENDED, recipe_config
 
 from carspotter.config import load_config
 from carspotter.errors import UserError
-from carspotter.run_files import read_epoch_metrics
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.training.optimization import build_run_schedule, per_step_weight_decay
 from carspotter.training.run import train
 
@@ -61,6 +61,7 @@ def test_run_schedule_values_are_checked() -> None:
             load_config(RECOMMENDED, ["scheduler.name=step" if "milestones" in bad else "scheduler.name=cosine", bad])
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_continues_on_the_longer_schedule(four_classes: Path, tmp_path: Path, one_cpu_thread):
     """Interrupted after 1 epoch and resumed with trainer.max_epochs raised to 3: the cosine is laid out over the new
     length (the learning rate of each epoch is the one an uninterrupted 3-epoch run has)."""
@@ -82,6 +83,7 @@ def _decay_in_last_ckpt(run_dir: Path) -> float:
     return used
 
 
+@pytest.mark.slow
 def test_scaled_weight_decay_follows_the_runs_steps(four_classes: Path, tmp_path: Path, one_cpu_thread) -> None:
     """Issue 34, item 1: with power 1, lr x per-step decay x optimizer steps is the same for any batch and epoch
     count (twice the steps, half the decay per step); with power 0.5 twice the steps divide it by sqrt(2); the
@@ -101,6 +103,7 @@ def test_scaled_weight_decay_follows_the_runs_steps(four_classes: Path, tmp_path
     assert runs[8, 4, 0.5]["weight_decay_per_step"] == pytest.approx(runs[8, 2, 0.5]["weight_decay_per_step"] / 2**0.5)
 
 
+@pytest.mark.slow
 def test_scaled_weight_decay_follows_a_resume_with_more_epochs(four_classes: Path, tmp_path: Path, one_cpu_thread):
     scaled = ("optimizer.params.weight_decay=0.05", "optimizer.weight_decay_scaling={reference_steps: 100}")
     first = train(recipe_config(four_classes, tmp_path, "trainer.max_epochs=1", *scaled), progress=False)

@@ -19,7 +19,7 @@ from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_on_dataset
 from carspotter.inference import load_classifier
 from carspotter.inference.onnx_backend import OnnxClassifier
-from carspotter.predict import predict_images
+from carspotter.inference.predict import predict_images
 from carspotter.preprocessing import open_image, softmax
 
 
@@ -90,8 +90,8 @@ def test_pixels_model_matches_predict_on_real_photos(
 def test_pixels_model_through_predict_and_bench(
     responsive_checkpoint: Path, pixels_onnx: Path, synthetic_prepared: Path
 ) -> None:
-    from carspotter.bench_infer import bench_infer
     from carspotter.data.prepared import load_prepared
+    from carspotter.inference.bench_infer import bench_infer
 
     images = [synthetic_prepared / f for f in load_prepared(synthetic_prepared).test["fname"][:4]]
     a = predict_images(load_classifier(responsive_checkpoint), images, top_k=3)
@@ -104,6 +104,7 @@ def test_pixels_model_through_predict_and_bench(
         evaluate_on_dataset(pixels_onnx, synthetic_prepared, progress=False)
 
 
+@pytest.mark.slow
 def test_int8_is_portable(int8_pixels: tuple[Path, object]) -> None:
     out, _ = int8_pixels
     proto = onnx.load(str(out))

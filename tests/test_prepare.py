@@ -23,12 +23,13 @@ from carspotter.data import writer
 from carspotter.data.extract import extract_archive
 from carspotter.data.folders import FOLDERS
 from carspotter.data.prepare import detect_layout, prepare
-from carspotter.data.prepared import COLUMNS, load_prepared, sha256_file
+from carspotter.data.prepared import COLUMNS, load_prepared
 from carspotter.data.raw import RawDataset, RawImage, RawLayout, StanfordImage
 from carspotter.data.stanford import write_stanford_raw
 from carspotter.data.stanford_mat import read_class_names, read_struct
 from carspotter.data.synth import synthesize
 from carspotter.errors import UserError
+from carspotter.formats.files import sha256_file
 
 
 def _synth(path: Path, layout: str = "original", **kwargs) -> Path:

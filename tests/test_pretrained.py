@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
-from carspotter.checkpoint import init_from_weights
 from carspotter.errors import UserError
 from carspotter.models import create_model
+from carspotter.models.weights import init_from_weights
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -17,7 +17,7 @@ import pytest
 from browser_support import requires_browser, start_chromium
 from PIL import Image
 
-from carspotter.plots import confused_pairs, plot_confusion, plot_training_curves
+from carspotter.evaluation.plots import confused_pairs, plot_confusion, plot_training_curves
 
 
 @pytest.fixture()
@@ -29,6 +29,7 @@ def run_copy(trained_checkpoint: Path, tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 @requires_browser
 def test_report_renders_offline_in_chromium(run_copy: Path, tmp_path: Path) -> None:
     pytest.importorskip("selenium.webdriver", reason="selenium is not installed")

@@ -20,7 +20,7 @@ from cli_support import run_main
 from synthetic_support import CARSPOTTER, make_synthetic_prepared
 
 from carspotter.data.epochs import EpochOrder
-from carspotter.run_files import read_epoch_metrics
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.training.loggers import local_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +119,7 @@ KILLS = {  # where each pipeline's run dies, in turn; each death loses the epoch
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["classic", "fast"])
 def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
     four_classes: Path, tmp_path: Path, uninterrupted: dict[str, Path], pipeline: str
@@ -179,6 +180,7 @@ def test_an_epochs_order_depends_only_on_the_seed_and_the_epoch() -> None:
     assert [len(s) for s in shards] == [4, 4, 4] and set().union(*shards) == set(range(10))  # padded, like DDP
 
 
+@pytest.mark.slow
 def test_a_run_folder_works_from_any_directory(
     synthetic_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from carspotter.config import load_config
-from carspotter.runs_table import COLUMNS
+from carspotter.experiments.runs_table import COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""`evaluate_model` and its `SplitScores` (what `trainer.test` counts with too): torchmetrics' counts equal a count by
+"""`score_classifier` and its `SplitScores` (what `trainer.test` counts with too): torchmetrics' counts equal a count by
 hand over the same logits, the confusion matrix included; test-time flip averages the photo and its mirror."""
 
 from __future__ import annotations
@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from carspotter.training.scoring import evaluate_model
+from carspotter.evaluation.scoring import score_classifier
+from carspotter.inference.torch_backend import TorchClassifier
+from carspotter.preprocessing import Preprocessing
+
+
+def evaluate_model(model: nn.Module, loader, classes: list[str], **kwargs) -> object:  # noqa: ANN001
+    """A module scored as `evaluate` scores a checkpoint: through `TorchClassifier` (on the CPU, fp32)."""
+    return score_classifier(TorchClassifier(model, classes, Preprocessing()), loader, **kwargs)
 
 
 def test_scores_equal_a_count_by_hand() -> None:

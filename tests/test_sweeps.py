@@ -14,8 +14,15 @@ from tracking_support import DEMO, ROOT, make_tiny_dataset, tiny_overrides
 
 from carspotter.config import load_config
 from carspotter.errors import UserError
-from carspotter.run_files import read_epoch_metrics
-from carspotter.sweeps import SearchSpace, default_storage, load_space, open_study, run_sweep, summarise_study
+from carspotter.experiments.sweeps import (
+    SearchSpace,
+    default_storage,
+    load_space,
+    open_study,
+    run_sweep,
+    summarise_study,
+)
+from carspotter.formats.run_dir import read_epoch_metrics
 
 SPACE = """\
 parameters:
@@ -115,6 +122,7 @@ def test_three_trial_sweep_prunes_trials_below_the_median(data: Path, space: Pat
     assert result.best_value == 0.95 and result.best_config is None  # the best trial has no local run
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study_and_write_a_trainable_best_config(
     data: Path, space: Path, tmp_path: Path
 ) -> None:

@@ -15,15 +15,17 @@ import pytest
 import torch
 from recipe_support import recipe_config
 
-from carspotter.checkpoint import load_checkpoint, read_checkpoint
 from carspotter.config import load_config
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import evaluate_on_dataset
+from carspotter.formats.checkpoint import read_checkpoint
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.inference import load_classifier
-from carspotter.predict import predict_images
-from carspotter.run_files import read_epoch_metrics
-from carspotter.training.run import resolve_runtime, train
+from carspotter.inference.predict import predict_images
+from carspotter.inference.torch_backend import load_checkpoint
+from carspotter.runtime import training_runtime
+from carspotter.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -43,6 +45,7 @@ def learned_run(learnable_prepared: Path, tmp_path_factory: pytest.TempPathFacto
     return train(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_model_learns_synthetic_cars_well_above_chance(learned_run, learnable_prepared: Path) -> None:
     chance = 1 / load_prepared(learnable_prepared).num_classes
     s = learned_run.summary
@@ -52,6 +55,7 @@ def test_model_learns_synthetic_cars_well_above_chance(learned_run, learnable_pr
     assert s["test_n"] == len(load_prepared(learnable_prepared).test)
 
 
+@pytest.mark.slow
 def test_run_folder_holds_everything(learned_run) -> None:
     run = learned_run.run_dir
     for name in ("config.yaml", "best.ckpt", "last.ckpt", "metrics.csv", "summary.json", "results.png"):
@@ -64,6 +68,7 @@ def test_run_folder_holds_everything(learned_run) -> None:
     assert load_config(run / "config.yaml").output.run_name == run.name
 
 
+@pytest.mark.slow
 def test_checkpoint_describes_itself(learned_run, learnable_prepared: Path) -> None:
     ckpt = read_checkpoint(learned_run.best_ckpt)  # weights_only=True
     meta = ckpt["carspotter"]
@@ -74,6 +79,7 @@ def test_checkpoint_describes_itself(learned_run, learnable_prepared: Path) -> N
     assert info.num_classes == len(meta["class_names"]) and not model.training
 
 
+@pytest.mark.slow
 def test_trainer_test_and_evaluate_agree_to_the_last_digit(learned_run, learnable_prepared: Path) -> None:
     """The summary's test figures come from `trainer.test` on the module the run trained (`CarClassifier.test_step`);
     `evaluate` rebuilds the network from best.ckpt and runs its own loop. Two code paths, compared with ==."""
@@ -95,15 +101,16 @@ def test_trainer_test_and_evaluate_agree_to_the_last_digit(learned_run, learnabl
     assert np.mean(hits) == pytest.approx(result.top1, abs=1e-9)
 
 
-def test_resolve_runtime_decides_the_auto_settings_once(learnable_prepared: Path, tmp_path: Path) -> None:
+def test_training_runtime_decides_the_auto_settings_once(learnable_prepared: Path, tmp_path: Path) -> None:
     cuda = torch.cuda.is_available()
-    auto = resolve_runtime(tiny_config(learnable_prepared, tmp_path))  # pipeline, precision and layout: auto
+    auto = training_runtime(tiny_config(learnable_prepared, tmp_path))  # pipeline, precision and layout: auto
     assert (auto.pipeline, auto.precision, auto.channels_last) == ("fast", "bf16-mixed" if cuda else "32-true", True)
     assert auto.why.startswith("fast pipeline; ")
-    cpu = resolve_runtime(tiny_config(learnable_prepared, tmp_path, "data.pipeline=classic", "trainer.accelerator=cpu"))
+    classic_cpu = ("data.pipeline=classic", "trainer.accelerator=cpu")
+    cpu = training_runtime(tiny_config(learnable_prepared, tmp_path, *classic_cpu))
     assert (cpu.pipeline, cpu.precision, cpu.channels_last) == ("classic", "32-true", False)
     chosen = ("data.pipeline=fast", "trainer.precision=bf16-mixed", "trainer.channels_last=false")
-    fixed = resolve_runtime(tiny_config(learnable_prepared, tmp_path, *chosen))
+    fixed = training_runtime(tiny_config(learnable_prepared, tmp_path, *chosen))
     assert (fixed.pipeline, fixed.precision, fixed.channels_last) == ("fast", "bf16-mixed", False)
     assert fixed.why == "as configured"
 
@@ -117,6 +124,7 @@ def test_runs_are_repeatable_and_never_overwritten(synthetic_prepared: Path, tmp
     assert ra["train_loss"] == rb["train_loss"] and ra["val_loss"] == rb["val_loss"]
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run(synthetic_prepared: Path, tmp_path: Path) -> None:
     first = train(tiny_config(synthetic_prepared, tmp_path, "trainer.max_epochs=2", "trainer.limit_train_batches=2"),
                   progress=False)
@@ -156,6 +164,7 @@ def test_cli_reports_config_mistakes_in_one_line(tmp_path: Path) -> None:
     assert "trainer.batchsize" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_predict(learned_run, learnable_prepared: Path, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "carspotter.cli", "evaluate", str(learned_run.best_ckpt), "--data",
@@ -200,6 +209,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path: Path) -> N
     assert "not a readable PyTorch checkpoint" in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_train_says_how_to_continue(synthetic_prepared: Path, tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) after the first epoch: exit 130 and the exact command that resumes the run; before it, the
     run printed no warning lines."""

@@ -15,9 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from carspotter.defaults import DEFAULT_IMAGE_SIZE
 from carspotter.errors import UserError
+from carspotter.models.hub import is_hub_name
 from carspotter.preprocessing import THESIS_MEAN_RGB, THESIS_STD_RGB
-from carspotter.weights_hub import is_hub_name
 
 THESIS_MEAN_GRAY = (0.4627,)
 THESIS_STD_GRAY = (0.2545,)
@@ -85,7 +86,7 @@ MIN_IMAGE_SIZE = 8  # smaller inputs vanish in the networks' strided stages
 
 class DataConfig(_Section):
     path: Path = Path("data/stanford")
-    image_size: tuple[int, int] = (227, 227)
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     grayscale: bool = False
     normalize: bool = True
     mean: tuple[float, ...] | None = None  # None: the thesis's statistics for RGB or grayscale
@@ -153,7 +154,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "ghostnet_thesis"
     args: dict[str, Any] = Field(default_factory=dict)
-    # a weights file (state dict, .safetensors, carspotter checkpoint) or hf-hub:OWNER/NAME (weights_hub.py)
+    # a weights file (state dict, .safetensors, carspotter checkpoint) or hf-hub:OWNER/NAME (models/hub.py)
     pretrained: str | None = None
 
     @model_validator(mode="after")

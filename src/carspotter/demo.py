@@ -33,7 +33,7 @@ def run_demo(
     from carspotter.data.synth import synthesize
     from carspotter.evaluation.metrics import evaluate_on_dataset, write_report
     from carspotter.inference import load_classifier
-    from carspotter.predict import predict_images
+    from carspotter.inference.predict import predict_images
     from carspotter.training.run import train
 
     workdir = Path(workdir)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from carspotter.defaults import DEFAULT_IMAGE_SIZE
 from carspotter.errors import UserError
 
 # One limit for every command that decodes images (prepare, stats, train, evaluate, predict, export, serve):
@@ -34,7 +35,7 @@ THESIS_STD_RGB = (0.2594, 0.2585, 0.2635)
 class Preprocessing:
     """Everything needed to turn an image into a model input; stored in every checkpoint and exported model."""
 
-    image_size: tuple[int, int] = (227, 227)  # (height, width)
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE  # (height, width)
     grayscale: bool = False
     mean: tuple[float, ...] = THESIS_MEAN_RGB
     std: tuple[float, ...] = THESIS_STD_RGB
@@ -148,6 +149,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def top_k_predictions(probs: np.ndarray, class_names: list[str], k: int) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
-from carspotter.config import Config, DataConfig, Transform
+from carspotter.config import DataConfig, Transform
 from carspotter.data.transforms import with_default_size
 from carspotter.errors import UserError
 
@@ -204,9 +204,9 @@ class BatchPreprocess(nn.Module):
         return x
 
 
-def build_batch_mixing(cfg: Config, num_classes: int) -> nn.Module | None:
+def build_batch_mixing(cfg: DataConfig, num_classes: int) -> nn.Module | None:
     """MixUp / CutMix from ``data.batch_augmentations`` (torchvision v2); one drawn per batch when several."""
-    mixers = [getattr(v2, s.name)(num_classes=num_classes, **s.params) for s in cfg.data.batch_augmentations]
+    mixers = [getattr(v2, s.name)(num_classes=num_classes, **s.params) for s in cfg.batch_augmentations]
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

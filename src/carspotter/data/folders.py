@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from carspotter.data.prepared import sha256_file, stratified_split
+from carspotter.data.prepared import stratified_split
 from carspotter.data.raw import RawDataset, RawImage, RawLayout, lies_inside, listed
 from carspotter.data.writer import image_size
 from carspotter.errors import UserError
+from carspotter.formats.files import sha256_file
 
 log = logging.getLogger(__name__)
 

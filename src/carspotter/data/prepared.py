@@ -11,7 +11,6 @@ A prepared folder holds::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +46,6 @@ class PreparedDataset:
         if name not in SPLITS:
             raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         return self.train if name == "train" else self.test
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_prepared(root: str | Path) -> PreparedDataset:

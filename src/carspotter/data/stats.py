@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carspotter.data.prepared import PreparedDataset, load_prepared
+from carspotter.defaults import DEFAULT_IMAGE_SIZE
 from carspotter.errors import UserError
 from carspotter.preprocessing import Preprocessing, open_image, resize_image
 
@@ -110,7 +111,7 @@ def channel_moments(
 def compute_stats(
     prepared: str | Path | PreparedDataset,
     *,
-    image_size: int | tuple[int, int] = 227,
+    image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     grayscale: bool = False,
     split: str = "train",
     progress: bool = True,

@@ -28,10 +28,10 @@ from carspotter.data.prepared import (
     FORMAT_VERSION,
     MANIFEST,
     SPLITS,
-    sha256_file,
 )
 from carspotter.data.raw import RawDataset, RawImage, clip_box, lies_inside, listed
 from carspotter.errors import UserError
+from carspotter.formats.files import sha256_file
 from carspotter.preprocessing import max_pixels
 
 log = logging.getLogger(__name__)

@@ -1,1 +1,2 @@
-"""Evaluation: accuracy of trained checkpoints (metrics) and size/compute/latency of architectures (profile, timing)."""
+"""Evaluation: accuracy of a model on a prepared split (`metrics`, counted by `scoring`), the plots of a model and
+of its training (`plots`), and the size and compute of architectures (`profile`)."""

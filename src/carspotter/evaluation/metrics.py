@@ -4,7 +4,7 @@ A dataset whose classes are a subset of the model's (by name) is scored against 
 
 The model is any file `carspotter.inference.load_classifier` runs: a checkpoint, or its ONNX (fp32, int8) or
 ExecuTorch export, so an export's accuracy is measured as its checkpoint's is. The counting lives in
-`carspotter.training.scoring` (`SplitScores`): training's ``trainer.test`` counts with it too, so a run's test
+`carspotter.evaluation.scoring` (`SplitScores`): training's ``trainer.test`` counts with it too, so a run's test
 figures and `evaluate` on its ``best.ckpt`` agree to the last digit.
 """
 
@@ -17,16 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn as nn
 
 from carspotter.data.dataset import eval_loader
 from carspotter.data.prepared import PreparedDataset, load_prepared
 from carspotter.errors import UserError
+from carspotter.evaluation.plots import confused_pairs, plot_confusion
+from carspotter.evaluation.scoring import EvalResult, score_classifier
 from carspotter.inference import Classifier, load_classifier
-from carspotter.inference.torch_backend import TorchClassifier
-from carspotter.plots import confused_pairs, plot_confusion
-from carspotter.training.scoring import EvalResult, evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +32,11 @@ __all__ = [
     "as_model_classes",
     "check_classes",
     "evaluate_classifier",
-    "evaluate_model",
+    "score_classifier",
     "evaluate_on_dataset",
     "new_report_dir",
     "write_report",
 ]
-
-
-class _RuntimeModule(nn.Module):
-    """An exported model's runtime (ONNX Runtime, ExecuTorch) as a CPU module: float32 batches in, logits out."""
-
-    def __init__(self, classifier: Classifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.classifier.logits(x.numpy()))
 
 
 def evaluate_classifier(
@@ -59,12 +45,11 @@ def evaluate_classifier(
     split: str = "test",
     batch_size: int = 64,
     workers: int = 2,
-    device: str | None = None,
     progress: bool = True,
     tta_flip: bool = False,
 ) -> EvalResult:
-    """Score ``classifier`` on a prepared split, fed by the evaluation loader with its own preprocessing. A checkpoint
-    runs on ``device`` (default: the GPU if there is one); an export in its own runtime, on the CPU."""
+    """Score ``classifier`` on a prepared split, fed by the evaluation loader with its own preprocessing: a checkpoint
+    on the device it was loaded for (`load_classifier`), an export in its own runtime, on the CPU."""
     if classifier.takes_pixels:
         raise UserError(
             f"{classifier.label}: this export resizes photos itself (--embed-preprocessing), so it cannot be fed "
@@ -72,12 +57,7 @@ def evaluate_classifier(
             "`bench-infer --data`, which reports its top-1"
         )
     loader = eval_loader(dataset, split, classifier.preprocessing, batch_size=batch_size, workers=workers)
-    if isinstance(classifier, TorchClassifier):
-        model: nn.Module = classifier.model
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        model, device = _RuntimeModule(classifier), "cpu"
-    return evaluate_model(model, loader, classifier.class_names, device=device, progress=progress, tta_flip=tta_flip)
+    return score_classifier(classifier, loader, progress=progress, tta_flip=tta_flip)
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> str:

@@ -23,8 +23,9 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from carspotter.defaults import DEFAULT_IMAGE_SIZE
 from carspotter.errors import UserError
-from carspotter.evaluation.timing import latency_ms
+from carspotter.inference.timing import latency_ms
 from carspotter.models import create_model, get_model_builder
 
 __all__ = [
@@ -119,7 +120,7 @@ def best_run_accuracy(runs_dir: str | Path) -> dict[tuple[str, str], tuple[float
 
 def profile_models(
     names: Iterable[str],
-    image_size: int = 227,
+    image_size: int = DEFAULT_IMAGE_SIZE[0],
     num_classes: int = 196,
     runs_dir: str | Path | None = None,
     *,

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
-from carspotter.checkpoint import load_checkpoint
 from carspotter.errors import UserError
-from carspotter.export import metadata
 from carspotter.export.onnx import CHECK_IMAGES, ExportReport, check_images, compare, describe_export
+from carspotter.formats import metadata
 from carspotter.inference.executorch_backend import ExecuTorchClassifier, require_executorch
-from carspotter.inference.torch_backend import TorchClassifier
+from carspotter.inference.torch_backend import TorchClassifier, load_checkpoint
 from carspotter.writable import check_output_file, replacing
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`export(ckpt, out)`: a checkpoint → a self-describing fp32 ONNX file, dynamic batch axis, checked against PyTorch.
 
 The dynamo-based ``torch.onnx.export`` folds every BatchNorm into the preceding convolution (its optimiser constant-
-folds the eval-mode graph); the file then gets the carspotter metadata (`carspotter.export.metadata`) and is checked:
+folds the eval-mode graph); the file then gets the carspotter metadata (`carspotter.formats.metadata`) and is checked:
 ONNX Runtime and PyTorch must give the same logits on real images.
 """
 
@@ -18,13 +18,13 @@ import onnx
 import torch
 from PIL import Image
 
-from carspotter.checkpoint import CheckpointInfo, load_checkpoint
-from carspotter.data.prepared import sha256_file
 from carspotter.errors import UserError
-from carspotter.export import metadata
 from carspotter.export.pixels import embed_preprocessing as embed_pixels
+from carspotter.formats import metadata
+from carspotter.formats.checkpoint import CheckpointInfo
+from carspotter.formats.files import sha256_file
 from carspotter.inference.onnx_backend import OnnxClassifier
-from carspotter.inference.torch_backend import TorchClassifier
+from carspotter.inference.torch_backend import TorchClassifier, load_checkpoint
 from carspotter.preprocessing import softmax
 from carspotter.writable import check_output_file, replacing
 
@@ -77,7 +77,7 @@ def check_images(
     Random images stand in only when asked (``random_check``): an export checked on noise agrees on noise, so a
     missing dataset is an error that says how to name one.
     """
-    from carspotter.export.inputs import prepared_images
+    from carspotter.inference.inputs import prepared_images
 
     if random_check:
         if data is not None:

@@ -18,60 +18,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from carspotter.errors import UserError
+from carspotter.formats.metadata import PIXELS
 from carspotter.preprocessing import Preprocessing
 
-PIXELS = "pixels"
-LAYOUT = "NHWC"  # N×height×width×3, uint8, RGB: what image decoders return (one photo: add a leading axis)
 # PIL's ``convert("L")``: L = (19595 R + 38470 G + 7471 B + 2**15) >> 16, i.e. ITU-R 601-2 luma, rounded.
 PIL_LUMA = (19595 / 65536, 38470 / 65536, 7471 / 65536)
 TIE_NUDGE = 1e-4  # measured at 227×227 on real photos: pixels a level away from PIL 0.04% → 0.02% (1e-3: 0.09%)
-
-
-def input_description(prep: Preprocessing, *, in_graph: bool) -> dict:
-    """What a client must feed the model: the ``input`` metadata entry, readable without carspotter."""
-    h, w = prep.image_size
-    resize = {
-        "to": [h, w],
-        "aspect": "stretched, aspect ratio not kept",
-        "filter": prep.interpolation,
-        "antialias": True,
-        "coordinates": "half_pixel",
-        "reference": "PIL Image.resize on the uint8 image",
-    }
-    if in_graph:
-        return {
-            "layout": LAYOUT,
-            "dtype": "uint8",
-            "channel_order": "RGB",
-            "pixel_range": [0, 255],
-            "shape": ["batch", "height", "width", 3],
-            "preprocessing_in_graph": True,
-            "graph_does": {
-                "resize": resize,
-                "round_to": "uint8 values",
-                "scale": "x / 255",
-                "grayscale": prep.grayscale,
-                "normalize": _normalisation(prep),
-            },
-        }
-    return {
-        "layout": "NCHW",
-        "dtype": "float32",
-        "channel_order": "L" if prep.grayscale else "RGB",
-        "shape": ["batch", prep.channels, h, w],
-        "preprocessing_in_graph": False,
-        "client_must": {
-            "resize": resize,
-            "round_to": "uint8 values",
-            "scale": "x / 255 (to [0, 1])",
-            "grayscale": prep.grayscale,
-            "normalize": _normalisation(prep),
-        },
-    }
-
-
-def _normalisation(prep: Preprocessing) -> str | dict:
-    return {"formula": "(x - mean) / std", "mean": list(prep.mean), "std": list(prep.std)} if prep.normalize else "none"
 
 
 def preprocessing_graph(prep: Preprocessing, output: str, opset: int) -> onnx.ModelProto:

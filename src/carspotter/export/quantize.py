@@ -32,10 +32,7 @@ from onnxruntime.quantization import (
 )
 from PIL import Image
 
-from carspotter.checkpoint import load_checkpoint
 from carspotter.errors import UserError
-from carspotter.export import metadata
-from carspotter.export.inputs import images_to_batch, prepared_images, prepared_inputs
 from carspotter.export.onnx import (
     OPSET,
     Agreement,
@@ -45,8 +42,10 @@ from carspotter.export.onnx import (
     to_onnx,
 )
 from carspotter.export.pixels import embed_preprocessing as embed_pixels
+from carspotter.formats import metadata
+from carspotter.inference.inputs import images_to_batch, prepared_images, prepared_inputs
 from carspotter.inference.onnx_backend import OnnxClassifier
-from carspotter.inference.torch_backend import TorchClassifier
+from carspotter.inference.torch_backend import TorchClassifier, load_checkpoint
 from carspotter.preprocessing import Preprocessing
 from carspotter.writable import check_output_file, replacing
 

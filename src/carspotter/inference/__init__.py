@@ -3,8 +3,9 @@
 `load_classifier(path)` picks the backend by file type: a carspotter checkpoint (``.ckpt``) runs in PyTorch, an
 exported ``.onnx`` in ONNX Runtime, an ExecuTorch ``.pte`` in ExecuTorch's runtime. Each is a `Classifier`:
 ``class_names``, ``preprocessing``, ``logits(batch)`` and ``predict(images) -> probabilities``. `predict`, `serve`,
-`bench-infer`, `evaluate` and the export parity checks all run models through here. This module and the ONNX
-backend import no torch, so serving an ``.onnx`` needs no PyTorch.
+`bench-infer`, `evaluate` and the export parity checks all run models through here (`predict`, `bench_infer` and
+the photos they read, `inputs`, live beside the backends). This module and the ONNX backend import no torch, so
+serving an ``.onnx`` needs no PyTorch.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ __all__ = ["CHECKPOINT_SUFFIXES", "Classifier", "load_classifier"]
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
-def load_classifier(path: str | Path, *, threads: int | None = None) -> Classifier:
-    """The model file → its `Classifier`; ``threads``: CPU threads for its runtime (None: the runtime's default)."""
+def load_classifier(path: str | Path, *, threads: int | None = None, device: str | None = None) -> Classifier:
+    """The model file → its `Classifier`; ``threads``: CPU threads for its runtime (None: the runtime's default);
+    ``device``: where a checkpoint runs (None: the GPU if there is one, `carspotter.runtime.inference_runtime`;
+    exports run in their own runtime on the CPU)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
@@ -36,7 +39,7 @@ def load_classifier(path: str | Path, *, threads: int | None = None) -> Classifi
     if suffix in CHECKPOINT_SUFFIXES:
         from carspotter.inference.torch_backend import TorchClassifier
 
-        return TorchClassifier.from_checkpoint(path, threads=threads)
+        return TorchClassifier.from_checkpoint(path, threads=threads, device=device)
     raise UserError(
         f"{path}: unknown model type {suffix!r}; expected a .ckpt checkpoint, an exported .onnx or an ExecuTorch .pte"
     )

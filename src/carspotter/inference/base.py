@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from carspotter.preprocessing import Preprocessing, image_to_array, softmax
+from carspotter.preprocessing import Preprocessing, image_to_array, log_softmax, softmax
 
 
 class Classifier(ABC):
@@ -51,11 +51,26 @@ class Classifier(ABC):
     def image_logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         return self.batched_logits([self.model_input(img) for img in images], batch_size)
 
+    def scores(self, batch: np.ndarray, *, tta_flip: bool = False) -> np.ndarray:
+        """A batch of `model_input` arrays of one shape → N×classes scores whose softmax is the answer: the logits,
+        or with ``tta_flip`` `flip_averaged` over the batch and its mirror images (what `evaluate` scores)."""
+        logits = self.logits(batch)
+        if not tta_flip:
+            return logits
+        return flip_averaged(logits, self.logits(np.stack([self.mirror(x) for x in batch])))
+
     def predict(self, images: Sequence[Image.Image], *, tta_flip: bool = False, batch_size: int = 32) -> np.ndarray:
         """Decoded RGB photos → N×classes probabilities. ``tta_flip``: each photo's probabilities are the mean of the
-        photo's and its mirror image's."""
+        photo's and its mirror image's (`flip_averaged`)."""
         inputs = [self.model_input(img) for img in images]
-        probs = softmax(self.batched_logits(inputs, batch_size))
+        logits = self.batched_logits(inputs, batch_size)
         if tta_flip:
-            probs = (probs + softmax(self.batched_logits([self.mirror(x) for x in inputs], batch_size))) / 2
-        return probs
+            logits = flip_averaged(logits, self.batched_logits([self.mirror(x) for x in inputs], batch_size))
+        return softmax(logits)
+
+
+def flip_averaged(logits: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """Test-time flip: the log of the mean of a photo's and its mirror image's probabilities (its softmax is that
+    mean; as a logit its cross-entropy is the loss of the averaged prediction). The one implementation, for
+    `predict`, `evaluate`, serve and bench-infer alike."""
+    return np.logaddexp(log_softmax(logits), log_softmax(mirrored)) - np.log(2.0)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from carspotter.errors import UserError
-from carspotter.export import metadata
+from carspotter.formats import metadata
 from carspotter.inference.base import Classifier
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from carspotter.errors import UserError
-from carspotter.export import metadata
+from carspotter.formats import metadata
 from carspotter.inference.base import Classifier
 from carspotter.preprocessing import Preprocessing
 

@@ -2,14 +2,12 @@
 
 # Importing a family's module registers its variants.
 from carspotter.models import (  # noqa: F401
-    efficientnet,
     ghostnet,
-    ghostnetv2,
     hardnet,
-    mobilenet,
     shufflenetv2,
     squeezenet,
     squeezenext,
+    timm_aliases,
 )
 from carspotter.models._registry import create_model, get_model_builder, list_models, model_arg_names, register_model
 

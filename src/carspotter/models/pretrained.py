@@ -1,5 +1,5 @@
 """Initialise a model from another model's tensors (``model.pretrained``; the file is read by
-`carspotter.checkpoint.read_weights`, this module knows nothing of files).
+`carspotter.models.weights.read_weights`, this module knows nothing of files).
 
 Tensors are matched by name after stripping a common prefix. The classifier is left freshly initialised when the
 source's classes are not the model's (another count: fine-tuning a Stanford Cars checkpoint on a user's own classes;

@@ -25,7 +25,8 @@ import onnx
 from PIL import Image, ImageDraw
 
 from carspotter.errors import UserError
-from carspotter.export import metadata, pixels
+from carspotter.export import pixels
+from carspotter.formats import metadata
 from carspotter.serve import web_runtime
 from carspotter.writable import claim_output_folder, publish_folder
 
@@ -71,7 +72,7 @@ def pixels_model(model_path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any
             "--int8 --embed-preprocessing to give the app and `predict` the same input",
             path,
         )
-    values = {**values, "input_name": pixels.PIXELS, "input": pixels.input_description(prep, in_graph=True)}
+    values = {**values, "input_name": metadata.PIXELS, "input": metadata.input_description(prep, in_graph=True)}
     metadata.set_metadata(proto, {k: json.dumps(v) for k, v in values.items()})
     onnx.checker.check_model(proto)
     return proto, values, True

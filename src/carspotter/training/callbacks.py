@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from carspotter.run_files import read_epoch_metrics
+from carspotter.formats.run_dir import read_epoch_metrics
 from carspotter.training.loggers import SafeMLFlowLogger
 
 EPOCH_COLUMNS = [

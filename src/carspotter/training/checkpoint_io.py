@@ -1,4 +1,4 @@
-"""`AtomicCheckpointIO`: Lightning's checkpoint writer, made atomic (what a checkpoint holds: carspotter.checkpoint)."""
+"""`AtomicCheckpointIO`: Lightning's checkpoint writer, made atomic (what a checkpoint holds: formats/checkpoint.py)."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from carspotter.config import Config
 from carspotter.errors import UserError
+from carspotter.formats.run_dir import SUMMARY_FILE, RunDir
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
-MLFLOW_RUN_ID_FILE = "mlflow_run_id"  # in the run folder: `train --resume` continues the same MLflow run
 
 
 def local_tracking_uri(runs_dir: str | Path) -> str:
@@ -166,7 +166,7 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
         artifacts = str((Path(cfg.output.runs_dir) / MLFLOW_ARTIFACTS).resolve()) if local else None
         tags = {"mlflow.note.content": cfg.output.description, "carspotter.tags": ",".join(cfg.output.tags)}
         tags.update({f"tag.{t}": "true" for t in cfg.output.tags})
-        id_file = run_dir / MLFLOW_RUN_ID_FILE
+        id_file = RunDir(run_dir).mlflow_run_id
         mlflow_logger = SafeMLFlowLogger(
             experiment_name=cfg.logging.experiment,
             run_name=run_dir.name,
@@ -210,7 +210,7 @@ def log_run_start(loggers: list[Logger], cfg: Config, num_parameters: int, run_d
         if isinstance(logger, SafeMLFlowLogger):
             if logger.resumed:  # MLflow params are immutable; a resume may change trainer limits
                 continue
-            (run_dir / MLFLOW_RUN_ID_FILE).write_text(f"{logger.run_id}\n")
+            (RunDir(run_dir).mlflow_run_id).write_text(f"{logger.run_id}\n")
         logger.log_hyperparams(params)
 
 
@@ -221,7 +221,7 @@ def log_run_end(loggers: list[Logger], summary: dict[str, Any], run_dir: Path) -
         for k, v in summary.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
     }
-    files = [run_dir / name for name in ("best.ckpt", "summary.json", "metrics.csv", "config.yaml")]
+    files = [RunDir(run_dir).best_ckpt, RunDir(run_dir).summary, RunDir(run_dir).metrics, RunDir(run_dir).config]
     for logger in loggers:
         step = summary.get("epochs_run") or 0
         if isinstance(logger, MLFlowLogger):
@@ -240,7 +240,7 @@ def log_run_end(loggers: list[Logger], summary: dict[str, Any], run_dir: Path) -
             logger.log_metrics(final)
             experiment = logger.experiment
             for path in files:
-                if path.is_file() and path.name != "summary.json":  # W&B keeps its own files/summary.json
+                if path.is_file() and path.name != SUMMARY_FILE:  # W&B keeps its own files/summary.json
                     experiment.save(str(path), base_path=str(run_dir), policy="now")
             experiment.finish()
 

@@ -17,10 +17,10 @@ import torch.nn as nn
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import MulticlassAccuracy
 
-from carspotter.checkpoint import CheckpointInfo
 from carspotter.config import RUN_SCHEDULES, Config
 from carspotter.data.batch_augment import build_batch_mixing
-from carspotter.errors import UserError
+from carspotter.evaluation.scoring import EvalResult, SplitScores
+from carspotter.formats.checkpoint import CheckpointInfo, swap_in_ema, swap_out_ema
 from carspotter.training.finetune import parameter_groups
 from carspotter.training.optimization import (
     build_loss,
@@ -29,13 +29,10 @@ from carspotter.training.optimization import (
     build_scheduler,
     per_step_weight_decay,
 )
-from carspotter.training.scoring import EvalResult, SplitScores
 
 log = logging.getLogger(__name__)
 
 SHRINK_WARNING = 0.01  # lr x per-step decay above this (1% of every weight per step) is said to be extreme
-RAW_WEIGHTS_KEY = "raw_state_dict"  # with EMA on: the trained (not averaged) weights, under their ``model.`` keys
-EMA_PREFIX = "ema.module."
 
 # By design the module, not the data module, shapes batches on the device (fast pipeline, channels_last).
 warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
@@ -74,7 +71,7 @@ class CarClassifier(L.LightningModule):
         self.info = info
         self.criterion = build_loss(cfg)
         n = info.num_classes
-        self.batch_mixing = build_batch_mixing(cfg, n)
+        self.batch_mixing = build_batch_mixing(cfg.data, n)
         self.train_top1 = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro")
@@ -192,12 +189,7 @@ class CarClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["carspotter"] = self.info.describe()
         if self.ema is not None:
-            # The checkpoint's model (``model.*``, what evaluate, predict and export load) is the EMA; the raw
-            # weights go beside it, for --resume.
-            state = checkpoint["state_dict"]
-            checkpoint[RAW_WEIGHTS_KEY] = {k: state.pop(k) for k in list(state) if k.startswith("model.")}
-            for key in [k for k in state if k.startswith(EMA_PREFIX)]:
-                state["model." + key.removeprefix(EMA_PREFIX)] = state.pop(key)
+            swap_in_ema(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.cfg.scheduler.name in RUN_SCHEDULES:
@@ -205,12 +197,4 @@ class CarClassifier(L.LightningModule):
             # trainer.max_epochs, and the saved schedule knows only the old length).
             checkpoint["lr_schedulers"] = []
             self._rebuild_schedule = True
-        raw = checkpoint.pop(RAW_WEIGHTS_KEY, None)
-        if self.ema is None:
-            return
-        state = checkpoint["state_dict"]
-        if raw is None:
-            raise UserError("this run has trainer.ema on, but its checkpoint was written without EMA weights")
-        for key in [k for k in state if k.startswith("model.")]:
-            state[EMA_PREFIX + key.removeprefix("model.")] = state.pop(key)
-        state.update(raw)
+        swap_out_ema(checkpoint, ema_on=self.ema is not None)

@@ -22,15 +22,26 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from carspotter.checkpoint import CheckpointInfo, init_from_weights, read_checkpoint
 from carspotter.config import Config, parse_config, save_config, with_absolute_paths
 from carspotter.data.dataset import CarsDataModule, eval_loader
 from carspotter.data.epochs import SeedEachEpoch
-from carspotter.data.fast import FastCarsDataModule, resolve_pipeline
+from carspotter.data.fast import FastCarsDataModule
 from carspotter.errors import UserError
+from carspotter.evaluation.plots import plot_training_curves
+from carspotter.evaluation.scoring import EvalResult
+from carspotter.formats.checkpoint import CheckpointInfo, read_checkpoint
+from carspotter.formats.run_dir import (
+    BEST_CKPT,
+    CONFIG_FILE,
+    LAST_CKPT,
+    SUMMARY_FILE,
+    RunDir,
+    load_run_config,
+    read_epoch_metrics,
+)
 from carspotter.models import create_model
-from carspotter.plots import plot_training_curves
-from carspotter.run_files import CONFIG_FILE, SUMMARY_FILE, load_run_config, read_epoch_metrics
+from carspotter.models.weights import init_from_weights
+from carspotter.runtime import Runtime, inference_runtime, training_runtime
 from carspotter.training.callbacks import (
     DenseProgressBar,
     EpochMetricsCSV,
@@ -41,11 +52,9 @@ from carspotter.training.checkpoint_io import AtomicCheckpointIO
 from carspotter.training.finetune import FreezeBackbone
 from carspotter.training.loggers import build_loggers, flatten, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
-from carspotter.training.scoring import EvalResult, scoring_setup
 from carspotter.writable import check_writable
 
 log = logging.getLogger(__name__)
-
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -64,7 +73,7 @@ class RunResult:
 
     @property
     def best_ckpt(self) -> Path:
-        return self.run_dir / "best.ckpt"
+        return RunDir(self.run_dir).best_ckpt
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -80,36 +89,6 @@ def new_run_dir(cfg: Config) -> Path:
         except FileExistsError:
             continue
     raise UserError(f"{runs_dir}: could not find a free run folder name for {base!r}")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How a run executes on this machine, decided once from the config and the hardware."""
-
-    pipeline: str  # "classic" or "fast"
-    precision: str  # Lightning's name: "32-true", "bf16-mixed" or "16-mixed"
-    channels_last: bool
-    why: str  # how the ``auto`` settings were decided, in words (logged at the start)
-
-
-def resolve_runtime(cfg: Config) -> Runtime:
-    """The ``auto`` settings, decided. Pipeline: `resolve_pipeline`. Precision: bf16-mixed on a GPU; fp32 on a CPU,
-    where bf16 autocast trained as fast but learned worse on real photos (odd98 at 96 px: README "Precision on the
-    CPU"), even on CPUs with native bf16, so no CPU feature is asked. channels_last: on with CUDA or the fast pipeline
-    (its batches are channels_last in memory already)."""
-    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    where = "GPU" if cuda else "CPU"
-    pipeline = resolve_pipeline(cfg.data)
-    why = [f"{pipeline} pipeline"] if cfg.data.pipeline == "auto" else []
-    precision = cfg.trainer.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if cuda else "32-true"
-        why.append(f"{precision} on the {where}")
-    channels_last = cfg.trainer.channels_last
-    if channels_last == "auto":
-        channels_last = cuda or pipeline == "fast"
-        why.append(f"channels_last {'on' if channels_last else 'off'} ({where}, {pipeline} pipeline)")
-    return Runtime(pipeline, precision, bool(channels_last), "; ".join(why) or "as configured")
 
 
 def build_model(cfg: Config, num_classes: int, class_names: list[str] | None = None) -> torch.nn.Module:
@@ -152,7 +131,7 @@ def check_buildable(cfg: Config, model: torch.nn.Module, datamodule: CarsDataMod
     except _CONFIG_FAILURES as exc:
         raise UserError(f"data.image_augmentations / data.tensor_augmentations: {exc}") from None
     try:
-        mixing = build_batch_mixing(cfg, datamodule.dataset.num_classes)
+        mixing = build_batch_mixing(cfg.data, datamodule.dataset.num_classes)
         if mixing is not None:
             mixing(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
     except _CONFIG_FAILURES as exc:
@@ -211,14 +190,14 @@ def train(
     started = time.perf_counter()
     rank_zero = launch_rank_zero()
     progress = progress and rank_zero
-    if resume is not None and not (Path(resume) / "last.ckpt").is_file():
+    if resume is not None and not RunDir(Path(resume)).last_ckpt.is_file():
         raise UserError(f"{resume}: nothing to resume (no last.ckpt); start a new run instead")
     if rank_zero:
         check_writable(resume or cfg.output.runs_dir, "runs folder")
     if resume is not None:
-        read_checkpoint(Path(resume) / "last.ckpt")  # weights only: a hostile or foreign file stops here, unread
+        read_checkpoint(RunDir(Path(resume)).last_ckpt)  # weights only: a hostile or foreign file stops here, unread
         check_resume_config(cfg, load_run_config(resume))
-    runtime = resolve_runtime(cfg)
+    runtime = training_runtime(cfg)
     # The data first: a missing or incomplete dataset fails before a run folder is made.
     datamodule = build_datamodule(cfg, runtime, progress)
     # Everything the config builds, built (and tried on one image) before a run folder exists: a value that passes
@@ -230,7 +209,7 @@ def train(
     module = CarClassifier(
         model,
         cfg,
-        checkpoint_info(cfg, datamodule, run_dir),
+        run_checkpoint_info(cfg, datamodule, run_dir),
         batch_transform=getattr(datamodule, "batch_transform", None),
         channels_last=runtime.channels_last,
     )
@@ -240,7 +219,7 @@ def train(
     trainer = build_trainer(cfg, runtime, run_dir, callbacks, loggers, progress)
     if rank_zero:
         log.info("run folder: %s (%s)", run_dir, runtime.why)
-    fit(trainer, module, datamodule, run_dir, ckpt_path=None if resume is None else run_dir / "last.ckpt")
+    fit(trainer, module, datamodule, run_dir, ckpt_path=None if resume is None else RunDir(run_dir).last_ckpt)
     if not trainer.is_global_zero:
         return RunResult(run_dir=run_dir, summary={}, rank_zero=False)
 
@@ -251,7 +230,7 @@ def train(
     summary["optimizer_steps"] = int(trainer.estimated_stepping_batches)
     summary["weight_decay_per_step"] = module.weight_decay_per_step
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    plot_training_curves(run_dir / "metrics.csv", run_dir / "results.png")
+    plot_training_curves(RunDir(run_dir).metrics, RunDir(run_dir).curves)
     log_run_end(loggers, summary, run_dir)
     return RunResult(run_dir=run_dir, summary=summary)
 
@@ -277,7 +256,7 @@ def open_run_dir(cfg: Config, resume: str | Path | None, rank_zero: bool) -> tup
     return run_dir, cfg
 
 
-def checkpoint_info(cfg: Config, datamodule: CarsDataModule, run_dir: Path) -> CheckpointInfo:
+def run_checkpoint_info(cfg: Config, datamodule: CarsDataModule, run_dir: Path) -> CheckpointInfo:
     """What every checkpoint of the run says about its model (`CarClassifier.on_save_checkpoint` writes it)."""
     return CheckpointInfo(
         model_name=cfg.model.name,
@@ -287,7 +266,7 @@ def checkpoint_info(cfg: Config, datamodule: CarsDataModule, run_dir: Path) -> C
         class_names=datamodule.class_names,
         preprocessing=datamodule.preprocessing,
         config=cfg,
-        path=run_dir / "best.ckpt",
+        path=RunDir(run_dir).best_ckpt,
     )
 
 
@@ -300,7 +279,7 @@ def build_callbacks(
     # With trainer.select=last, "best" is simply the latest epoch's weights (monitor None: saved every epoch).
     best = ModelCheckpoint(
         dirpath=run_dir,
-        filename="best",
+        filename=Path(BEST_CKPT).stem,
         monitor="val/top1" if cfg.trainer.select == "best_val" else None,
         mode="max",
         save_top_k=1,
@@ -310,7 +289,7 @@ def build_callbacks(
     )
     last = ModelCheckpoint(
         dirpath=run_dir,
-        filename="last",
+        filename=Path(LAST_CKPT).stem,
         monitor=None,
         save_top_k=1,
         every_n_epochs=1,
@@ -318,7 +297,7 @@ def build_callbacks(
         save_on_train_epoch_end=True,
     )
     callbacks: list[L.Callback] = [
-        SeedEachEpoch(cfg.trainer.seed), EpochMetricsCSV(run_dir / "metrics.csv"), best, last, Throughput(),
+        SeedEachEpoch(cfg.trainer.seed), EpochMetricsCSV(RunDir(run_dir).metrics), best, last, Throughput(),
         ResendEpochEndMetrics(),
     ]  # fmt: skip
     if progress:
@@ -381,18 +360,18 @@ def score_test_split(
     best.ckpt` reports on this device. So the tester is set up as `evaluate` runs:
 
     - a trainer of its own on one device (rank 0's after a DDP run, whose DistributedSampler would pad the split with
-      repeated images), without the run's callbacks and loggers, and with `scoring_setup`'s precision and layout
+      repeated images), without the run's callbacks and loggers, and with `inference_runtime`'s precision and layout
       (evaluate's: bf16 and channels_last on a GPU, fp32 on a CPU), whatever the run trained with;
     - fed `evaluate`'s loader (`eval_loader`: PIL resize and normalise) with either pipeline: the fast pipeline's uint8
       test cache would be normalised on the device instead, another computation;
     - best.ckpt loaded through `CarClassifier.on_load_checkpoint` and scored with `eval_model`, so with EMA on it
       scores the averaged weights, the ones best.ckpt holds as its model and `evaluate` loads.
     """
-    best = run_dir / "best.ckpt"
+    best = RunDir(run_dir).best_ckpt
     if not best.is_file():
         return None
     cfg = module.cfg
-    setup = scoring_setup(device)
+    setup = inference_runtime(str(device))
     module.set_channels_last(setup.channels_last)
     tester = L.Trainer(
         default_root_dir=run_dir,
@@ -420,7 +399,7 @@ def summarise(
     cfg: Config, run_dir: Path, num_parameters: int, started: float, test: EvalResult | None
 ) -> dict[str, Any]:
     """Best epoch from the metrics CSV; ``test``: the selected checkpoint on the test split (`score_test_split`)."""
-    rows = read_epoch_metrics(run_dir / "metrics.csv")
+    rows = read_epoch_metrics(RunDir(run_dir).metrics)
     if cfg.trainer.select == "last":
         best_row = rows[-1] if rows else {}
     else:

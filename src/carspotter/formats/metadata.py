@@ -13,7 +13,6 @@ from typing import Any
 import onnx
 
 from carspotter.errors import UserError
-from carspotter.export import pixels
 from carspotter.preprocessing import Preprocessing
 
 FORMAT_NAME = "carspotter-exported"
@@ -21,6 +20,8 @@ FORMAT_VERSION = 2  # 2: the ``input`` entry; a model may take uint8 pixels (old
 # Keys written by `describe`; every value is a JSON document.
 REQUIRED_KEYS = ("format", "format_version", "class_names", "preprocessing", "channels", "input_name", "output_name")
 KEYS = (*REQUIRED_KEYS, "input", "model", "source_checkpoint", "runtime")
+PIXELS = "pixels"  # the input of a model that preprocesses itself (`carspotter.export.pixels`)
+LAYOUT = "NHWC"  # N×height×width×3, uint8, RGB: what image decoders return (one photo: add a leading axis)
 
 
 def describe(
@@ -47,8 +48,8 @@ def describe(
         "model": {"name": model_name, "args": model_args},
         "source_checkpoint": source_checkpoint,  # file name and sha256 of the .ckpt it came from; no local path
         "runtime": runtime,  # exporter, opset / backend, quantisation
-        "input_name": pixels.PIXELS if pixels_in_graph else "input",
-        "input": pixels.input_description(preprocessing, in_graph=pixels_in_graph),  # what a client feeds
+        "input_name": PIXELS if pixels_in_graph else "input",
+        "input": input_description(preprocessing, in_graph=pixels_in_graph),  # what a client feeds
         "output_name": output_name,
     }
     return {k: json.dumps(v) for k, v in values.items()}
@@ -136,3 +137,50 @@ def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = doc_string(parse(props, "export"))
+
+
+def input_description(prep: Preprocessing, *, in_graph: bool) -> dict:
+    """What a client must feed the model: the ``input`` metadata entry, readable without carspotter."""
+    h, w = prep.image_size
+    resize = {
+        "to": [h, w],
+        "aspect": "stretched, aspect ratio not kept",
+        "filter": prep.interpolation,
+        "antialias": True,
+        "coordinates": "half_pixel",
+        "reference": "PIL Image.resize on the uint8 image",
+    }
+    if in_graph:
+        return {
+            "layout": LAYOUT,
+            "dtype": "uint8",
+            "channel_order": "RGB",
+            "pixel_range": [0, 255],
+            "shape": ["batch", "height", "width", 3],
+            "preprocessing_in_graph": True,
+            "graph_does": {
+                "resize": resize,
+                "round_to": "uint8 values",
+                "scale": "x / 255",
+                "grayscale": prep.grayscale,
+                "normalize": _normalisation(prep),
+            },
+        }
+    return {
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channel_order": "L" if prep.grayscale else "RGB",
+        "shape": ["batch", prep.channels, h, w],
+        "preprocessing_in_graph": False,
+        "client_must": {
+            "resize": resize,
+            "round_to": "uint8 values",
+            "scale": "x / 255 (to [0, 1])",
+            "grayscale": prep.grayscale,
+            "normalize": _normalisation(prep),
+        },
+    }
+
+
+def _normalisation(prep: Preprocessing) -> str | dict:
+    return {"formula": "(x - mean) / std", "mean": list(prep.mean), "std": list(prep.std)} if prep.normalize else "none"

@@ -1,4 +1,4 @@
-"""The files of a run folder, by name, and the readers of its per-epoch metrics and of its saved config.
+"""The files of a run folder, by name (`RunDir`), and the readers of its per-epoch metrics and of its saved config.
 
 Kept apart from `carspotter.training` so that the commands that only read run folders (`runs`, `report`,
 `models --runs`) start without importing Lightning.
@@ -7,6 +7,7 @@ Kept apart from `carspotter.training` so that the commands that only read run fo
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,53 @@ from carspotter.errors import UserError
 if TYPE_CHECKING:
     from carspotter.config import Config
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.csv"
-BEST_CKPT = "best.ckpt"
+CONFIG_FILE = "config.yaml"  # the resolved config, paths absolute (`load_run_config`)
+SUMMARY_FILE = "summary.json"  # what `train` measured; written last, so its presence means the run finished
+METRICS_FILE = "metrics.csv"  # one row per finished epoch (`read_epoch_metrics`)
+BEST_CKPT = "best.ckpt"  # the selected epoch's weights: what evaluate, predict and export take
+LAST_CKPT = "last.ckpt"  # the last complete epoch, with optimizer state: what --resume continues
+CURVES_PNG = "results.png"  # the training curves
+REPORT_FILE = "report.html"  # `carspotter report`
+MLFLOW_RUN_ID_FILE = "mlflow_run_id"  # `train --resume` continues the same MLflow run
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder and the path of each of its files."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.path / BEST_CKPT
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.path / LAST_CKPT
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES_PNG
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def mlflow_run_id(self) -> Path:
+        return self.path / MLFLOW_RUN_ID_FILE
 
 
 def read_epoch_metrics(path: Path) -> list[dict[str, str]]:

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from carspotter.errors import UserError
-from carspotter.plots import metric_series, pyplot, save_figure
-from carspotter.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_epoch_metrics
+from carspotter.evaluation.plots import metric_series, pyplot, save_figure
+from carspotter.formats.run_dir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_epoch_metrics
 
 COLUMNS = [
     "run_id",

@@ -22,14 +22,20 @@ from PIL import Image
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
 from carspotter.evaluation.metrics import as_model_classes, check_classes
+from carspotter.evaluation.plots import confused_pairs, plot_training_curves
+from carspotter.formats.run_dir import (
+    BEST_CKPT,
+    CONFIG_FILE,
+    CURVES_PNG,
+    METRICS_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    load_run_config,
+)
 from carspotter.inference import load_classifier
-from carspotter.plots import confused_pairs, plot_training_curves
-from carspotter.predict import predict_images
+from carspotter.inference.predict import predict_images
 from carspotter.preprocessing import open_image
-from carspotter.run_files import BEST_CKPT, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, load_run_config
 
-RESULTS_PNG = "results.png"
-REPORT_FILE = "report.html"
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
@@ -51,7 +57,7 @@ def write_run_report(
     config_text = (run_dir / CONFIG_FILE).read_text()
     summary_path = run_dir / SUMMARY_FILE
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    curves = run_dir / RESULTS_PNG
+    curves = run_dir / CURVES_PNG
     if not curves.is_file() and (run_dir / METRICS_FILE).is_file():
         plot_training_curves(run_dir / METRICS_FILE, curves)
 

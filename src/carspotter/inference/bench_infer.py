@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from carspotter.errors import UserError
-from carspotter.evaluation.timing import latency_ms
 from carspotter.inference import Classifier, load_classifier
+from carspotter.inference.timing import latency_ms
 from carspotter.inference.torch_backend import TorchClassifier
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def bench_infer(
     the resize that the others get done beforehand.
     """
     paths = [Path(m) for m in models]
-    loaded = [(p, load_classifier(p, threads=threads)) for p in paths]
+    loaded = [(p, load_classifier(p, threads=threads, device="cpu")) for p in paths]
     runtimes = sorted(((p, clf.label, clf) for p, clf in loaded), key=lambda r: r[1] != EAGER)
     preps = {(r.preprocessing.image_size, r.preprocessing.channels) for _, _, r in runtimes}
     if len(preps) > 1:
@@ -78,7 +78,7 @@ def bench_infer(
     images: list[Image.Image] | None = None
     labels: np.ndarray | None = None
     if data is not None:
-        from carspotter.export.inputs import prepared_images
+        from carspotter.inference.inputs import prepared_images
 
         images, labels = prepared_images(data, split, limit=eval_limit)
         if not images:

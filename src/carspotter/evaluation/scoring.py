@@ -1,13 +1,14 @@
 """Scoring a model on a whole split: top-1, top-5, loss and the confusion matrix.
 
 `SplitScores` is the one set of counters. Training fills it in `CarClassifier.test_step` (``trainer.test`` on the
-selected checkpoint), `carspotter evaluate` in `evaluate_model`; both run the network on ``scoring_setup(device)``'s
-precision and memory layout, so the two differ only in how batches reach the model and agree to the last digit.
+selected checkpoint), `carspotter evaluate` in `score_classifier`; both run the network with
+`carspotter.runtime.inference_runtime`'s precision and memory layout, so the two differ only in how batches reach
+the model and agree to the last digit.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch.nn as nn
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm
+
+from carspotter.inference.base import Classifier
 
 
 @dataclass
@@ -35,19 +38,6 @@ class EvalResult:
 
     def to_json(self) -> dict[str, float | int]:
         return {"top1": self.top1, "top5": self.top5, "n": self.n}
-
-
-@dataclass(frozen=True)
-class ScoringSetup:
-    precision: str  # Lightning's name: "bf16-mixed" (autocast) or "32-true"
-    channels_last: bool
-
-
-def scoring_setup(device: torch.device | str) -> ScoringSetup:
-    """How a split is scored on ``device``: bf16 autocast and channels_last on a GPU (as training runs there by
-    default), fp32 in the default layout on a CPU. The end of training uses it too, whatever the run trained with."""
-    cuda = torch.device(device).type == "cuda"
-    return ScoringSetup("bf16-mixed" if cuda else "32-true", channels_last=cuda)
 
 
 class SplitScores(nn.Module):
@@ -86,33 +76,16 @@ class SplitScores(nn.Module):
         return EvalResult(top1, top5, n, loss / n, class_names, matrix)
 
 
-@torch.inference_mode()
-def evaluate_model(
-    model: nn.Module,
-    loader,
-    class_names: list[str],
-    device: str = "cpu",
-    progress: bool = True,
-    tta_flip: bool = False,
+def score_classifier(
+    classifier: Classifier, loader: Iterable, progress: bool = True, tta_flip: bool = False
 ) -> EvalResult:
-    """Run ``model`` over ``loader`` once and score it with `SplitScores`, set up as `scoring_setup` says.
+    """Run ``classifier`` over ``loader``'s (images, labels) batches once and count with `SplitScores`: a checkpoint
+    on its `Runtime`'s device and precision (as `predict` runs it), an export in its own runtime.
 
-    ``tta_flip``: each image's class probabilities are the mean of the image's and its mirror image's.
+    ``tta_flip``: each image's class probabilities are the mean of the image's and its mirror image's
+    (`carspotter.inference.base.flip_averaged`, as `predict --tta-flip`).
     """
-    setup = scoring_setup(device)
-    model = model.to(device).eval()
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    scores = SplitScores(len(class_names)).to(device)
-    autocast = setup.precision == "bf16-mixed"
+    scores = SplitScores(len(classifier.class_names))
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        x, y = x.to(device), y.to(device)
-        if setup.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x).float()
-            if tta_flip:  # log of the mean probability: the loss and the ranking of the averaged prediction
-                mirrored = model(x.flip(3)).float()
-                logits = torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0) - math.log(2)
-        scores.update(logits, y)
-    return scores.result(class_names)
+        scores.update(torch.from_numpy(classifier.scores(x.numpy(), tta_flip=tta_flip)), y)
+    return scores.result(classifier.class_names)

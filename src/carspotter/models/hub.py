@@ -1,7 +1,7 @@
 """``model.pretrained: hf-hub:timm/ghostnet_100.in1k``: weights by their Hugging Face Hub name, timm's own spelling.
 
 The file is fetched once by `huggingface_hub.hf_hub_download` into the standard Hugging Face cache (``HF_HOME``,
-``HF_HUB_CACHE``) and then read like any local weights file (`carspotter.checkpoint.read_weights`): the same tensor
+``HF_HUB_CACHE``) and then read like any local weights file (`carspotter.models.weights.read_weights`): the same tensor
 matching, the classifier re-initialised when the classes differ, the same report of loaded and new tensors. A
 repository already cached is not fetched again; with ``HF_HUB_OFFLINE=1`` (or no network) the cached copy is used,
 and without one the run stops before anything is written, in one line naming the model and the cache folder.

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from carspotter.config import load_config, parse_config, save_config, set_by_path
 from carspotter.errors import UserError
+from carspotter.formats.run_dir import RunDir
 from carspotter.training.run import train
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,8 @@ def summarise_study(study: optuna.Study, storage: str, out_dir: Path) -> SweepRe
         best = max(complete, key=lambda t: t.value)
         best_value, best_params = best.value, dict(best.params)
         best_run = Path(best.user_attrs["run_dir"]) if "run_dir" in best.user_attrs else None
-        if best_run is not None and (best_run / "config.yaml").is_file():
-            cfg = load_config(best_run / "config.yaml")
+        if best_run is not None and RunDir(best_run).config.is_file():
+            cfg = load_config(RunDir(best_run).config)
             sweep_tags = [t for t in cfg.output.tags if not t.startswith(("sweep:", "trial:"))]
             cfg.output.run_name = None
             cfg.output.tags = sweep_tags

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from carspotter.errors import UserError
-from carspotter.run_files import read_epoch_metrics
+from carspotter.formats.run_dir import read_epoch_metrics
 
 
 def pyplot():

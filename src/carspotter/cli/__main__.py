@@ -1,0 +1,3 @@
+from carspotter.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""Defaults that the config and the commands share, written once; importable without NumPy or torch (the CLI's
+start-up reads them for its --help)."""
+
+from __future__ import annotations
+
+# The thesis's input size (height, width): the default of data.image_size and of every command that resizes photos.
+DEFAULT_IMAGE_SIZE = (227, 227)
