@@ -134,11 +134,17 @@ def main() -> None:
         "--seeds", default="", help="comma-separated trainer.seed values, one run each (default: the configs' own seed)"
     )
     ap.add_argument("--json", action="store_true", help="print the one-line JSON result last")
+    ap.add_argument("--results", type=Path, help="also write the record (machine, date, command, runs) to this file")
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    record: dict[str, object] = {"machine": machine(), "load_before": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    record: dict[str, object] = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "load_before": load(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     data = prepared(args.data, args.workdir)
     recipes = {**RECIPES, **dict((k, Path(v)) for k, _, v in (r.partition("=") for r in args.recipe))}
     names = [n for n in args.recipes.split(",") if n] + [k for k, _, _ in (r.partition("=") for r in args.recipe)]
@@ -174,6 +180,9 @@ def main() -> None:
     result["minutes"] = round((time.perf_counter() - started) / 60, 1)
     record["result"] = result
     (args.workdir / "real_accuracy.json").write_text(json.dumps(record, indent=2))
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(record, indent=2) + "\n")
 
     print(f"\n{record['machine']['cpu']}, {record['machine']['cores']} cores; load {record['load_before']} → "
           f"{record['load_after']}")  # fmt: skip
