@@ -23,6 +23,8 @@ from serve_support import static_server
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
+from carspotter.formats.calibration import Calibration
+from carspotter.formats.checkpoint import write_calibration
 from carspotter.inference import load_classifier
 from carspotter.inference.onnx_backend import OnnxClassifier
 from carspotter.inference.predict import predict_images
@@ -44,12 +46,15 @@ def runtime() -> None:
 
 @pytest.fixture(scope="module")
 def exported(responsive_checkpoint: Path, synthetic_prepared: Path, tmp_path_factory) -> Path:
-    """`responsive_checkpoint` as a plain fp32 ONNX export (float NCHW input, no preprocessing in the graph)."""
+    """`responsive_checkpoint` as a plain fp32 ONNX export (float NCHW input, no preprocessing in the graph), with a
+    temperature of 2 and a "not sure" threshold of 0.3 stored: the page must apply both as `predict` does."""
     from carspotter.export.onnx import export
 
-    return export(
-        responsive_checkpoint, tmp_path_factory.mktemp("exported") / "model.onnx", data=synthetic_prepared
-    ).path
+    folder = tmp_path_factory.mktemp("exported")
+    ckpt = folder / "calibrated.ckpt"
+    shutil.copyfile(responsive_checkpoint, ckpt)
+    write_calibration(ckpt, Calibration(temperature=2.0, min_confidence=0.3, fitted_on="the test's choice"))
+    return export(ckpt, folder / "model.onnx", data=synthetic_prepared).path
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +85,12 @@ def photos(synthetic_prepared: Path, tmp_path_factory) -> list[Path]:
 
 def predicted(model: Path, photos: list[Path]) -> list[dict[str, float]]:
     """`predict`'s probability of every class (by name), per photo."""
+    return [{p["class_name"]: p["probability"] for p in r["predictions"]} for r in answers(model, photos)]
+
+
+def answers(model: Path, photos: list[Path]) -> list[dict]:
     classifier = load_classifier(model)
-    results = predict_images(classifier, photos, top_k=len(classifier.class_names))
-    return [{p["class_name"]: p["probability"] for p in r["predictions"]} for r in results]
+    return predict_images(classifier, photos, top_k=len(classifier.class_names))
 
 
 def assert_same_top5(page: list[dict], want: dict[str, float], photo: Path) -> float:
@@ -125,7 +133,9 @@ def test_site_is_a_self_contained_pwa(site: Path, exported: Path, photos: list[P
     assert meta["input_name"] == "pixels" and meta["input"]["layout"] == "NHWC"
     wrapped = OnnxClassifier(site / "model.onnx")
     assert wrapped.takes_pixels and str(site) not in onnx.load(str(site / "model.onnx")).doc_string
-    got = softmax(np.concatenate([wrapped.logits(np.asarray(open_photo(p))[None]) for p in photos]))
+    assert wrapped.calibration.temperature == 2.0 and meta["calibration"]["temperature"] == 2.0  # carried along
+    logits = np.concatenate([wrapped.logits(np.asarray(open_photo(p))[None]) for p in photos])
+    got = softmax(logits / wrapped.calibration.temperature)
     for probs, want, photo in zip(got, predicted(exported, photos), photos, strict=True):
         top5 = [(wrapped.class_names[i], float(probs[i])) for i in np.argsort(-probs)[:5]]
         assert_ranking_matches(top5, want, photo.name)
@@ -213,9 +223,16 @@ def test_app_in_chromium_matches_predict_and_works_offline(
         wait_ready(browser)
         assert browser.title == "carspotter"
         ms = []
-        for photo, want in zip(photos, expected, strict=True):
-            assert_same_top5(classify(browser, photo), want, photo)
+        for photo, want, said in zip(photos, expected, answers(exported, photos), strict=True):
+            assert_same_top5(classify(browser, photo), want, photo)  # calibrated: temperature 2 in both
             ms.append(float(browser.execute_script("return document.body.dataset.ms")))
+            # the answer in words: sure or not as predict says, naming the same make
+            assert browser.execute_script("return document.body.dataset.unsure") == str(said["unsure"]).lower()
+            shown = browser.find_element("id", "answer").text
+            assert shown.startswith("Not sure") if said["unsure"] and said["answer"].startswith("not sure") else (
+                said["answer"] in shown
+            ), (shown, said["answer"])
+            assert f"Make: {said['make']['name']}" in browser.find_element("id", "levels").text
         print(f"\nChromium (headless), synthetic photos: {statistics.median(ms):.1f} ms per photo (median of {ms})")
         assert browser.execute_cdp_cmd("Page.getInstallabilityErrors", {})["installabilityErrors"] == []
         wait_offline_ready(browser)
@@ -240,9 +257,13 @@ def test_app_in_chromium_matches_predict_and_works_offline(
 def test_app_in_chromium_on_real_photos(
     browser, stanford_shared: Path, responsive_checkpoint: Path, site: Path
 ) -> None:
-    """Real JPEGs of many sizes, decoded by the browser: `predict`'s top-5 on the checkpoint (PyTorch, PIL)."""
+    """Real JPEGs of many sizes, decoded by the browser: `predict`'s top-5 on the checkpoint (PyTorch, PIL) with the
+    temperature the site's model carries."""
     photos = sorted((stanford_shared / "sample" / "images").glob("*.jpg"))[::5]
-    expected = predicted(responsive_checkpoint, photos)
+    ckpt = site.parent / "calibrated.ckpt"
+    shutil.copyfile(responsive_checkpoint, ckpt)
+    write_calibration(ckpt, Calibration(temperature=2.0, min_confidence=0.3, fitted_on="the test's choice"))
+    expected = predicted(ckpt, photos)
     with static_server(site) as (url, _):
         browser.get(url + "/")
         wait_ready(browser)

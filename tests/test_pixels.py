@@ -76,7 +76,7 @@ def test_pixels_model_matches_predict_on_real_photos(
     ):
         results = []
         for i in indices:
-            probs = softmax(logits(i))[0]
+            probs = softmax(logits(i) / session.calibration.temperature)[0]  # as predict: the stored temperature
             top1 = int(probs.argmax())
             diff = float(np.abs(probs - want[i]).max())
             shown = [(top1, float(probs[top1]))]

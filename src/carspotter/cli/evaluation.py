@@ -27,7 +27,9 @@ def evaluate(
                                                             "the checkpoint's (class ids compared as they are); one "
                                                             "with some of the model's classes is matched by name "
                                                             "without it.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n} as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {top1, top5, n, make_top1, model_top1, "
+                                                         "balanced_top1, ece, ece_uncalibrated, temperature, "
+                                                         "min_confidence, coverage, answered_top1} as JSON.")] = False,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
                                                               "with its mirror image's (twice the compute).")] = False,
 ) -> None:
@@ -43,8 +45,61 @@ def evaluate(
         print(json.dumps(result.to_json()))
         return
     console.print(f"{split}: top-1 {_pct(result.top1)}, top-5 {_pct(result.top5)} on {result.n} images")
+    if result.trust:
+        t = result.trust
+        console.print(f"  make top-1 {_pct(t['make_top1'])}, model top-1 (any year) {_pct(t['model_top1'])}, "
+                      f"balanced top-1 {_pct(t['balanced_top1'])}")
+        console.print(f"  calibration error (ECE, 15 bins) {t['ece']:.3f} at temperature {t['temperature']:.3g} "
+                      f"(uncalibrated {t['ece_uncalibrated']:.3f})")
+        if t["coverage"] is not None:
+            console.print(f"  sure answers (top probability >= {t['min_confidence']:.2f}): {_pct(t['coverage'])} of "
+                          f"the photos, {_pct(t['answered_top1'])} of them right")
     for name, path in paths.items():
         console.print(f"  {name}: {path}")
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="A run folder (its best.ckpt) or a checkpoint (.ckpt).")],
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset (default: the one the run trained on).")] = None,
+    split: Annotated[str, typer.Option(help="val: the validation photos the run held out of train (default); "
+                                            "train or test: a whole split of --data (another validation set).")
+                     ] = "val",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored calibration as JSON.")] = False,
+) -> None:
+    """Fit the temperature and the "not sure" threshold of a checkpoint on held-out photos and store them in it.
+
+    Training does this at its end on the validation split; run it for older checkpoints or another validation set.
+    Export again afterwards: exports carry the calibration of the checkpoint they were made from.
+    """
+    from carspotter.data.prepared import load_prepared
+    from carspotter.evaluation.calibration import calibrate_checkpoint, validation_frame
+    from carspotter.formats.checkpoint import read_checkpoint_info
+    from carspotter.formats.run_dir import RunDir
+
+    ckpt = RunDir(model).best_ckpt if model.is_dir() else model
+    if split not in ("val", "train", "test"):
+        raise UserError(f"--split {split!r}: choose val, train or test")
+    info = read_checkpoint_info(ckpt)
+    if data is None:
+        if info.config is None:
+            raise UserError(f"{ckpt}: its run's dataset is unknown; name it with --data")
+        data = Path(info.config.data.path)
+    dataset = load_prepared(data)
+    if dataset.classes != info.class_names:
+        raise UserError(f"{data}: its classes are not the checkpoint's (same names, same order); calibrate on the "
+                        "dataset the model was trained on")  # fmt: skip
+    if split == "test":
+        err_console.print("warning: calibrating on the test split makes its calibration figures optimistic")
+    frame = validation_frame(dataset, info) if split == "val" else dataset.split(split)
+    check_writable(ckpt.parent, "checkpoint folder")
+    where = f"{'validation' if split == 'val' else split} split of {Path(data).resolve().name}"
+    cal = calibrate_checkpoint(ckpt, dataset, frame, where, batch_size=batch_size, progress=not as_json)
+    if as_json:
+        print(json.dumps(cal.to_dict()))
+        return
+    console.print(f"{ckpt}: temperature {cal.temperature:.4g}, not sure below {cal.min_confidence:.2f} "
+                  f"(fitted on the {cal.fitted_on}); ECE {cal.ece_before:.3f} → {cal.ece_after:.3f}")
 
 @app.command()
 def report(
@@ -72,15 +127,23 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image, as a list.")] = False,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Test-time flip: average each photo's prediction "
                                                               "with its mirror image's (twice the compute).")] = False,
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", help="Mark an answer unsure when its top probability is below this (0 to 1; default: "
+                                 "the threshold fitted with the model's temperature, 0 if it has none).")] = None,
 ) -> None:
-    """Car make/model/year with probabilities for each image.
+    """Car make/model/year with calibrated probabilities for each image, the most likely make and model, and
+    whether the answer is sure.
 
     An image that cannot be read gets an error line; the others are still predicted, and the exit code is 2.
     """
+    from carspotter.formats.calibration import check_min_confidence
     from carspotter.inference import load_classifier
     from carspotter.inference.predict import predict_images
 
-    results = predict_images(load_classifier(model), images, top_k=top_k, tta_flip=tta_flip)
+    if min_confidence is not None:
+        check_min_confidence(min_confidence)  # before the model is loaded
+    results = predict_images(load_classifier(model), images, top_k=top_k, tta_flip=tta_flip,
+                             min_confidence=min_confidence)  # fmt: skip
     failed = sum("error" in r for r in results)
     if as_json:
         print(json.dumps(results, indent=2))
@@ -89,7 +152,9 @@ def predict(
             if "error" in r:
                 err_console.print(f"[red]error:[/red] {escape(r['error'])}", highlight=False)
                 continue
-            console.print(f"[bold]{r['image']}[/bold]")
+            console.print(f"[bold]{escape(r['image'])}[/bold]: {escape(r['answer'])}", highlight=False)
+            console.print(f"  make {escape(r['make']['name'])} {r['make']['probability']:.0%}, "
+                          f"model {escape(r['model']['name'])} {r['model']['probability']:.0%}", highlight=False)
             for p in r["predictions"]:
                 console.print(f"  {p['probability']:7.2%}  {p['class_name']}")
     if failed:  # the others were still predicted and printed; an unreadable photo is a user error, like any other

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from carspotter.config import DataConfig
 from carspotter.data.epochs import EpochOrder, EpochSampler, IteratedAtFirstBatch
-from carspotter.data.prepared import PreparedDataset, load_prepared, split_boxes, stratified_split
+from carspotter.data.prepared import PreparedDataset, load_prepared, split_boxes, train_val_frames
 from carspotter.data.transforms import EvalTransform, ImageTransform, TrainTransform, preprocessing_from_config
 from carspotter.errors import UserError
 from carspotter.preprocessing import open_image
@@ -88,8 +88,7 @@ class CarsDataModule(L.LightningDataModule):
                 "so its test accuracy is optimistic"
             )
             return train, self.dataset.test
-        keep, held = stratified_split(train["class_id"].to_numpy(), self.cfg.val_fraction, self.seed)
-        return train.iloc[keep].reset_index(drop=True), train.iloc[held].reset_index(drop=True)
+        return train_val_frames(train, self.cfg.val_fraction, self.seed)
 
     def rank_and_world_size(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -126,11 +125,12 @@ class CarsDataModule(L.LightningDataModule):
 
 
 def eval_loader(
-    dataset: PreparedDataset, split: str, preprocessing, batch_size: int = 64, workers: int = 2
+    dataset: PreparedDataset, split: str | pd.DataFrame, preprocessing, batch_size: int = 64, workers: int = 2
 ) -> DataLoader:
-    """A loader over a whole split with the deployed preprocessing (for `evaluate`)."""
+    """A loader over a whole split (or some of its rows) with the deployed preprocessing (for `evaluate`)."""
+    frame = dataset.split(split) if isinstance(split, str) else split
     return DataLoader(
-        CarImages(dataset.root, dataset.split(split), EvalTransform(preprocessing)),
+        CarImages(dataset.root, frame, EvalTransform(preprocessing)),
         batch_size=batch_size,
         num_workers=workers,
         persistent_workers=False,

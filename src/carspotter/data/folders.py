@@ -9,6 +9,9 @@ when carspotter splits, and a test file identical to a training file is left out
 What was skipped and why (non-image files, duplicates, classes too small to split) goes into the manifest through
 ``RawDataset.details``: as data under ``folders`` and as readable lines under ``warnings``. Images that do not
 decode are handed to the writer, which leaves them out and lists them as for every layout.
+
+Each class's make, model and year are parsed from its name (`carspotter.formats.car_names`) unless RAW holds a
+``classes.csv`` beside the class folders (columns ``class_name, make, model, year``; one row per class).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from carspotter.data.prepared import stratified_split
 from carspotter.data.raw import RawDataset, RawImage, RawLayout, lies_inside, listed
 from carspotter.data.writer import image_size
 from carspotter.errors import UserError
+from carspotter.formats.car_names import read_classes_csv
 from carspotter.formats.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SEED = 0
 _SPLIT_DIRS = ("train", "test")
+CLASSES_FILE = "classes.csv"  # optional, beside the class folders: class_name, make, model, year
 
 
 @dataclass
@@ -160,7 +165,7 @@ def _list_files(raw: Path, presplit: bool, report: FoldersReport) -> list[_File]
     splits: list[tuple[str | None, Path]] = [(s, raw / s) for s in _SPLIT_DIRS] if presplit else [(None, raw)]
     for split, root in splits:
         for p in sorted(root.iterdir()):
-            if p.is_file() and not _is_hidden(p.name):
+            if p.is_file() and not _is_hidden(p.name) and not (p.name == CLASSES_FILE and root == raw):
                 report.skipped.append(p.relative_to(raw).as_posix())  # not inside any class folder
         for cls_dir in _subdirs(root):
             if not lies_inside(cls_dir, raw):
@@ -249,7 +254,11 @@ def read_folders(
     for line in report.lines():
         log.debug("%s: %s", raw, line)  # the report carries them; the CLI prints them once
     details: dict[str, Any] = {"folders": asdict(report), "warnings": report.lines()}
-    return RawDataset(layout=NAME, classes=classes, images=images, details=details)
+    given = raw / CLASSES_FILE
+    class_info = read_classes_csv(given, classes) if given.is_file() else None
+    if class_info is not None:
+        details["class_columns"] = CLASSES_FILE
+    return RawDataset(layout=NAME, classes=classes, images=images, details=details, class_info=class_info)
 
 
 def _class_dirs(raw: Path, presplit: bool) -> set[str]:

@@ -3,7 +3,8 @@
 A prepared folder holds::
 
     manifest.json        written last: its presence means the folder is complete
-    classes.csv          class_id (0-based), class_name
+    classes.csv          class_id (0-based), class_name, make, model, year (`carspotter.formats.car_names`; a
+                         folder prepared before these columns existed gets them parsed from the names)
     train.csv, test.csv  fname (relative to the folder), class_id, class_name,
                          bbox_x1, bbox_y1, bbox_x2, bbox_y2 (PIL box: 0-based, right/bottom exclusive), width, height
     train/..., test/...  the images
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from carspotter.errors import UserError
+from carspotter.formats.car_names import COLUMNS as CAR_NAME_COLUMNS
+from carspotter.formats.car_names import CarName, car_names
 
 MANIFEST = "manifest.json"
 CACHE_DIR = ".cache"  # the fast pipeline's decoded images (carspotter.data.cache), kept with the dataset
@@ -37,6 +40,11 @@ class PreparedDataset:
     train: pd.DataFrame
     test: pd.DataFrame
     manifest: dict[str, Any]
+    class_info: list[CarName] | None = None  # make, model, year per class, as classes.csv gives them
+
+    @property
+    def car_names(self) -> list[CarName]:
+        return self.class_info if self.class_info is not None else car_names(self.classes)
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +74,12 @@ def load_prepared(root: str | Path) -> PreparedDataset:
     if manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{manifest_path}: not a carspotter prepared dataset")
     classes_df = _read_csv(root / "classes.csv", ["class_id", "class_name"])
-    classes = classes_df.sort_values("class_id")["class_name"].astype(str).tolist()
+    classes_df = classes_df.sort_values("class_id")
+    classes = classes_df["class_name"].astype(str).tolist()
+    class_info = None
+    if all(c in classes_df.columns for c in CAR_NAME_COLUMNS):
+        rows = classes_df[list(CAR_NAME_COLUMNS)].to_dict("records")
+        class_info = car_names(classes, rows)
     if classes_df["class_id"].tolist() != list(range(len(classes))) and sorted(classes_df["class_id"]) != list(
         range(len(classes))
     ):
@@ -76,7 +89,9 @@ def load_prepared(root: str | Path) -> PreparedDataset:
         bad = df[(df["class_id"] < 0) | (df["class_id"] >= len(classes))]
         if len(bad):
             raise UserError(f"{root / (split + '.csv')}: class_id out of range in row(s) {list(bad.index[:5])}")
-    return PreparedDataset(root=root, classes=classes, train=frames["train"], test=frames["test"], manifest=manifest)
+    return PreparedDataset(
+        root=root, classes=classes, train=frames["train"], test=frames["test"], manifest=manifest, class_info=class_info
+    )
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -107,6 +122,12 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         held.extend(idx[:n_held].tolist())
         keep.extend(idx[n_held:].tolist())
     return np.sort(np.asarray(keep, dtype=np.int64)), np.sort(np.asarray(held, dtype=np.int64))
+
+
+def train_val_frames(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows training learns from and the validation rows it carves from ``train`` (`stratified_split`)."""
+    keep, held = stratified_split(train["class_id"].to_numpy(), fraction, seed)
+    return train.iloc[keep].reset_index(drop=True), train.iloc[held].reset_index(drop=True)
 
 
 def split_boxes(frame: pd.DataFrame) -> np.ndarray:

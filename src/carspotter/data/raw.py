@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from carspotter.formats.car_names import CarName
+
 
 @dataclass(frozen=True)
 class RawImage:
@@ -38,6 +40,7 @@ class RawDataset:
     classes: list[str]
     images: list[RawImage]
     details: dict[str, Any] = field(default_factory=dict)  # which raw files were used; goes into the manifest
+    class_info: list[CarName] | None = None  # make, model, year per class when the user gave them (else parsed)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from carspotter.data.prepared import (
 )
 from carspotter.data.raw import RawDataset, RawImage, clip_box, lies_inside, listed
 from carspotter.errors import UserError
+from carspotter.formats.car_names import car_names
 from carspotter.formats.files import sha256_file
 from carspotter.preprocessing import max_pixels
 
@@ -215,9 +216,16 @@ def write_prepared(
             log.debug("%d of %d images %s and skipped: %s", len(names), total, what, shown)  # in the report
     _remove_strays(work, wanted)
 
-    pd.DataFrame({"class_id": range(len(dataset.classes)), "class_name": dataset.classes}).to_csv(
-        work / "classes.csv", index=False
-    )
+    levels = dataset.class_info if dataset.class_info is not None else car_names(dataset.classes)
+    pd.DataFrame(
+        {
+            "class_id": range(len(dataset.classes)),
+            "class_name": dataset.classes,
+            "make": [c.make for c in levels],
+            "model": [c.model for c in levels],
+            "year": ["" if c.year is None else c.year for c in levels],
+        }
+    ).to_csv(work / "classes.csv", index=False)
     for split in SPLITS:
         pd.DataFrame(rows[split], columns=COLUMNS).to_csv(work / f"{split}.csv", index=False)
     manifest = {

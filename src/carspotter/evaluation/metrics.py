@@ -21,9 +21,11 @@ import numpy as np
 from carspotter.data.dataset import eval_loader
 from carspotter.data.prepared import PreparedDataset, load_prepared
 from carspotter.errors import UserError
-from carspotter.evaluation.plots import confused_pairs, plot_confusion
+from carspotter.evaluation.calibration import trust_scores
+from carspotter.evaluation.plots import confused_pairs, plot_confusion, plot_trust
 from carspotter.evaluation.scoring import EvalResult, score_classifier
 from carspotter.inference import Classifier, load_classifier
+from carspotter.preprocessing import softmax
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,10 @@ def evaluate_classifier(
             "`bench-infer --data`, which reports its top-1"
         )
     loader = eval_loader(dataset, split, classifier.preprocessing, batch_size=batch_size, workers=workers)
-    return score_classifier(classifier, loader, progress=progress, tta_flip=tta_flip)
+    result = score_classifier(classifier, loader, progress=progress, tta_flip=tta_flip)
+    if result.logits is not None:
+        result.trust = trust_scores(result.logits, result.labels, classifier.classes, classifier.calibration)
+    return result
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], data: str | Path) -> str:
@@ -137,7 +142,14 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
         "confusion_png": out / "confusion_matrix.png",
         "confused_pairs": out / "confused_pairs.csv",
     }
+    if result.logits is not None and result.trust is not None:
+        paths["trust_png"] = out / "calibration.png"
     paths["metrics"].write_text(json.dumps(result.to_json(), indent=2))
+    if "trust_png" in paths:
+        t = result.trust
+        probs = softmax(result.logits / t["temperature"])
+        title = f"ECE {t['ece']:.3f} (uncalibrated {t['ece_uncalibrated']:.3f}), n={result.n}"
+        plot_trust(probs, softmax(result.logits), result.labels, t["min_confidence"], title, paths["trust_png"])
     acc = result.per_class_accuracy
     totals = result.confusion.sum(axis=1)
     with open(paths["per_class"], "w", newline="") as f:

@@ -109,3 +109,40 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
         ax.set_yticks(range(n), class_names, fontsize=fontsize)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class")
     return save_figure(fig, path)
+
+
+def plot_trust(
+    probs: np.ndarray, raw_probs: np.ndarray, labels: np.ndarray, min_confidence: float | None, title: str,
+    path: str | Path, bins: int = 15,
+) -> Path:
+    """Two panels: the reliability diagram (accuracy per bin of top probability, with and without the temperature;
+    the diagonal is a perfectly calibrated model) and coverage against the accuracy of the photos answered (the
+    "not sure" threshold marked)."""
+    from carspotter.evaluation.calibration import coverage_curve
+
+    plt = pyplot()
+    fig, (rel, cov) = plt.subplots(1, 2, figsize=(11, 4.6))
+    edges = np.linspace(0, 1, bins + 1)
+    for p, label, style in ((raw_probs, "uncalibrated", "o--"), (probs, "calibrated", "o-")):
+        conf, hit = p.max(axis=1), p.argmax(axis=1) == labels
+        which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+        filled = [b for b in range(bins) if (which == b).any()]
+        rel.plot([conf[which == b].mean() for b in filled], [hit[which == b].mean() for b in filled], style,
+                 label=label, markersize=4)  # fmt: skip
+    rel.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect")
+    rel.set(xlim=(0, 1), ylim=(0, 1), xlabel="top probability (bin mean)", ylabel="accuracy in the bin",
+            title="Reliability")  # fmt: skip
+    rel.legend(loc="upper left")
+    thresholds, coverage, accuracy = coverage_curve(probs, labels)
+    cov.plot(coverage, accuracy)
+    if min_confidence is not None:
+        answered = thresholds >= min_confidence
+        if answered.any():
+            k = np.flatnonzero(answered)[-1]
+            cov.plot([coverage[k]], [accuracy[k]], "o", color="C3",
+                     label=f"threshold {min_confidence:.2f}: {coverage[k]:.0%} answered, {accuracy[k]:.0%} right")
+            cov.legend(loc="lower left")  # fmt: skip
+    cov.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="share of photos answered (most confident first)",
+            ylabel="accuracy of the answered photos", title="Coverage and accuracy")  # fmt: skip
+    fig.suptitle(title)
+    return save_figure(fig, path)

@@ -29,6 +29,9 @@ class EvalResult:
     loss: float
     class_names: list[str]
     confusion: np.ndarray = field(repr=False)  # rows: true class, columns: predicted class
+    logits: np.ndarray | None = field(default=None, repr=False)  # N×classes scores, when `score_classifier` kept them
+    labels: np.ndarray | None = field(default=None, repr=False)
+    trust: dict[str, float | None] | None = None  # `carspotter.evaluation.calibration.trust_scores`
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
@@ -36,8 +39,8 @@ class EvalResult:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(totals > 0, np.diag(self.confusion) / np.maximum(totals, 1), np.nan)
 
-    def to_json(self) -> dict[str, float | int]:
-        return {"top1": self.top1, "top5": self.top5, "n": self.n}
+    def to_json(self) -> dict[str, float | int | None]:
+        return {"top1": self.top1, "top5": self.top5, "n": self.n, **(self.trust or {})}
 
 
 class SplitScores(nn.Module):
@@ -80,12 +83,21 @@ def score_classifier(
     classifier: Classifier, loader: Iterable, progress: bool = True, tta_flip: bool = False
 ) -> EvalResult:
     """Run ``classifier`` over ``loader``'s (images, labels) batches once and count with `SplitScores`: a checkpoint
-    on its `Runtime`'s device and precision (as `predict` runs it), an export in its own runtime.
+    on its `Runtime`'s device and precision (as `predict` runs it), an export in its own runtime. The result keeps
+    every photo's scores and label (for calibration and `trust_scores`).
 
     ``tta_flip``: each image's class probabilities are the mean of the image's and its mirror image's
     (`carspotter.inference.base.flip_averaged`, as `predict --tta-flip`).
     """
     scores = SplitScores(len(classifier.class_names))
+    kept: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        scores.update(torch.from_numpy(classifier.scores(x.numpy(), tta_flip=tta_flip)), y)
-    return scores.result(classifier.class_names)
+        logits = classifier.scores(x.numpy(), tta_flip=tta_flip)
+        scores.update(torch.from_numpy(logits), y)
+        kept.append(np.asarray(logits, dtype=np.float32))
+        labels.append(y.numpy())
+    result = scores.result(classifier.class_names)
+    if kept:
+        result.logits, result.labels = np.concatenate(kept), np.concatenate(labels)
+    return result

@@ -65,6 +65,8 @@ def describe_export(info: CheckpointInfo, runtime: dict[str, Any], *, pixels_in_
         model_args=info.model_args,
         source_checkpoint={"name": info.path.name, "sha256": sha256_file(info.path)},
         runtime=runtime,
+        classes=info.car_names,
+        calibration=info.calibration,
         pixels_in_graph=pixels_in_graph,
     )
 

@@ -2,7 +2,8 @@
 
 A carspotter checkpoint is Lightning's ``.ckpt``: ``ckpt["state_dict"]`` holds the weights under the ``model.``
 prefix (the Lightning module's attribute) and ``ckpt["carspotter"]`` what `CheckpointInfo.describe` writes (model
-name and arguments, class names, preprocessing, the resolved config), so evaluate, predict and export rebuild the
+name and arguments, class names with their make/model/year, preprocessing, the resolved config, the calibration),
+so evaluate, predict and export rebuild the
 model from the file alone (`carspotter.inference.torch_backend.load_checkpoint` builds it). With ``trainer.ema``
 the ``model.`` weights are the averaged ones and the trained ones travel under `RAW_WEIGHTS_KEY`, for ``--resume``
 (`swap_in_ema`, `swap_out_ema`). Every file is read with ``weights_only=True``.
@@ -20,6 +21,8 @@ import torch
 
 from carspotter.config import Config, parse_config
 from carspotter.errors import UserError
+from carspotter.formats.calibration import UNCALIBRATED, Calibration
+from carspotter.formats.car_names import CarName, car_names
 from carspotter.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,8 @@ class CheckpointInfo:
     preprocessing: Preprocessing
     config: Config | None
     path: Path
+    classes: list[CarName] | None = None  # make, model, year per class (None: parsed from the names)
+    calibration: Calibration = UNCALIBRATED
 
     def describe(self) -> dict[str, Any]:
         """``ckpt["carspotter"]``, as training writes it."""
@@ -60,7 +65,13 @@ class CheckpointInfo:
             "class_names": list(self.class_names),
             "preprocessing": self.preprocessing.to_dict(),
             "config": {} if self.config is None else self.config.to_dict(),
+            "classes": [c.to_dict() for c in self.car_names],
+            "calibration": self.calibration.to_dict(),
         }
+
+    @property
+    def car_names(self) -> list[CarName]:
+        return self.classes if self.classes is not None else car_names(self.class_names)
 
 
 def torch_load(path: Path, what: str) -> Any:
@@ -101,6 +112,8 @@ def checkpoint_info(ckpt: dict[str, Any], path: str | Path) -> CheckpointInfo:
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
         config=config,
         path=Path(path),
+        classes=car_names(meta["class_names"], meta["classes"]) if meta.get("classes") else None,
+        calibration=Calibration.from_dict(meta.get("calibration"), str(path)),
     )
 
 
@@ -134,3 +147,13 @@ def swap_out_ema(checkpoint: dict[str, Any], *, ema_on: bool) -> None:
     for key in [k for k in state if k.startswith(STATE_PREFIX)]:
         state[EMA_PREFIX + key.removeprefix(STATE_PREFIX)] = state.pop(key)
     state.update(raw)
+
+
+def write_calibration(path: str | Path, calibration: Calibration) -> None:
+    """Store ``calibration`` in the checkpoint at ``path`` (written to a temporary file, then renamed over it)."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    ckpt["carspotter"]["calibration"] = calibration.to_dict()
+    tmp = path.with_name(f".{path.name}.calibrating")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)

@@ -13,13 +13,15 @@ from typing import Any
 import onnx
 
 from carspotter.errors import UserError
+from carspotter.formats.calibration import Calibration
+from carspotter.formats.car_names import CarName, car_names
 from carspotter.preprocessing import Preprocessing
 
 FORMAT_NAME = "carspotter-exported"
 FORMAT_VERSION = 2  # 2: the ``input`` entry; a model may take uint8 pixels (older readers must refuse it)
 # Keys written by `describe`; every value is a JSON document.
 REQUIRED_KEYS = ("format", "format_version", "class_names", "preprocessing", "channels", "input_name", "output_name")
-KEYS = (*REQUIRED_KEYS, "input", "model", "source_checkpoint", "runtime")
+KEYS = (*REQUIRED_KEYS, "input", "model", "source_checkpoint", "runtime", "classes", "calibration")
 PIXELS = "pixels"  # the input of a model that preprocesses itself (`carspotter.export.pixels`)
 LAYOUT = "NHWC"  # N×height×width×3, uint8, RGB: what image decoders return (one photo: add a leading axis)
 
@@ -32,6 +34,8 @@ def describe(
     model_args: dict[str, Any],
     source_checkpoint: dict[str, Any],
     runtime: dict[str, Any],
+    classes: list[CarName] | None = None,
+    calibration: Calibration | None = None,
     pixels_in_graph: bool = False,
     output_name: str = "logits",
 ) -> dict[str, str]:
@@ -51,6 +55,8 @@ def describe(
         "input_name": PIXELS if pixels_in_graph else "input",
         "input": input_description(preprocessing, in_graph=pixels_in_graph),  # what a client feeds
         "output_name": output_name,
+        "classes": [c.to_dict() for c in (classes or car_names(class_names))],  # make, model, year per class
+        "calibration": (calibration or Calibration()).to_dict(),  # temperature and "not sure" threshold
     }
     return {k: json.dumps(v) for k, v in values.items()}
 
@@ -73,6 +79,16 @@ def parse(props: dict[str, str], source: str | Path) -> dict[str, Any]:
 
 def preprocessing_of(values: dict[str, Any]) -> Preprocessing:
     return Preprocessing.from_dict(values["preprocessing"])
+
+
+def classes_of(values: dict[str, Any]) -> list[CarName]:
+    """Each class's make, model and year: stored by newer exports, parsed from the names for older ones."""
+    return car_names(values["class_names"], values.get("classes"))
+
+
+def calibration_of(values: dict[str, Any], source: str | Path) -> Calibration:
+    """The stored temperature and threshold (temperature 1 for an export written before calibration)."""
+    return Calibration.from_dict(values.get("calibration"), str(source))
 
 
 def takes_pixels(values: dict[str, Any]) -> bool:
@@ -100,7 +116,9 @@ def doc_string(values: dict[str, Any]) -> str:
         )
     return (
         f"carspotter car make/model/year classifier ({values['model']['name']}, {len(names)} classes). {feed} "
-        f"Output '{values['output_name']}': logits (batch, {len(names)}); softmax gives probabilities; class "
+        f"Output '{values['output_name']}': logits (batch, {len(names)}); softmax(logits / temperature) gives "
+        f"probabilities (temperature {values.get('calibration', {}).get('temperature', 1.0):.4g}, metadata entry "
+        f"'calibration', with the 'not sure' threshold min_confidence); class "
         f"names in the metadata entry 'class_names' (JSON), in output order. Metadata key 'input' says all this "
         f"as JSON."
     )

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from carspotter.formats.calibration import UNCALIBRATED, Calibration
+from carspotter.formats.car_names import CarName, car_names
 from carspotter.preprocessing import Preprocessing, image_to_array, log_softmax, softmax
 
 
@@ -16,13 +18,27 @@ class Classifier(ABC):
 
     ``takes_pixels``: the model preprocesses itself and takes N×H×W×3 uint8 pixels of any size (an ONNX export with
     ``--embed-preprocessing``); otherwise it takes N×C×H×W float32 arrays preprocessed as in training. ``label``
-    names the runtime and format (``pytorch-eager``, ``onnx-fp32``, ``executorch-xnnpack``).
+    names the runtime and format (``pytorch-eager``, ``onnx-fp32``, ``executorch-xnnpack``). ``calibration``: the
+    temperature `predict` divides the logits by and the default "not sure" threshold (`carspotter.formats.calibration`);
+    ``classes``: each class's make, model and year.
     """
 
     class_names: list[str]
     preprocessing: Preprocessing
     takes_pixels: bool = False
     label: str
+    calibration: Calibration = UNCALIBRATED
+    _classes: list[CarName] | None = None
+
+    @property
+    def classes(self) -> list[CarName]:
+        if self._classes is None:
+            self._classes = car_names(self.class_names)
+        return self._classes
+
+    @classes.setter
+    def classes(self, value: list[CarName] | None) -> None:
+        self._classes = value
 
     @abstractmethod
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -60,12 +76,13 @@ class Classifier(ABC):
         return flip_averaged(logits, self.logits(np.stack([self.mirror(x) for x in batch])))
 
     def predict(self, images: Sequence[Image.Image], *, tta_flip: bool = False, batch_size: int = 32) -> np.ndarray:
-        """Decoded RGB photos → N×classes probabilities. ``tta_flip``: each photo's probabilities are the mean of the
-        photo's and its mirror image's (`flip_averaged`)."""
+        """Decoded RGB photos → N×classes calibrated probabilities: softmax(logits / temperature). ``tta_flip``: each
+        photo's probabilities are the mean of the photo's and its mirror image's calibrated ones (`flip_averaged`)."""
+        t = self.calibration.temperature
         inputs = [self.model_input(img) for img in images]
-        logits = self.batched_logits(inputs, batch_size)
+        logits = self.batched_logits(inputs, batch_size) / t
         if tta_flip:
-            logits = flip_averaged(logits, self.batched_logits([self.mirror(x) for x in inputs], batch_size))
+            logits = flip_averaged(logits, self.batched_logits([self.mirror(x) for x in inputs], batch_size) / t)
         return softmax(logits)
 
 

@@ -66,6 +66,8 @@ class ExecuTorchClassifier(Classifier):
         self.path = Path(path)
         self.metadata = metadata.read_sidecar(self.path)
         self.class_names = list(self.metadata["class_names"])
+        self.classes = metadata.classes_of(self.metadata)
+        self.calibration = metadata.calibration_of(self.metadata, self.path)
         self.preprocessing = metadata.preprocessing_of(self.metadata)
         self.takes_pixels = False
         try:

@@ -38,6 +38,8 @@ class OnnxClassifier(Classifier):
             raise UserError(f"{self.path}: not a readable ONNX model ({exc.__class__.__name__}: {exc})") from None
         self.metadata: dict[str, Any] = metadata.parse(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.class_names: list[str] = list(self.metadata["class_names"])
+        self.classes = metadata.classes_of(self.metadata)
+        self.calibration = metadata.calibration_of(self.metadata, self.path)
         self.preprocessing: Preprocessing = metadata.preprocessing_of(self.metadata)
         self.input_name: str = self.metadata["input_name"]
         self.output_name: str = self.metadata["output_name"]

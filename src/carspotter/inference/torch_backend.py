@@ -45,7 +45,10 @@ class TorchClassifier(Classifier):
         if threads is not None:
             torch.set_num_threads(threads)
         model, info = load_checkpoint(path)
-        return cls(model, info.class_names, info.preprocessing, inference_runtime(device))
+        classifier = cls(model, info.class_names, info.preprocessing, inference_runtime(device))
+        classifier.classes = info.car_names
+        classifier.calibration = info.calibration
+        return classifier
 
     @property
     def device(self) -> torch.device:

@@ -34,8 +34,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from carspotter.errors import UserError
+from carspotter.inference.answers import answer
 from carspotter.inference.onnx_backend import OnnxClassifier
-from carspotter.preprocessing import check_pixels, open_photo, top_k_predictions
+from carspotter.inference.predict import default_min_confidence
+from carspotter.preprocessing import check_pixels, open_photo
 from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.docs import DOCS_PATH, app_with_docs
 from carspotter.serve.security import BrowserGuard, content_security_policy, normalise_origin
@@ -111,12 +113,20 @@ def create_app(
 
     @app.post("/api/predict", openapi_extra=PREDICT_DOC)
     async def predict(
-        request: Request, top_k: int = Query(TOP_K, ge=1, description="how many classes, most likely first")
+        request: Request,
+        top_k: int = Query(TOP_K, ge=1, description="how many classes, most likely first"),
+        min_confidence: float | None = Query(
+            None, ge=0.0, le=1.0, description="below this top probability the answer is unsure (default: the "
+            "model's fitted threshold)"
+        ),
     ) -> dict[str, Any]:
-        """The ``top_k`` most likely makes/models of the photo in multipart field ``file``, with probabilities."""
+        """The ``top_k`` most likely classes of the photo in multipart field ``file`` with calibrated probabilities,
+        the most likely make and model (probabilities summed over their classes), ``unsure`` and the ``answer`` in
+        words."""
         data = await read_upload(request, max_bytes)
         probs = await run_in_threadpool(_probabilities, classifier, data, pixel_limit)
-        return {"predictions": top_k_predictions(probs, classifier.class_names, top_k)}
+        threshold = default_min_confidence(classifier) if min_confidence is None else min_confidence
+        return answer(probs, classifier.class_names, classifier.classes, top_k, threshold)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -108,6 +108,8 @@ def _write_site(root: Path, proto: onnx.ModelProto, values: dict[str, Any], ort_
         shutil.copyfile(src, root / "ort" / src.name)
     onnx.save_model(proto, str(root / "model.onnx"))
     app_meta = {k: values[k] for k in ("class_names", "input_name", "output_name", "input", "model")}
+    app_meta["classes"] = [c.to_dict() for c in metadata.classes_of(values)]  # make, model, year per class
+    app_meta["calibration"] = metadata.calibration_of(values, root / "model.onnx").to_dict()  # temperature, threshold
     (root / "model.json").write_text(json.dumps(app_meta, indent=1) + "\n")
     (root / "icons").mkdir()
     for size in ICON_SIZES:

@@ -27,6 +27,7 @@ from carspotter.data.dataset import CarsDataModule, eval_loader
 from carspotter.data.epochs import SeedEachEpoch
 from carspotter.data.fast import FastCarsDataModule
 from carspotter.errors import UserError
+from carspotter.evaluation.calibration import calibrate_checkpoint
 from carspotter.evaluation.plots import plot_training_curves
 from carspotter.evaluation.scoring import EvalResult
 from carspotter.formats.checkpoint import CheckpointInfo, read_checkpoint
@@ -227,6 +228,7 @@ def train(
     if not cfg.data.validate_on_test:  # the test split selected the checkpoint: no test score to report
         test = score_test_split(module, datamodule, run_dir, trainer.strategy.root_device, progress)
     summary = summarise(cfg, run_dir, count_parameters(model), started, test)
+    summary["calibration"] = calibrate_run(cfg, datamodule, run_dir, trainer.strategy.root_device)
     summary["optimizer_steps"] = int(trainer.estimated_stepping_batches)
     summary["weight_decay_per_step"] = module.weight_decay_per_step
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
@@ -265,6 +267,7 @@ def run_checkpoint_info(cfg: Config, datamodule: CarsDataModule, run_dir: Path) 
         in_chans=1 if cfg.data.grayscale else 3,
         class_names=datamodule.class_names,
         preprocessing=datamodule.preprocessing,
+        classes=datamodule.dataset.car_names,
         config=cfg,
         path=RunDir(run_dir).best_ckpt,
     )
@@ -393,6 +396,23 @@ def score_test_split(
         warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
         tester.test(module, dataloaders=loader, ckpt_path=best, verbose=False, weights_only=True)
     return module.test_result
+
+
+def calibrate_run(
+    cfg: Config, datamodule: CarsDataModule, run_dir: Path, device: torch.device
+) -> dict[str, Any] | None:
+    """best.ckpt's temperature and "not sure" threshold, fitted on the run's validation split and stored in it
+    (`carspotter.evaluation.calibration`); None when the run validated on test (nothing held out to fit on)."""
+    best = RunDir(run_dir).best_ckpt
+    if cfg.data.validate_on_test or not best.is_file() or len(datamodule.val_frame) == 0:
+        log.info("best.ckpt not calibrated: no validation photos held out from training")
+        return None
+    calibration = calibrate_checkpoint(
+        best, datamodule.dataset, datamodule.val_frame, f"validation split of {Path(cfg.data.path).resolve().name}",
+        device=str(device),
+        batch_size=cfg.trainer.batch_size, workers=cfg.data.num_workers,
+    )  # fmt: skip
+    return calibration.to_dict()
 
 
 def summarise(

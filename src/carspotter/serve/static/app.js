@@ -53,14 +53,64 @@ async function pixelsOf(file) {
   return new ort.Tensor("uint8", rgb, [1, height, width, 3]);
 }
 
-function topK(logits, names, k) {
-  const max = Math.max(...logits);
-  const exps = Array.from(logits, (z) => Math.exp(z - max));
+// Calibrated probabilities: softmax(logits / temperature), the temperature fitted when the model was trained
+// (`carspotter calibrate`); 1 for a model without one. The same numbers as `carspotter predict`.
+function probabilitiesOf(logits, temperature) {
+  const z = Array.from(logits, (v) => v / temperature);
+  const max = Math.max(...z);
+  const exps = z.map((v) => Math.exp(v - max));
   const sum = exps.reduce((a, b) => a + b, 0);
-  return exps
-    .map((e, i) => ({ class_id: i, class_name: names[i], probability: e / sum }))
+  return exps.map((e) => e / sum);
+}
+
+function topK(probs, names, k) {
+  return probs
+    .map((p, i) => ({ class_id: i, class_name: names[i], probability: p }))
     .sort((a, b) => b.probability - a.probability)
     .slice(0, k);
+}
+
+// The most likely make (or model): the probabilities of its classes summed.
+function topGroup(probs, labels) {
+  const sums = new Map();
+  probs.forEach((p, i) => sums.set(labels[i], (sums.get(labels[i]) || 0) + p));
+  let best = null;
+  for (const [name, probability] of sums) {
+    if (!best || probability > best.probability) best = { name, probability };
+  }
+  return best;
+}
+
+const pct = (p) => Math.round(100 * p) + "%";
+const article = (word) => ("aeiou".includes(word[0].toLowerCase()) ? "an" : "a");
+
+// As `carspotter.inference.answers.answer`: below the threshold, name the model or the make that is sure, or say
+// that nothing is.
+function answerOf(probs, meta, k) {
+  const names = meta.class_names;
+  const classes = meta.classes || names.map((n) => ({ make: n, model: n, year: null }));
+  const minConfidence = meta.calibration?.min_confidence ?? 0;
+  const predictions = topK(probs, names, k);
+  const make = topGroup(probs, classes.map((c) => c.make));
+  const model = topGroup(probs, classes.map((c) => c.model));
+  const unsure = predictions[0].probability < minConfidence;
+  let answer;
+  if (!unsure) answer = predictions[0].class_name;
+  else if (model.probability >= minConfidence && model.name !== predictions[0].class_name) {
+    answer = `${model.name} — year not sure`;
+  } else if (make.probability >= minConfidence) answer = `${article(make.name)} ${make.name} — model not sure`;
+  else {
+    const top3 = topK(probs, names, 3).map((p) => `${p.class_name} (${pct(p.probability)})`).join(", ");
+    answer = `not sure; most likely ${top3}`;
+  }
+  return { predictions, make, model, unsure, answer };
+}
+
+function showAnswer(result) {
+  body.dataset.unsure = String(result.unsure);
+  $("answer").textContent = result.unsure ? `Not sure: ${result.answer.replace(/^not sure; /, "")}` : result.answer;
+  $("levels").textContent = `Make: ${result.make.name} (${pct(result.make.probability)}) · ` +
+    `model: ${result.model.name} (${pct(result.model.probability)})`;
 }
 
 function show(predictions) {
@@ -94,6 +144,8 @@ async function recognise(model, file) {
   previewUrl = URL.createObjectURL(file);
   $("preview").src = previewUrl;
   $("predictions").replaceChildren();
+  $("answer").textContent = "";
+  $("levels").textContent = "";
   $("result").hidden = false;
   setState("busy", "Recognising " + file.name + " …");
   try {
@@ -101,7 +153,10 @@ async function recognise(model, file) {
     const ran = performance.now();
     const out = await model.session.run({ [model.meta.input_name]: pixels });
     const done = performance.now();
-    show(topK(out[model.meta.output_name].data, model.meta.class_names, TOP_K));
+    const probs = probabilitiesOf(out[model.meta.output_name].data, model.meta.calibration?.temperature ?? 1);
+    const result = answerOf(probs, model.meta, TOP_K);
+    showAnswer(result);
+    show(result.predictions);
     body.dataset.ms = (done - start).toFixed(1);
     body.dataset.modelMs = (done - ran).toFixed(1);
     body.dataset.photo = file.name;
