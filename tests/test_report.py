@@ -52,7 +52,9 @@ def test_report_renders_offline_in_chromium(run_copy: Path, tmp_path: Path) -> N
         driver.get(page.as_uri())
         assert driver.title == f"carspotter run {run_copy.name}"
         images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) >= 13  # the curves + the 12 grid photos (+ the confused pairs' photos)
+        assert len(images) >= 14  # the curves, the calibration plots, the 12 grid photos (+ the pairs' photos)
+        trust = driver.find_element(By.XPATH, "//h2[text()='How far to trust an answer']/following-sibling::p[1]")
+        assert "Make top-1" in trust.text and "model top-1 (any year)" in trust.text
         assert driver.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         requests = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert [r for r in requests if not r.startswith("data:")] == []

@@ -1,7 +1,8 @@
 """`carspotter report RUN`: one self-contained HTML page about a run, to look at rather than to parse.
 
 Summary and config, the training curves (``results.png``, drawn from ``metrics.csv`` when the run folder lacks it),
-per-class test accuracy (a sortable table), the most confused pairs with example photos, and a grid of test photos
+how far to trust an answer (reliability diagram and coverage against accuracy, make and model top-1), per-class
+test accuracy (a sortable table), the most confused pairs with example photos, and a grid of test photos
 with their top-3 and whether the model was right. Every picture is embedded as a ``data:`` URI and the page's
 Content-Security-Policy forbids any other source: it opens offline, from a mail attachment, forever.
 """
@@ -13,6 +14,8 @@ import html
 import io
 import json
 import random
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,9 @@ from PIL import Image
 
 from carspotter.data.prepared import load_prepared
 from carspotter.errors import UserError
+from carspotter.evaluation.calibration import expected_calibration_error, trust_scores
 from carspotter.evaluation.metrics import as_model_classes, check_classes
-from carspotter.evaluation.plots import confused_pairs, plot_training_curves
+from carspotter.evaluation.plots import confused_pairs, plot_training_curves, plot_trust
 from carspotter.formats.run_dir import (
     BEST_CKPT,
     CONFIG_FILE,
@@ -32,9 +36,9 @@ from carspotter.formats.run_dir import (
     SUMMARY_FILE,
     load_run_config,
 )
-from carspotter.inference import load_classifier
+from carspotter.inference import Classifier, load_classifier
 from carspotter.inference.predict import predict_images
-from carspotter.preprocessing import open_image
+from carspotter.preprocessing import open_image, softmax
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -69,9 +73,9 @@ def write_run_report(
     test = dataset.test
     photos = [dataset.root / f for f in test["fname"]]
     truth = test["class_id"].to_numpy()
-    predictions = predict_images(classifier, photos, top_k=3)
-    scored = [i for i, p in enumerate(predictions) if "predictions" in p]
     n = len(classifier.class_names)
+    predictions = predict_images(classifier, photos, top_k=n)  # every class: the calibration plots need them all
+    scored = [i for i, p in enumerate(predictions) if "predictions" in p]
     confusion = np.zeros((n, n), dtype=np.int64)
     for i in scored:
         confusion[truth[i], predictions[i]["predictions"][0]["class_id"]] += 1
@@ -89,9 +93,12 @@ def write_run_report(
     sections = [
         _summary_section(run_dir, summary, confusion, data),
         _curves_section(curves),
+        _trust_section(classifier, [predictions[i]["predictions"] for i in scored], truth[scored]),
         _per_class_section(confusion, classifier.class_names),
         _pairs_section(top_pairs, pair_photos),
-        _grid_section([(photos[i], classifier.class_names[truth[i]], predictions[i]["predictions"]) for i in grid]),
+        _grid_section(
+            [(photos[i], classifier.class_names[truth[i]], predictions[i]["predictions"][:3]) for i in grid]
+        ),
         f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>",
     ]
     out = Path(out) if out is not None else run_dir / REPORT_FILE
@@ -139,6 +146,36 @@ def _curves_section(curves: Path) -> str:
         return "<h2>Training curves</h2><p>No epochs recorded (no metrics.csv).</p>"
     uri = _data_uri(curves.read_bytes(), "image/png")
     return f'<h2>Training curves</h2><img class="curves" alt="loss, top-1 and learning rate by epoch" src="{uri}">'
+
+
+def _trust_section(classifier: Classifier, ranked: list[list[dict[str, Any]]], truth: np.ndarray) -> str:
+    """The reliability diagram and coverage against accuracy of the test photos, with the calibration's figures."""
+    if not ranked:
+        return ""
+    probs = np.zeros((len(ranked), len(classifier.class_names)))
+    for row, preds in zip(probs, ranked, strict=True):
+        row[[p["class_id"] for p in preds]] = [p["probability"] for p in preds]
+    cal = classifier.calibration
+    raw = softmax(cal.temperature * np.log(np.maximum(probs, 1e-38)))  # the softmax before the temperature
+    scores = trust_scores(np.log(np.maximum(probs, 1e-38)), truth, classifier.classes, replace(cal, temperature=1.0))
+    title = f"test split: ECE {scores['ece']:.3f} (uncalibrated {expected_calibration_error(raw, truth):.3f})"
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_trust(probs, raw, truth, cal.min_confidence, title, Path(tmp) / "trust.png")
+        uri = _data_uri(png.read_bytes(), "image/png")
+    if cal.fitted:
+        said = (
+            f"Temperature {cal.temperature:.3g}, fitted on the {html.escape(cal.fitted_on)}; answers below "
+            f"{cal.min_confidence:.2f} are marked not sure: on the test split that answers "
+            f"{_pct(scores['coverage'])} of the photos, {_pct(scores['answered_top1'])} of them right."
+        )
+    else:
+        said = "This checkpoint has no calibration (temperature 1): run `carspotter calibrate` on its run folder."
+    return (
+        "<h2>How far to trust an answer</h2>"
+        f"<p>Make top-1 {_pct(scores['make_top1'])}, model top-1 (any year) {_pct(scores['model_top1'])}, "
+        f"balanced top-1 {_pct(scores['balanced_top1'])}. {said}</p>"
+        f'<img class="curves" alt="reliability diagram and coverage against accuracy" src="{uri}">'
+    )
 
 
 def _per_class_section(confusion: np.ndarray, class_names: list[str]) -> str:
