@@ -48,6 +48,35 @@ def train(
     )
 
 @app.command()
+def enroll(
+    ckpt: Annotated[Path, typer.Argument(help="The checkpoint (.ckpt) to add classes to; it is never changed.")],
+    photos: Annotated[Path, typer.Argument(help="A folder per new class: PHOTOS/<class name>/<photos> (1 or more).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The new checkpoint (.ckpt).")],
+    replace: Annotated[bool, typer.Option("--replace", help="Re-imprint a class the model has already.")] = False,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Average each photo's embedding with its mirror "
+                                                                 "image's.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    reference: Annotated[Path | None, typer.Option(help="Prepared dataset of the model's own classes, to fit the new "
+                                                        "rows to (default: its training data, when present).")
+                         ] = None,
+) -> None:
+    """Add car models from a few photos each, without retraining: each new class gets a classifier row imprinted
+    from its photos' mean embedding (Qi et al. 2018); the model's other classes are untouched.
+
+    The result is an ordinary checkpoint: predict, evaluate, export, serve, app and fine-tuning take it.
+    """
+    from carspotter.training.enroll import enroll as enroll_classes
+
+    report = enroll_classes(ckpt, photos, out, replace=replace, flip=flip, overwrite=overwrite, reference=reference)
+    for e in report.enrolled:
+        verb = "re-imprinted" if e["replaced"] else "enrolled"
+        console.print(f"{verb} {escape(e['class_name'])} from {e['photos']} photo(s)", highlight=False)
+    for line in report.unreadable:
+        err_console.print(f"skipped: {escape(line)}", highlight=False)
+    fitted = f"fitted to {report.reference}" if report.reference else "norm-matched (no reference photos)"
+    console.print(f"{report.out}: {report.num_classes} classes; new rows {fitted}")
+
+@app.command()
 def sweep(
     config: Annotated[Path, typer.Option("--config", "-c", help="Base training config (YAML).")],
     space: Annotated[Path, typer.Option(help="Search space YAML (see configs/sweeps/).")],
