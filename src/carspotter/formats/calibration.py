@@ -34,6 +34,11 @@ class Calibration:
     ece_after: float | None = None
 
     @property
+    def answer_threshold(self) -> float:
+        """The "not sure" threshold answers use by default: the fitted one, 0 (every answer sure) without one."""
+        return 0.0 if self.min_confidence is None else self.min_confidence
+
+    @property
     def fitted(self) -> bool:
         return self.fitted_on is not None
 

@@ -33,7 +33,8 @@ def predict_images(
     ``tta_flip``: each photo's probabilities are the mean of the photo's and its mirror image's.
     ``min_confidence``: below it an answer is unsure (None: the model's fitted threshold, 0 if it has none).
     """
-    threshold = default_min_confidence(classifier) if min_confidence is None else check_min_confidence(min_confidence)
+    fitted = classifier.calibration.answer_threshold
+    threshold = fitted if min_confidence is None else check_min_confidence(min_confidence)
     results: list[dict[str, Any]] = [{"image": str(p)} for p in images]
     ready: list[tuple[int, Image.Image]] = []
     for i, path in enumerate(images):
@@ -46,8 +47,3 @@ def predict_images(
         results[i].update(answer(p, classifier.class_names, classifier.classes, top_k, threshold))
     return results
 
-
-def default_min_confidence(classifier: Classifier) -> float:
-    """The model's fitted "not sure" threshold; 0 (every answer sure) for a model without one."""
-    fitted = classifier.calibration.min_confidence
-    return 0.0 if fitted is None else fitted

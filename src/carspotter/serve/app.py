@@ -36,7 +36,6 @@ from starlette.datastructures import UploadFile
 from carspotter.errors import UserError
 from carspotter.inference.answers import answer
 from carspotter.inference.onnx_backend import OnnxClassifier
-from carspotter.inference.predict import default_min_confidence
 from carspotter.preprocessing import check_pixels, open_photo
 from carspotter.preprocessing import max_pixels as configured_max_pixels
 from carspotter.serve.docs import DOCS_PATH, app_with_docs
@@ -125,7 +124,7 @@ def create_app(
         words."""
         data = await read_upload(request, max_bytes)
         probs = await run_in_threadpool(_probabilities, classifier, data, pixel_limit)
-        threshold = default_min_confidence(classifier) if min_confidence is None else min_confidence
+        threshold = classifier.calibration.answer_threshold if min_confidence is None else min_confidence
         return answer(probs, classifier.class_names, classifier.classes, top_k, threshold)
 
     @app.exception_handler(RequestValidationError)
