@@ -65,11 +65,12 @@ def four_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    num_classes=4)  # fmt: skip
 
 
-def overrides(data: Path, runs: Path, pipeline: str) -> list[str]:
+def overrides(data: Path, runs: Path, pipeline: str, balance: str) -> list[str]:
     """The recommended recipe (EMA, per-step cosine, MixUp/CutMix, dropout) shrunk to seconds; classic with 2
     persistent DataLoader workers, whose random state outlives an epoch."""
     return [
         f"data.path={data}", f"output.runs_dir={runs}", "output.run_name=run", f"data.pipeline={pipeline}",
+        f"data.class_balance={balance}",
         "data.image_size=32", "trainer.max_epochs=3", "trainer.batch_size=8", "trainer.limit_train_batches=4",
         "data.num_workers=2", "trainer.ema.decay=0.9", "logging.loggers=[mlflow]",
         "data.batch_augmentations=[{MixUp: {alpha: 0.4}}, {CutMix: {alpha: 1.0}}]",
@@ -86,16 +87,22 @@ def run(args: list[str], *, killed: bool = False) -> None:
         assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def train_killed(data: Path, runs: Path, pipeline: str, kill_at: str, resume: Path | None = None) -> Path:
-    args = [kill_at, str(resume or "-"), str(RECOMMENDED), *overrides(data, runs, pipeline)]
+def train_killed(
+    data: Path, runs: Path, pipeline: str, balance: str, kill_at: str, resume: Path | None = None
+) -> Path:
+    args = [kill_at, str(resume or "-"), str(RECOMMENDED), *overrides(data, runs, pipeline, balance)]
     run([sys.executable, "-c", DRIVER, *args], killed=kill_at != "never")
     return runs / "run"
 
 
+# (pipeline, data.class_balance): the sampler's weighted draw must resume as exactly as the permutation
+CASES = [("classic", "none"), ("fast", "none"), ("classic", "sampler")]
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(four_classes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def uninterrupted(four_classes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     base = tmp_path_factory.mktemp("uninterrupted")
-    return {p: train_killed(four_classes, base / p, p, "never") for p in ("fast", "classic")}
+    return {(p, b): train_killed(four_classes, base / f"{p}-{b}", p, b, "never") for p, b in CASES}
 
 
 def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, torch.Tensor], set]:
@@ -113,20 +120,21 @@ def comparable(run_dir: Path) -> tuple[list[dict[str, str]], dict, dict[str, tor
     return rows, summary, weights, set(points)
 
 
-KILLS = {  # where each pipeline's run dies, in turn; each death loses the epoch it was in, re-done on resume
-    "classic": ["1,2", "2,0"],  # mid-epoch 1; at the boundary, just after epoch 1's checkpoint
-    "fast": ["val,1", "saved,1"],  # after epoch 1's validation, before its checkpoint; just after that checkpoint
+KILLS = {  # where each run dies, in turn; each death loses the epoch it was in, re-done on resume
+    ("classic", "none"): ["1,2", "2,0"],  # mid-epoch 1; at the boundary, just after epoch 1's checkpoint
+    ("fast", "none"): ["val,1", "saved,1"],  # after epoch 1's validation, before its checkpoint; just after it
+    ("classic", "sampler"): ["1,2"],
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["classic", "fast"])
+@pytest.mark.parametrize(("pipeline", "balance"), CASES)
 def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
-    four_classes: Path, tmp_path: Path, uninterrupted: dict[str, Path], pipeline: str
+    four_classes: Path, tmp_path: Path, uninterrupted: dict[tuple[str, str], Path], pipeline: str, balance: str
 ) -> None:
     run_dir = tmp_path / "run"
-    for i, kill_at in enumerate(KILLS[pipeline]):
-        train_killed(four_classes, tmp_path, pipeline, kill_at, resume=run_dir if i else None)
+    for i, kill_at in enumerate(KILLS[pipeline, balance]):
+        train_killed(four_classes, tmp_path, pipeline, balance, kill_at, resume=run_dir if i else None)
         stage, _, epoch = kill_at.rpartition(",") if kill_at[0].isalpha() else (None, None, kill_at.split(",")[0])
         done = int(epoch) + (stage == "saved")  # the epochs before the one it died in, and that one once saved
         assert len(read_epoch_metrics(run_dir / "metrics.csv")) == done
@@ -134,7 +142,7 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(
     assert not list(run_dir.glob("*.partial"))  # checkpoints are renamed into place, never left half-written
     run([*CARSPOTTER, "train", "--resume", str(run_dir)])
 
-    want_rows, want_summary, want_weights, want_points = comparable(uninterrupted[pipeline])
+    want_rows, want_summary, want_weights, want_points = comparable(uninterrupted[pipeline, balance])
     rows, summary, weights, points = comparable(run_dir)  # no MLflow point twice
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert rows == want_rows

@@ -177,6 +177,9 @@ def test_cli_train_evaluate_predict(learned_run, learnable_prepared: Path, tmp_p
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
     per_class = pd.read_csv(tmp_path / "eval" / "per_class_accuracy.csv")
     assert len(per_class) == load_prepared(learnable_prepared).num_classes
+    assert (per_class["correct"] == (per_class["recall"] * per_class["n"]).round()).all()
+    assert metrics["balanced_top1"] == pytest.approx(per_class["recall"].mean())
+    assert learned_run.summary["test_balanced_top1"] == pytest.approx(metrics["balanced_top1"])
 
     image = learnable_prepared / load_prepared(learnable_prepared).test["fname"].iloc[0]
     junk = tmp_path / "junk.jpg"

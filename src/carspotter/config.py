@@ -105,6 +105,9 @@ class DataConfig(_Section):
     # Whole-batch mixing of training images and labels (torchvision.transforms.v2 MixUp / CutMix, num_classes from the
     # data); with several entries one of them is drawn per batch. Runs on the training device in both pipelines.
     batch_augmentations: list[Transform] = Field(default_factory=list)
+    # Unbalanced classes (data/balance.py): sampler draws every class equally often each epoch; loss weights the
+    # cross-entropy by 1 / class frequency (mean 1); none: neither.
+    class_balance: Literal["none", "sampler", "loss"] = "none"
 
     @field_validator("batch_augmentations", mode="after")
     @classmethod
@@ -367,6 +370,15 @@ class Config(_Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _balanced_loss(self) -> Config:
+        if self.data.class_balance == "loss":
+            if self.loss.name != "CrossEntropyLoss":
+                raise ValueError(f"data.class_balance loss weights CrossEntropyLoss; loss.name is {self.loss.name}")
+            if "weight" in self.loss.params:
+                raise ValueError("data.class_balance loss sets the class weights itself; remove loss.params.weight")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -71,14 +71,20 @@ def stats(
 
     Prints a snippet to paste into a training config (data.mean, data.std).
     """
+    from carspotter.data.balance import IMBALANCED, imbalance
     from carspotter.data.stats import compute_stats, plot_stats
 
     if plot is not None:  # a plot asked for by name must be writable: said before the work, not after
         check_output_file(plot, "plot")
     result = compute_stats(prepared, image_size=image_size, grayscale=grayscale)
     counts = list(result.class_counts["train"].values())
+    ratio = imbalance(counts)
     err_console.print(f"{result.num_images} training images, {len(counts)} classes ({min(counts)} to {max(counts)} "
-                      "images each)", highlight=False)
+                      f"images each; largest/smallest class {ratio:.1f}x)", highlight=False)
+    if ratio >= IMBALANCED:
+        err_console.print("[yellow]note[/yellow]: the classes are unbalanced; data.class_balance: sampler (draw every "
+                          "class equally often) or loss (weight the loss by 1/frequency) may help the rare ones, "
+                          "and evaluate's balanced top-1 tells", highlight=False)
     print(result.yaml_snippet(), end="", flush=True)  # the results first: nothing below can lose them
     target = plot or prepared.parent / f"{prepared.resolve().name}-stats.png"
     try:

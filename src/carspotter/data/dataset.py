@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from carspotter.config import DataConfig
+from carspotter.data import balance
 from carspotter.data.epochs import EpochOrder, EpochSampler, IteratedAtFirstBatch
 from carspotter.data.prepared import PreparedDataset, load_prepared, split_boxes, train_val_frames
 from carspotter.data.transforms import EvalTransform, ImageTransform, TrainTransform, preprocessing_from_config
@@ -23,7 +24,6 @@ from carspotter.errors import UserError
 from carspotter.preprocessing import open_image
 
 log = logging.getLogger(__name__)
-
 
 
 class CarImages(Dataset):
@@ -94,6 +94,22 @@ class CarsDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def train_sample_weights(self) -> torch.Tensor | None:
+        """With ``data.class_balance: sampler``, each training photo's draw weight (every class equally likely)."""
+        if self.cfg.class_balance != "sampler":
+            return None
+        return balance.sample_weights(self.train_frame["class_id"], self.dataset.num_classes)
+
+    def train_loss_weights(self) -> torch.Tensor | None:
+        """With ``data.class_balance: loss``, the cross-entropy's class weights (1 / frequency, mean 1)."""
+        if self.cfg.class_balance != "loss":
+            return None
+        return balance.loss_weights(self.train_frame["class_id"], self.dataset.num_classes)
+
+    def describe_balance(self) -> str:
+        """``data.class_balance`` and the training split's class counts, in one line for the run's log."""
+        return balance.describe(self.cfg.class_balance, self.train_frame["class_id"], self.dataset.num_classes)
+
     def current_epoch(self) -> int:
         """The trainer's epoch (0 without a trainer): what `EpochOrder` draws the epoch's order from."""
         trainer = getattr(self, "trainer", None)
@@ -117,7 +133,9 @@ class CarsDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> IteratedAtFirstBatch:  # type: ignore[override]
-        order = EpochOrder(len(self.train_frame), self.seed, True, self.current_epoch, *self.rank_and_world_size())
+        rank, world = self.rank_and_world_size()
+        weights = self.train_sample_weights()
+        order = EpochOrder(len(self.train_frame), self.seed, True, self.current_epoch, rank, world, weights)
         return IteratedAtFirstBatch(self._loader(self.train_frame, TrainTransform(self.cfg), EpochSampler(order)))
 
     def val_dataloader(self) -> DataLoader:

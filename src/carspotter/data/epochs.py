@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
 
 ORDER_STREAM, PROCESS_STREAM = 0, 1
 
@@ -30,22 +30,38 @@ def derived_seed(seed: int, epoch: int, stream: int) -> int:
 class EpochOrder:
     """The current epoch's order of ``n`` samples (shuffled or in order) and a seed for each, for one rank.
 
+    With ``weights`` (one per sample, `carspotter.data.balance.sample_weights`) a shuffled epoch is instead ``n``
+    draws with replacement by those weights (torch's `WeightedRandomSampler`, from the same (seed, epoch) generator).
     Under DDP the order is padded to a multiple of ``world_size`` (like `DistributedSampler`) and each rank takes
     every ``world_size``-th entry of the same permutation, so the ranks see disjoint samples.
     """
 
     def __init__(
-        self, n: int, seed: int, shuffle: bool, epoch: Callable[[], int], rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool,
+        epoch: Callable[[], int],
+        rank: int = 0,
+        world_size: int = 1,
+        weights: torch.Tensor | None = None,
     ) -> None:
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} sample weights for {n} samples")
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.weights = rank, world_size, weights
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.world_size)
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch(), ORDER_STREAM))
-        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        if not self.shuffle:
+            order = torch.arange(self.n)
+        elif self.weights is None:
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.tensor(list(WeightedRandomSampler(self.weights, self.n, generator=generator)))
         seeds = torch.randint(0, 2**62, (self.n,), generator=generator)
         if self.world_size > 1:
             pad = len(self) * self.world_size - self.n

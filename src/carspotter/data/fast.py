@@ -55,8 +55,9 @@ def resolve_pipeline(cfg: DataConfig) -> str:
 class DeviceBatches:
     """Batches ``(uint8 N×H×W×C, int64 labels)`` gathered from a tensor that may live on the GPU.
 
-    Shuffled by (seed, epoch) and sharded over DDP ranks by `EpochOrder`; ``epoch`` is read when the first batch
-    is drawn, so a resumed run sees the same batches as an uninterrupted one.
+    Shuffled (or drawn by ``weights``, `data.class_balance: sampler`) by (seed, epoch) and sharded over DDP ranks by
+    `EpochOrder`, the classic pipeline's draw; ``epoch`` is read when the first batch is drawn, so a resumed run sees
+    the same batches as an uninterrupted one.
     """
 
     def __init__(
@@ -71,10 +72,11 @@ class DeviceBatches:
         epoch: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.images, self.labels, self.rows = images, labels, rows
         self.batch_size = batch_size
-        self.order = EpochOrder(len(rows), seed, shuffle, epoch, rank, world_size)
+        self.order = EpochOrder(len(rows), seed, shuffle, epoch, rank, world_size, weights)
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
@@ -166,16 +168,19 @@ class FastCarsDataModule(CarsDataModule):
         except KeyError as exc:
             raise UserError(f"{self.cfg.path}: image {exc} is not in the {split} split") from None
 
-    def _batches(self, split: str, mode: str, frame: pd.DataFrame, shuffle: bool) -> DeviceBatches:
+    def _batches(
+        self, split: str, mode: str, frame: pd.DataFrame, shuffle: bool, weights: torch.Tensor | None = None
+    ) -> DeviceBatches:
         images, labels = self._resident(split, mode)
         rank, world = self.rank_and_world_size()
         return DeviceBatches(
             images, labels, self._rows(split, frame), self.batch_size,
-            shuffle=shuffle, seed=self.seed, epoch=self.current_epoch, rank=rank, world_size=world,
+            shuffle=shuffle, seed=self.seed, epoch=self.current_epoch, rank=rank, world_size=world, weights=weights,
         )  # fmt: skip
 
     def train_dataloader(self) -> DeviceBatches:  # type: ignore[override]
-        return self._batches("train", self._train_mode, self.train_frame, shuffle=True)
+        weights = self.train_sample_weights()
+        return self._batches("train", self._train_mode, self.train_frame, shuffle=True, weights=weights)
 
     def val_dataloader(self) -> DeviceBatches:  # type: ignore[override]
         return self._batches("test" if self.cfg.validate_on_test else "train", "none", self.val_frame, shuffle=False)

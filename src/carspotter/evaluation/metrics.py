@@ -150,15 +150,14 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
         probs = softmax(result.logits / t["temperature"])
         title = f"ECE {t['ece']:.3f} (uncalibrated {t['ece_uncalibrated']:.3f}), n={result.n}"
         plot_trust(probs, softmax(result.logits), result.labels, t["min_confidence"], title, paths["trust_png"])
-    acc = result.per_class_accuracy
+    recall, precision = result.per_class_accuracy, result.per_class_precision
     totals = result.confusion.sum(axis=1)
     with open(paths["per_class"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class_id", "class_name", "n", "correct", "accuracy"])
+        w.writerow(["class_id", "class_name", "n", "correct", "recall", "precision"])  # recall: the class's accuracy
         for i, name in enumerate(result.class_names):
-            w.writerow(
-                [i, name, int(totals[i]), int(result.confusion[i, i]), "" if np.isnan(acc[i]) else f"{acc[i]:.4f}"]
-            )
+            share = ["" if np.isnan(v) else f"{v:.4f}" for v in (recall[i], precision[i])]
+            w.writerow([i, name, int(totals[i]), int(result.confusion[i, i]), *share])
     np.savetxt(paths["confusion_csv"], result.confusion, fmt="%d", delimiter=",")
     title = f"Confusion matrix (row-normalised): top-1 {result.top1:.2%}, n={result.n}"
     plot_confusion(result.confusion, result.class_names, title, paths["confusion_png"])

@@ -39,8 +39,22 @@ class EvalResult:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(totals > 0, np.diag(self.confusion) / np.maximum(totals, 1), np.nan)
 
+    @property
+    def per_class_precision(self) -> np.ndarray:
+        """Of the photos predicted as each class, the share that were (nan for a class never predicted)."""
+        predicted = self.confusion.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(predicted > 0, np.diag(self.confusion) / np.maximum(predicted, 1), np.nan)
+
+    @property
+    def balanced_top1(self) -> float:
+        """Mean per-class accuracy (recall) over the classes with photos: every class counts the same."""
+        recall = self.per_class_accuracy
+        return float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan")
+
     def to_json(self) -> dict[str, float | int | None]:
-        return {"top1": self.top1, "top5": self.top5, "n": self.n, **(self.trust or {})}
+        return {"top1": self.top1, "top5": self.top5, "n": self.n, "balanced_top1": self.balanced_top1,
+                **(self.trust or {})}
 
 
 class SplitScores(nn.Module):

@@ -43,7 +43,8 @@ warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+
 
 
 class CarClassifier(L.LightningModule):
-    """Wraps any registry model; ``info`` is written into every checkpoint so it can be rebuilt without the config."""
+    """Wraps any registry model; ``info`` is written into every checkpoint so it can be rebuilt without the config.
+    ``class_weights``: the training loss's (`carspotter.data.balance.loss_weights`), None for an unweighted loss."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class CarClassifier(L.LightningModule):
         *,
         batch_transform: nn.Module | None = None,
         channels_last: bool = False,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -69,7 +71,8 @@ class CarClassifier(L.LightningModule):
             self.model.compile()  # in place: the state_dict keys (and so the checkpoints) stay as they are
         self.cfg = cfg
         self.info = info
-        self.criterion = build_loss(cfg)
+        self.criterion = build_loss(cfg, class_weights)  # training: weighted by class with data.class_balance loss
+        self.val_criterion = build_loss(cfg)  # val/loss: every photo counts the same, as in the test's loss
         n = info.num_classes
         self.batch_mixing = build_batch_mixing(cfg.data, n)
         self.train_top1 = MulticlassAccuracy(num_classes=n, average="micro")
@@ -146,7 +149,7 @@ class CarClassifier(L.LightningModule):
         logits = self.eval_model(x)
         self.val_top1(logits, y)
         self.val_top5(logits, y)
-        loss = self.criterion(logits, y)
+        loss = self.val_criterion(logits, y)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)  # DDP: mean
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("val/top5", self.val_top5, on_epoch=True, batch_size=len(y))

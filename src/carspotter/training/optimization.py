@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 import torch.optim as optim
 from torch.optim import lr_scheduler
@@ -11,8 +12,16 @@ from torch.optim import lr_scheduler
 from carspotter.config import RUN_SCHEDULES, Config
 
 
-def build_loss(cfg: Config) -> nn.Module:
-    return getattr(nn, cfg.loss.name)(**cfg.loss.params)
+def build_loss(cfg: Config, class_weights: torch.Tensor | None = None) -> nn.Module:
+    """The configured loss; ``class_weights`` (``data.class_balance: loss``) weight a CrossEntropyLoss's classes.
+
+    The weights come from the training split each time a run starts or resumes, so they are kept out of checkpoints
+    (a buffer that is not persistent): a checkpoint is the model, whatever it was trained with."""
+    loss = getattr(nn, cfg.loss.name)(**cfg.loss.params)
+    if class_weights is not None:
+        del loss.weight
+        loss.register_buffer("weight", class_weights, persistent=False)
+    return loss
 
 
 def per_step_weight_decay(cfg: Config, total_steps: int) -> float | None:

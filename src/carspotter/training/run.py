@@ -213,6 +213,7 @@ def train(
         run_checkpoint_info(cfg, datamodule, run_dir),
         batch_transform=getattr(datamodule, "batch_transform", None),
         channels_last=runtime.channels_last,
+        class_weights=datamodule.train_loss_weights(),
     )
     loggers = build_loggers(cfg, run_dir) if rank_zero else []
     log_run_start(loggers, cfg, count_parameters(model), run_dir)
@@ -220,6 +221,7 @@ def train(
     trainer = build_trainer(cfg, runtime, run_dir, callbacks, loggers, progress)
     if rank_zero:
         log.info("run folder: %s (%s)", run_dir, runtime.why)
+        log.info("%s", datamodule.describe_balance())
     fit(trainer, module, datamodule, run_dir, ckpt_path=None if resume is None else RunDir(run_dir).last_ckpt)
     if not trainer.is_global_zero:
         return RunResult(run_dir=run_dir, summary={}, rank_zero=False)
@@ -444,6 +446,7 @@ def summarise(
         "best_train_top1": max((float(r["train_top1"]) for r in rows if r.get("train_top1")), default=None),
         "test_top1": test.top1 if test else None,
         "test_top5": test.top5 if test else None,
+        "test_balanced_top1": test.balanced_top1 if test else None,
         "test_loss": test.loss if test else None,
         "test_n": test.n if test else None,
         "validated_on_test": cfg.data.validate_on_test,
