@@ -37,18 +37,15 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from real_accuracy import ROOT, load, machine, prepared, train
+from subsets import subset
 
-from carspotter.data.prepared import MANIFEST, load_prepared
-from carspotter.formats.files import sha256_file
+from carspotter.data.prepared import load_prepared
 from carspotter.formats.run_dir import METRICS_FILE, read_epoch_metrics
 
 RECIPE = ROOT / "configs" / "stanford_ghostnet.yaml"
@@ -58,44 +55,6 @@ VARIANTS = {  # the reference first
     "power-0.5": ["optimizer.weight_decay_scaling.power=0.5"],  # the AdamW paper's normalised decay
 }
 SIZES = ("all", "half-classes", "half-photos")
-
-
-def subset(src: Path, out: Path, *, every_other_class: bool = False, photo_fraction: float | None = None) -> Path:
-    """A prepared folder of a part of ``src``: its CSVs filtered (classes renumbered 0..n-1), its images linked."""
-    if (out / MANIFEST).is_file():
-        return out
-    ds = load_prepared(src)
-    kept = list(range(0, ds.num_classes, 2)) if every_other_class else list(range(ds.num_classes))
-    new_id = {old: new for new, old in enumerate(kept)}
-    train = ds.train[ds.train["class_id"].isin(kept)]
-    if photo_fraction is not None:
-        rng = np.random.default_rng(0)
-        parts = []
-        for _, rows in train.groupby("class_id", sort=True):
-            n = max(2, math.ceil(photo_fraction * len(rows)))
-            parts.append(rows.iloc[np.sort(rng.permutation(len(rows))[:n])])
-        train = pd.concat(parts)
-    test = ds.test[ds.test["class_id"].isin(kept)]
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for split in ("train", "test"):
-        (out / split).symlink_to((src / split).resolve(), target_is_directory=True)
-    pd.DataFrame({"class_id": range(len(kept)), "class_name": [ds.classes[i] for i in kept]}).to_csv(
-        out / "classes.csv", index=False
-    )
-    for split, frame in (("train", train), ("test", test)):
-        frame.assign(class_id=frame["class_id"].map(new_id)).to_csv(out / f"{split}.csv", index=False)
-    manifest = {
-        **ds.manifest,
-        "counts": {"train": len(train), "test": len(test)},
-        "num_classes": len(kept),
-        "checksums": {name: sha256_file(out / name) for name in ("classes.csv", "train.csv", "test.csv")},
-        "subset_of": str(src.resolve()),
-        "subset": {"every_other_class": every_other_class, "photo_fraction": photo_fraction},
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
 
 
 def held_out(summary: dict, run_dir: Path, n_held: int) -> dict:
@@ -192,9 +151,10 @@ def main() -> None:
         "variants": variants,
     }
     base = prepared(args.data, args.workdir)
+    every_other = list(range(0, load_prepared(base).num_classes, 2))
     folders = {
         "all": base,
-        "half-classes": subset(base, args.workdir / "half-classes", every_other_class=True),
+        "half-classes": subset(base, args.workdir / "half-classes", classes=every_other),
         "half-photos": subset(base, args.workdir / "half-photos", photo_fraction=0.5),
     }
     if args.sample is not None:
