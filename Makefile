@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock demo test test-fast lint clean
+.PHONY: install lock demo test test-fast docs lint clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock src/carspotter/serve/web/package-lock
 # Refresh requirements.lock: resolve pyproject.toml (with [test]) afresh, newest versions allowed; installs nothing.
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report .lock-report.json '.[test]'
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report .lock-report.json '.[test,docs]'
 	$(BIN)/python -c "import json; r = json.load(open('.lock-report.json')); \
 	pins = sorted(f\"{i['metadata']['name']}=={i['metadata']['version']}\" for i in r['install'] \
 	              if i['metadata']['name'].lower() != 'carspotter'); \
@@ -42,8 +42,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
+# The documentation site (docs/, mkdocs.yml) into site/: open site/index.html, no server or network needed.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out .pytest_cache site

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import types
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,8 +55,10 @@ def transform_names() -> list[str]:
 class Transform(_Section):
     """One augmentation from ``torchvision.transforms.v2``, by class name, with its keyword arguments."""
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="a `torchvision.transforms.v2` class name, e.g. `RandomAffine`")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the class's keyword arguments, e.g. `{degrees: 25}`"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -85,29 +89,76 @@ MIN_IMAGE_SIZE = 8  # smaller inputs vanish in the networks' strided stages
 
 
 class DataConfig(_Section):
-    path: Path = Path("data/stanford")
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
-    grayscale: bool = False
-    normalize: bool = True
-    mean: tuple[float, ...] | None = None  # None: the thesis's statistics for RGB or grayscale
-    std: tuple[float, ...] | None = None
-    crop_to_bbox: bool = False
-    erase_background: bool = False
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    validate_on_test: bool = False
-    num_workers: int = Field(2, ge=0)
-    # classic: per-image PIL decode + transforms in DataLoader workers; fast: decoded-image cache + batched
-    # augmentation on the device (data/fast.py); auto: fast unless an augmentation has no batched equivalent
-    pipeline: Literal["classic", "fast", "auto"] = "auto"
-    cache_dir: Path | None = None  # decoded-image cache of the fast pipeline; None: <data.path>/.cache
-    image_augmentations: list[Transform] = Field(default_factory=list)
-    tensor_augmentations: list[Transform] = Field(default_factory=list)
-    # Whole-batch mixing of training images and labels (torchvision.transforms.v2 MixUp / CutMix, num_classes from the
-    # data); with several entries one of them is drawn per batch. Runs on the training device in both pipelines.
-    batch_augmentations: list[Transform] = Field(default_factory=list)
-    # Unbalanced classes (data/balance.py): sampler draws every class equally often each epoch; loss weights the
-    # cross-entropy by 1 / class frequency (mean 1); none: neither.
-    class_balance: Literal["none", "sampler", "loss"] = "none"
+    path: Path = Field(Path("data/stanford"), description="prepared dataset folder")
+    image_size: tuple[int, int] = Field(
+        DEFAULT_IMAGE_SIZE,
+        description="input height, width (an int means square); images are resized to it, aspect ratio not kept "
+        "(the thesis's rule)",
+    )
+    grayscale: bool = Field(False, description="1-channel input")
+    normalize: bool = Field(
+        True, description="per-channel normalisation with `data.mean` and `data.std` (`carspotter stats` computes them)"
+    )
+    mean: tuple[float, ...] | None = Field(
+        None,
+        description="the per-channel means of the normalisation, one per input channel; `null`: the thesis's "
+        "statistics for RGB or grayscale",
+    )
+    std: tuple[float, ...] | None = Field(
+        None,
+        description="the per-channel standard deviations of the normalisation, one per input channel; `null`: the "
+        "thesis's statistics for RGB or grayscale",
+    )
+    crop_to_bbox: bool = Field(
+        False,
+        description="training images cropped to the car's box (looked up by file name; a box is clipped to the "
+        "image, and one with nothing left inside it means the whole image, as `prepare` writes it); an alternative "
+        "to `data.erase_background`",
+    )
+    erase_background: bool = Field(
+        False,
+        description="training images keep their frame; everything outside the box is painted white (an alternative "
+        "to `data.crop_to_bbox`)",
+    )
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="validation split carved from train, stratified and seeded"
+    )
+    validate_on_test: bool = Field(False, description="the thesis's protocol: select on the test split (optimistic)")
+    num_workers: int = Field(
+        2, ge=0, description="DataLoader worker processes (the fast pipeline: threads that build its cache)"
+    )
+    pipeline: Literal["classic", "fast", "auto"] = Field(
+        "auto",
+        description="`fast`: decoded-image cache + per-sample batched augmentation on the training device (see Fast "
+        "training); `classic`: per-image PIL decode and transforms in DataLoader workers; `auto`: fast, except (with "
+        "a warning) when an augmentation has no batched equivalent or the cache folder is not writable",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="where the fast pipeline's decoded-image cache goes; `null`: `<data.path>/.cache`",
+    )
+    image_augmentations: list[Transform] = Field(
+        default_factory=list,
+        description="ordered list of `torchvision.transforms.v2` classes with parameters, e.g. "
+        "`- RandomAffine: {degrees: 25}`, applied to the resized image",
+    )
+    tensor_augmentations: list[Transform] = Field(
+        default_factory=list,
+        description="the same as `data.image_augmentations`, applied to the normalised tensor (e.g. `RandomErasing`)",
+    )
+    batch_augmentations: list[Transform] = Field(
+        default_factory=list,
+        description="whole-batch mixing of training images and labels: `- MixUp: {alpha: 0.2}`, "
+        "`- CutMix: {alpha: 1.0}` (torchvision v2's own classes, on the training device in both pipelines; with "
+        "both, one is drawn per batch; `num_classes` comes from the data)",
+    )
+    class_balance: Literal["none", "sampler", "loss"] = Field(
+        "none",
+        description="how unbalanced classes are trained: `none`: the photos as they are; `sampler`: each epoch draws "
+        "every class equally often (with replacement, torch's `WeightedRandomSampler`; resumable); `loss`: "
+        "cross-entropy weighted by 1 / class frequency, normalised to mean 1 (needs `loss.name: CrossEntropyLoss` "
+        "without a `weight` in `loss.params`)",
+    )
 
     @field_validator("batch_augmentations", mode="after")
     @classmethod
@@ -155,10 +206,17 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "ghostnet_thesis"
-    args: dict[str, Any] = Field(default_factory=dict)
-    # a weights file (state dict, .safetensors, carspotter checkpoint) or hf-hub:OWNER/NAME (models/hub.py)
-    pretrained: str | None = None
+    name: str = Field("ghostnet_thesis", description="a registered model (`carspotter models`) or `timm/<name>`")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the model's arguments, e.g. `{drop_rate: 0.2}` (`num_classes` and `in_chans` come from the data)",
+    )
+    pretrained: str | None = Field(
+        None,
+        description="weights to start from: a local carspotter checkpoint, a timm/torchvision state dict "
+        "(`.safetensors` too), or `hf-hub:OWNER/NAME` (fetched into the Hugging Face cache); the classifier starts "
+        "fresh when the classes differ; `null`: random initialisation",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
@@ -178,8 +236,10 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: str = "CrossEntropyLoss"
-    params: dict[str, Any] = Field(default_factory=lambda: {"label_smoothing": 0.1})
+    name: str = Field("CrossEntropyLoss", description="any `torch.nn` loss, by class name")
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"label_smoothing": 0.1}, description="the loss's keyword arguments"
+    )
 
     @model_validator(mode="after")
     def _known(self) -> LossConfig:
@@ -199,19 +259,45 @@ class WeightDecayScaling(_Section):
     power 1: every run decays as much in all (lr x weight_decay x steps constant); 0.5: the AdamW paper's normalised
     weight decay (Loshchilov & Hutter: proportional to sqrt(batch / (photos x epochs))); 0: no scaling."""
 
-    reference_steps: int = Field(gt=0)
-    power: float = Field(1.0, ge=0.0, le=1.0)
+    reference_steps: int = Field(
+        gt=0,
+        description="N: the number of optimizer steps of the run for which `optimizer.params.weight_decay` is the "
+        "per-step decay",
+    )
+    power: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="P: a run of S steps uses `params.weight_decay` × (N / S)^P; 1: every run decays as much in all "
+        "(lr × weight_decay × steps constant); 0.5: the AdamW paper's normalised weight decay (Loshchilov & Hutter); "
+        "0: no scaling",
+    )
 
 
 class OptimizerConfig(_Section):
-    name: str = "AdamW"
-    params: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-3, "weight_decay": 0.6})
-    backbone_lr: float | None = Field(None, gt=0.0)  # None: one lr for all; else the backbone's (params.lr: the head's)
-    # false: no weight decay on biases and normalisation weights (every parameter with fewer than 2 dimensions)
-    weight_decay_norm_and_bias: bool = True
-    # params.weight_decay as the per-step decay of a run of reference_steps optimizer steps, scaled to each run's own
-    # step count (training/optimization.py: per_step_weight_decay); null: the same per-step value for every run
-    weight_decay_scaling: WeightDecayScaling | None = None
+    name: str = Field("AdamW", description="any `torch.optim` optimizer, by class name")
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": 1e-3, "weight_decay": 0.6},
+        description="the optimizer's keyword arguments (`lr`, `weight_decay`, ...)",
+    )
+    backbone_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="fine-tuning: the backbone's learning rate (everything but `get_classifier()`); `params.lr` is "
+        "then the classifier's; `null`: one learning rate for all",
+    )
+    weight_decay_norm_and_bias: bool = Field(
+        True,
+        description="`false`: no weight decay on biases and normalisation weights (every parameter with fewer than 2 "
+        "dimensions)",
+    )
+    weight_decay_scaling: WeightDecayScaling | None = Field(
+        None,
+        description="`{reference_steps: N, power: P}`: `params.weight_decay` is the per-step decay of a run of N "
+        "optimiser steps; a run of S steps uses it × (N / S)^P (P 1: the same decay in all; 0.5: the AdamW paper's "
+        "normalised decay; the recommended recipe: 1.2 at 7,440 steps, P 0.5); `null`: the same per-step value for "
+        "every run",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> OptimizerConfig:
@@ -242,10 +328,27 @@ RUN_SCHEDULES: dict[str, dict[str, Any]] = {
 class SchedulerConfig(_Section):
     """``cosine`` / ``step``: carspotter's run-scaled schedules; or any ``torch.optim.lr_scheduler`` class by name."""
 
-    name: str | None = "MultiStepLR"  # None: constant learning rate
-    params: dict[str, Any] = Field(default_factory=lambda: {"milestones": [67, 82, 95, 107], "gamma": 0.1})
-    interval: Literal["epoch", "step"] = "epoch"  # torch classes only; cosine and step are always stepped per batch
-    monitor: str = "val/loss"  # only ReduceLROnPlateau reads it
+    name: str | None = Field(
+        "MultiStepLR",
+        description="`cosine` or `step`: carspotter's schedules that scale with the run, stepped every batch and laid "
+        "out over `trainer.max_epochs` (so `--set trainer.max_epochs=N` keeps the shape; a `--resume` that raises it "
+        "continues on the longer schedule), built from torch's `LinearLR`, `CosineAnnealingLR`, `MultiStepLR` and "
+        "`SequentialLR`; or any `torch.optim.lr_scheduler` class taking plain values (`MultiStepLR`, "
+        "`ReduceLROnPlateau`, ...; their epochs are absolute); or `null`: a constant learning rate. Lambda schedulers "
+        "are not offered (no `eval` of strings)",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"milestones": [67, 82, 95, 107], "gamma": 0.1},
+        description="the schedule's parameters (the default: the thesis's milestones); `cosine`: "
+        "`{warmup: 0.05, final_lr: 0.01}`, linear warm-up over that fraction of the run, then cosine down to "
+        "`final_lr` × the base lr; `step`: `{warmup: 0, milestones: [0.5, 0.75], gamma: 0.1}`, decay by `gamma` at "
+        "those fractions of the run; a torch class: its keyword arguments",
+    )
+    interval: Literal["epoch", "step"] = Field(
+        "epoch",
+        description="torch classes: step per epoch or per batch; `cosine` and `step` are always stepped per batch",
+    )
+    monitor: str = Field("val/loss", description="the metric `ReduceLROnPlateau` watches (no other scheduler reads it)")
 
     @model_validator(mode="after")
     def _known(self) -> SchedulerConfig:
@@ -303,46 +406,101 @@ def scheduler_names() -> list[str]:
 
 
 class EarlyStoppingConfig(_Section):
-    monitor: Literal["val/loss", "val/top1"] = "val/top1"
-    patience: int = Field(15, ge=1)
-    min_delta: float = 0.0
+    monitor: Literal["val/loss", "val/top1"] = Field(
+        "val/top1", description="the metric watched: `val/top1` (higher is better) or `val/loss` (lower is better)"
+    )
+    patience: int = Field(15, ge=1, description="epochs without improvement of `monitor` before training stops")
+    min_delta: float = Field(0.0, description="the smallest change of `monitor` that counts as an improvement")
 
 
 class EmaConfig(_Section):
     """An exponential moving average of the weights (timm's ModelEmaV3); validated, selected and saved when on."""
 
-    decay: float = Field(0.9998, gt=0.0, lt=1.0)
-    # timm's warm-up: the effective decay is min(decay, 1 - (1 + step)^-2/3), so short runs average over fewer steps
-    warmup: bool = True
+    decay: float = Field(
+        0.9998, gt=0.0, lt=1.0, description="the average's decay per optimizer step (the weight of the old average)"
+    )
+    warmup: bool = Field(
+        True,
+        description="timm's warm-up: the effective decay is min(decay, 1 − (1 + step)^−2/3), so short runs average "
+        "over fewer steps",
+    )
 
 
 class TrainerConfig(_Section):
-    max_epochs: int = Field(200, ge=1)
-    batch_size: int = Field(64, ge=1)
-    seed: int = 42
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
-    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"  # Apple's mps: never tested here, so not offered
-    devices: int | str = 1
-    num_nodes: int = Field(1, ge=1)  # multi-node DDP: every node runs the same command (see README)
-    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"  # ddp: tested on CPU (fsdp: untested)
-    early_stopping: EarlyStoppingConfig | None = None
-    limit_train_batches: int | float | None = None
-    limit_val_batches: int | float | None = None
-    gradient_clip_val: float | None = None
-    compile: bool = False  # torch.compile the model (training and validation)
-    channels_last: bool | Literal["auto"] = "auto"  # auto: on with CUDA or the fast pipeline
-    freeze_backbone_epochs: int = Field(0, ge=0)  # fine-tuning: train only the classifier for the first K epochs
-    ema: EmaConfig | None = None  # null: no weight averaging
-    # Which weights become best.ckpt (and are tested): best_val = the epoch with the highest val/top1; last = the
-    # final epoch, the sound choice after a schedule that decays to (near) zero, above all with EMA on small data.
-    select: Literal["best_val", "last"] = "best_val"
+    max_epochs: int = Field(
+        200, ge=1, description="training epochs (the run-scaled schedules `cosine` and `step` are laid out over them)"
+    )
+    batch_size: int = Field(64, ge=1, description="photos per training batch (per process under DDP)")
+    seed: int = Field(42, description="makes runs and the validation split repeatable")
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto",
+        description="`auto`: `bf16-mixed` on a GPU, `32-true` on a CPU (bf16 autocast learned worse there: see "
+        "Recognising real cars)",
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
+        "auto", description="passed to Lightning; Apple's `mps` is not offered (never tested)"
+    )
+    devices: int | str = Field(1, description="passed to Lightning: how many devices, or which ones")
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="multi-node DDP: every node runs the same command (see Several GPUs and machines)",
+    )
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = Field(
+        "auto",
+        description="multi-GPU / multi-node: `ddp` (see Several GPUs and machines); FSDP is not offered (never "
+        "tested, and these models fit one device)",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None,
+        description="`{monitor: val/top1, patience: 15, min_delta: 0}` to stop early; `null`: train all "
+        "`trainer.max_epochs`",
+    )
+    limit_train_batches: int | float | None = Field(
+        None,
+        description="shrink training epochs (tests, smoke runs): a number of batches (int) or a fraction (float), "
+        "passed to Lightning; `null`: whole epochs",
+    )
+    limit_val_batches: int | float | None = Field(
+        None,
+        description="shrink validation epochs (tests, smoke runs), like `trainer.limit_train_batches`",
+    )
+    gradient_clip_val: float | None = Field(
+        None,
+        description="clip the gradients' norm to this value (Lightning's `gradient_clip_val`); `null`: no clipping",
+    )
+    compile: bool = Field(False, description="`torch.compile` the model (training and validation)")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="channels_last memory layout; `auto`: on with CUDA or the fast pipeline"
+    )
+    freeze_backbone_epochs: int = Field(
+        0,
+        ge=0,
+        description="fine-tuning: train only the classifier for the first K epochs (backbone without gradient, its "
+        "BatchNorm in eval mode)",
+    )
+    ema: EmaConfig | None = Field(
+        None,
+        description="`{decay: 0.9998, warmup: true}`: an exponential moving average of the weights (timm's "
+        "`ModelEmaV3`). Validation, `best.ckpt`, the test score, `evaluate`, `predict` and `export` all use the "
+        "averaged weights; the trained ones travel in the checkpoint for `--resume`; `null`: no weight averaging",
+    )
+    select: Literal["best_val", "last"] = Field(
+        "best_val",
+        description="which epoch becomes `best.ckpt` (and is tested): `best_val`, the highest val top-1; `last`, the "
+        "final epoch (sound after a schedule that decays to near zero, above all with EMA on small validation "
+        "splits). `summary.json`'s `selected_by` says which rule chose",
+    )
 
 
 class OutputConfig(_Section):
-    runs_dir: Path = Path("runs")
-    run_name: str | None = None  # default: <model>-<timestamp>; an existing folder is never overwritten
-    tags: list[str] = Field(default_factory=list)
-    description: str = ""
+    runs_dir: Path = Field(Path("runs"), description="where the run folders go")
+    run_name: str | None = Field(
+        None,
+        description="the run folder's name; `null`: `<model>-<timestamp>`; an existing folder is never overwritten",
+    )
+    tags: list[str] = Field(default_factory=list, description="recorded in the summary and the trackers")
+    description: str = Field("", description="free text, recorded in the summary and the trackers")
 
 
 LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "wandb")
@@ -351,9 +509,15 @@ LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "wandb")
 class LoggingConfig(_Section):
     """Where a run's metrics go besides its folder; ``csv`` (``metrics.csv``) is always written."""
 
-    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["csv", "mlflow"])
-    tracking_uri: str | None = None  # MLflow; None: sqlite:///<runs_dir>/mlflow.db, artifacts in <runs_dir>/mlartifacts
-    experiment: str = "carspotter"  # MLflow experiment / W&B project
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["csv", "mlflow"],
+        description="any of `csv` (`metrics.csv`, always on), `mlflow`, `tensorboard`, `wandb`",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow store; `null`: `sqlite:///<runs_dir>/mlflow.db`, artifacts in `<runs_dir>/mlartifacts`",
+    )
+    experiment: str = Field("carspotter", description="MLflow experiment / W&B project")
 
     @field_validator("loggers", mode="after")
     @classmethod
@@ -362,14 +526,28 @@ class LoggingConfig(_Section):
 
 
 class Config(_Section):
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="the prepared dataset and how its photos become batches: input size, normalisation, "
+        "augmentation, pipeline, class balance",
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="the architecture, its arguments and the weights it starts from"
+    )
+    loss: LossConfig = Field(default_factory=LossConfig, description="the training loss")
+    optimizer: OptimizerConfig = Field(
+        default_factory=OptimizerConfig, description="the optimizer, its learning rates and weight decay"
+    )
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="the learning-rate schedule")
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig,
+        description="the training loop: epochs, batch size, seed, devices, precision, weight averaging and which "
+        "epoch is kept",
+    )
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where the run folder goes and its labels")
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="where a run's metrics go besides its folder"
+    )
 
     @model_validator(mode="after")
     def _balanced_loss(self) -> Config:
@@ -536,3 +714,98 @@ def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# The configuration reference, generated from the models above (each field's `description`), for the documentation.
+
+
+def reference_markdown() -> str:
+    """The configuration reference as Markdown, generated from `Config`: one ``## <section>`` heading per top-level
+    section, its description, and a table of its keys (full dotted names; a nested section such as ``trainer.ema``
+    has a row of its own and one per key inside it) with each key's type, default and description."""
+    out: list[str] = []
+    for section, field in Config.model_fields.items():
+        model = _section_model(field.annotation)
+        if model is None:
+            raise TypeError(f"Config.{section} is not a section model")
+        out += [f"## {section}", "", field.description or "", "", "| key | type | default | description |"]
+        out += ["|---|---|---|---|", *_reference_rows(section, model), ""]
+    return "\n".join(out)
+
+
+def _reference_rows(prefix: str, model: type[BaseModel]) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}"
+        default = "required" if field.is_required() else f"`{_yaml_text(field.get_default(call_default_factory=True))}`"
+        cells = [f"`{key}`", _type_text(field.annotation), default, field.description or ""]
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        nested = _section_model(field.annotation)
+        if nested is not None:
+            rows += _reference_rows(key, nested)
+    return rows
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a field typed ``Model`` or ``Model | None``; None for anything else (lists included)."""
+    candidates = get_args(annotation) if _is_union(annotation) else (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType)
+
+
+def _type_text(annotation: Any) -> str:
+    """A reader's name for a field's type: ``int``, ``path``, ``[int, int]``, ``a | b`` (a Literal), ``... or null``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if _is_union(annotation):
+        names = [_type_text(a) for a in args if a is not type(None)]
+        return " or ".join([*names, "null"] if type(None) in args else names)
+    if origin is Literal:
+        return " | ".join(_yaml_text(a) for a in args)
+    if origin is tuple:
+        return "[" + ", ".join("..." if a is Ellipsis else _type_text(a) for a in args) + "]"
+    if origin is list:
+        if args and args[0] is Transform:
+            return "list of transforms"
+        item = _type_text(args[0]) if args else "any"
+        if item == "any":
+            return "list"
+        return f"list of ({item})" if " " in item else f"list of {item}s"
+    if origin is dict or annotation is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    names = {str: "string", int: "int", float: "float", bool: "bool", Path: "path"}
+    return names.get(annotation, "any") if isinstance(annotation, type) else "any"
+
+
+def _yaml_text(value: Any) -> str:
+    """``value`` as YAML flow text: ``null``, ``true``, ``[227, 227]``, ``{label_smoothing: 0.1}``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_yaml_text(k)}: {_yaml_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    text = str(value)
+    try:
+        plain = yaml.safe_load(text) == text and not any(c in text for c in ",[]{}#&*!|>'\"%@`")
+    except yaml.YAMLError:
+        plain = False
+    return text if plain and text == text.strip() else json.dumps(text)
+
+
+def _cell(text: str) -> str:
+    """One Markdown table cell: on one line, ``|`` escaped."""
+    return " ".join(text.split()).replace("|", "\\|")

@@ -3,21 +3,59 @@ for a `UserError`, exit 2)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import shutil
 import sys
 import warnings
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from carspotter.defaults import DEFAULT_IMAGE_SIZE
 from carspotter.errors import UserError
 
+if TYPE_CHECKING:
+    from typer._click import Command, HelpFormatter  # the click that typer bundles
+
+
+def summary(command: Command) -> str:
+    """A command's one-line summary: the first paragraph of its help, on one line."""
+    paragraph = inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0]
+    return " ".join(paragraph.split())
+
+
+class _Group(TyperGroup):
+    """Help as wide as the terminal (COLUMNS, else the terminal's width; 80 for a pipe), up to 120 columns; click's own
+    cap is 80, and its test runner forces 80 whatever COLUMNS says. The top-level help lists each command with its
+    whole summary (click cuts it short with "...")."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        if parent is None:  # the subcommands' contexts inherit it
+            extra.setdefault("terminal_width", max(min(shutil.get_terminal_size().columns, 120) - 2, 50))
+        return super().make_context(info_name, args, parent, **extra)
+
+    def format_commands(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [(name, summary(command)) for name, command in commands if command and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# Plain click help (`rich_markup_mode=None`), not typer's Rich panels: at 80 columns those cut option names short
+# ("--embed-prepro…": a seven-column table whose unbreakable names Rich shrinks with the rest when the row is too
+# wide), show every flag's type ("<bool>"), and read help text as Rich markup (a "[default: ...]" in it vanished).
+# Click's formatter never cuts a name: it wraps the help beside it, or starts it on the next line.
 app = typer.Typer(
     name="carspotter",
     help="Train, compare and ship small, fast car make/model/year recognisers.",
+    cls=_Group,
+    rich_markup_mode=None,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -19,7 +19,13 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set trainer.max_epochs=2")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its folder.")] = None,
 ) -> None:
-    """Train a model; writes a run folder with checkpoints, metrics.csv and summary.json."""
+    """Train a model; writes a run folder with checkpoints, metrics.csv and summary.json.
+
+    --resume RUN_DIR continues an interrupted run (Ctrl-C, kill -9, a crash) from its last.ckpt: an epoch cut short is
+    re-done from its start, and with the same trainer.max_epochs the result equals the uninterrupted run (each
+    epoch's order, augmentation and dropout are drawn from (seed, epoch) alone). With --resume, --set may change only
+    trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches and data.num_workers.
+    """
     from carspotter.config import load_config
     from carspotter.formats.run_dir import load_run_config
     from carspotter.training.run import TrainingInterrupted

@@ -12,7 +12,10 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,6 +210,9 @@ def write_profiles(profiles: Sequence[ModelProfile], out_dir: str | Path, stem: 
         writer.writerows(rows)
     payload = {
         "machine": machine_description(profiles[0].threads),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "command": shlex.join(["carspotter", *sys.argv[1:]]),
         "latency": "CPU, batch 1, median ms",
         "models": rows,
     }

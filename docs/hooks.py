@@ -1,0 +1,264 @@
+"""MkDocs hook: the parts of the documentation that are generated, not written twice.
+
+A page asks for them with a marker on a line of its own:
+
+- ``<!-- include: PATH -->``: a Markdown file of the repository (README.md, benchmarks/README.md), its links mended
+  for the site (``docs/X.md`` → ``X.md``; links to other repository files become code spans);
+- ``<!-- generated: configuration -->``: every config key with its type, default and description
+  (`carspotter.config.reference_markdown`, from the pydantic models);
+- ``<!-- generated: commands -->``: every command with its options (`carspotter.cli.reference.markdown`, from the
+  typer app);
+- ``<!-- results: NAME -->``: a table rendered from ``benchmarks/results/``, the files the benchmark scripts write
+  (machine, date and command inside), with a "reproduce by" line under it. NAME is a key of `RESULTS`.
+
+The README keeps its headline results between ``<!-- results: headline -->`` and ``<!-- /results -->``, rendered
+from the same files: ``python docs/hooks.py`` rewrites that block, and ``tests/test_docs.py`` fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+MARKER = re.compile(r"^<!-- (include|generated|results): ([\w./-]+) -->$", re.MULTILINE)
+README_BLOCK = re.compile(r"(<!-- results: headline -->\n)(.*?)(<!-- /results -->)", re.DOTALL)
+LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS_DIR / name).read_text())
+
+
+def provenance(record: dict[str, Any], name: str) -> str:
+    """The line under a table: the machine, the date and load, the command, and the file it came from."""
+    machine = record.get("machine", {})
+    where = f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores" + (
+        f", {machine['gpu']}" if machine.get("gpu") else ", no GPU"
+    )
+    load_ = f"load {record['load_before']} → {record['load_after']}" if "load_after" in record else ""
+    return (
+        f"*{where}; {record.get('date', '?')}; {load_}. Reproduce by: `{record['command']}`; every figure and the "
+        f"command of every run in `benchmarks/results/{name}`.*"
+    )
+
+
+def table(header: list[str], rows: list[list[str]], right_from: int = 1, right_to: int | None = None) -> str:
+    """A Markdown table; columns right_from..right_to (numbers) are right-aligned."""
+    right_to = len(header) if right_to is None else right_to
+    align = ["---:" if right_from <= i < right_to else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def real_accuracy(name: str) -> str:
+    record = load(name)
+    rows = []
+    for run_name, run in record["runs"].items():
+        recipe = run_name.split("@")[0]
+        rows.append([
+            f"{recipe} (seed {run_name.split('@')[1]})" if "@" in run_name else recipe,
+            f"{run['image_size'][0]} px, {run['epochs_run']} epochs",
+            f"{pct(run['test_top1'])} ({pct(run['test_top5'])})",
+            f"epoch {run['best_epoch']}, {run['selected_by']}",
+            f"{run['minutes']}",
+        ])  # fmt: skip
+    header = ["recipe", "budget", f"test top-1 (top-5), n = {next(iter(record['runs'].values()))['test_n']:,}",
+              "checkpoint", "minutes"]  # fmt: skip
+    return table(header, rows, right_from=2) + "\n\n" + provenance(record, name)
+
+
+def trust(*names: str) -> str:
+    rows, notes = [], []
+    for name in names:
+        record = load(name)
+        t = record["test"]
+        size = record.get("training", {}).get("image_size", ["?"])[0]
+        epochs = record.get("training", {}).get("epochs_run", "?")
+        rows.append([
+            f"{size} px, {epochs} epochs", pct(t["top1"]), pct(t["make_top1"]), pct(t["model_top1"]),
+            pct(t["balanced_top1"]), f"{t['ece_uncalibrated']:.3f} → {t['ece']:.3f} (T {t['temperature']:.2f})",
+            f"{t['min_confidence']:.2f}: {pct(t['coverage'])}", pct(t["answered_top1"]),
+        ])  # fmt: skip
+        notes.append(provenance(record, name))
+    header = ["model", "test top-1", "make top-1", "model top-1 (any year)", "balanced top-1", "ECE before → after",
+              "threshold: photos answered", "their top-1"]  # fmt: skip
+    return table(header, rows) + "\n\n" + "\n\n".join(notes)
+
+
+def size_screen(name: str = "size_screen.json") -> str:
+    record = load(name)
+    rows = []
+    for size, variants in record["results"].items():
+        for i, (variant, r) in enumerate(variants.items()):
+            se = f" ± {100 * r['held_out_se']:.1f}" if i == 0 else ""
+            chosen = record["decision"].get(variant) == "adopted" if isinstance(record["decision"], dict) else False
+            label = f"**{variant}**" if chosen else variant
+            rows.append([
+                f"{size} ({r['train_photos']:,}, {r['held_out_n']})" if i == 0 else "", label,
+                f"{r['weight_decay_per_step']:.2f}", f"{pct(r['held_out_top1'])}{se}", pct(r["held_out_last10_mean"]),
+                pct(r["train_top1_last_epoch"], 0),
+            ])  # fmt: skip
+    header = ["size (training photos, held out)", "variant", "decay per step", "held-out top-1 (± s.e.)",
+              "mean of last 10 epochs", "train top-1 at the end"]  # fmt: skip
+    verdict = "; ".join(f"{k}: {v}" for k, v in record["decision"].items())
+    return table(header, rows, right_from=2) + f"\n\nVerdict by the rule: {verdict}.\n\n" + provenance(record, name)
+
+
+def own_streets(name: str = "own_streets_odd98.json") -> str:
+    if not (RESULTS_DIR / name).is_file():
+        return f"*Not measured yet: `python benchmarks/own_streets.py --data ../shared/stanford_cars/odd98` writes " \
+               f"`benchmarks/results/{name}`.*"  # fmt: skip
+    record = load(name)
+    parts = []
+    enrol = record.get("enrol")
+    if enrol:
+        n_new, n_all = len(enrol["new_classes"]), enrol["num_classes"]
+        rows = [[f"the {n_all - n_new}-class model, before", "–", pct(enrol["base"]["old_top1"]),
+                 f"{enrol['base']['minutes']} min (training)"]]  # fmt: skip
+        rows += [[f"enrolled from {shots} photo(s) per new class", pct(e["new_top1"]), pct(e["old_top1"]),
+                  f"{e['seconds']:.0f} s"] for shots, e in enrol["enrolled"].items()]  # fmt: skip
+        f = enrol["finetune"]
+        rows.append([f"fine-tuned on every class's training photos, {f['epochs']} epochs", pct(f["new_top1"]),
+                     pct(f["old_top1"]), f"{f['minutes']} min"])  # fmt: skip
+        header = [f"{n_new} new classes added to a {n_all - n_new}-class model (chance {pct(enrol['chance'])})",
+                  "new classes' test top-1", "old classes' test top-1", "time"]  # fmt: skip
+        parts.append(table(header, rows))
+    imbalance = record.get("imbalance")
+    if imbalance:
+        big, small = imbalance["largest_smallest"]
+        rows = [[f"`{mode}`", pct(r["test_top1"]), pct(r["balanced_top1"]), pct(r["rare_top1"]),
+                 pct(r["common_top1"]), f"{r['minutes']}"] for mode, r in imbalance["runs"].items()]  # fmt: skip
+        header = [f"`data.class_balance` ({imbalance['train_photos']:,} training photos, {big} to {small} a class)",
+                  "test top-1", "balanced top-1", "rare classes' top-1", "common classes' top-1", "minutes"]
+        parts.append(table(header, rows))
+    return "\n\n".join(parts) + "\n\n" + provenance(record, name)
+
+
+def zoo_profile(name: str = "zoo_profile/models_227px_196cls.json") -> str:
+    """Every architecture's size, compute and CPU latency (`carspotter models --profile`), cheapest first."""
+    if not (RESULTS_DIR / name).is_file():
+        return f"*Not measured yet: `carspotter models --profile --image-size 227 --classes 196 --threads 1 --out " \
+               f"benchmarks/results/zoo_profile` writes `benchmarks/results/{name}`.*"  # fmt: skip
+    record = load(name)
+    rows = [[m["name"], m["family"], f"{m['params'] / 1e6:.2f}", f"{m['macs'] / 1e6:,.0f}", f"{m['weights_mb']:.1f}",
+             f"{m['latency_ms']:.1f}"] for m in sorted(record["models"], key=lambda m: m["macs"])]  # fmt: skip
+    size, classes = record["models"][0]["image_size"], record["models"][0]["num_classes"]
+    header = ["model", "family", "params (M)", f"MACs @{size} (M)", "weights (MB)", "CPU latency (ms)"]
+    return (
+        table(header, rows, right_from=2)
+        + f"\n\n*{record['machine']}; {classes} classes, batch 1, median of repeated runs; {record['date']}, load "
+        f"{record['load']}. Reproduce by: `{record['command']}`; the CSV, JSON and plot are in "
+        f"`benchmarks/results/{Path(name).parent}/`.*"
+    )
+
+
+def headline() -> str:
+    """The README's results: the recipes against each other, trust, and your own cars."""
+    acc = load("odd98_128px_100ep.json")
+    runs = {k.split("@")[0]: v for k, v in acc["runs"].items()}
+    trust96 = load("trust_odd98.json")["test"]
+    rows = [
+        ["recommended recipe (`configs/stanford_ghostnet.yaml`), 128 px, 100 epochs, CPU",
+         f"**{pct(runs['recommended']['test_top1'])}**", "[Training](docs/training.md)",
+         "`benchmarks/results/odd98_128px_100ep.json`"],
+        ["thesis recipe (`configs/thesis_c50.yaml`), the same run", pct(runs["thesis"]["test_top1"]),
+         "[Training](docs/training.md)", "the same file"],
+        ["recommended recipe, 96 px, 60 epochs, CPU: make top-1 / calibration error after temperature",
+         f"{pct(trust96['top1'])}; make {pct(trust96['make_top1'])}; ECE {trust96['ece']:.3f}",
+         "[Trusting an answer](docs/trust.md)", "`benchmarks/results/trust_odd98.json`"],
+    ]  # fmt: skip
+    if (RESULTS_DIR / "own_streets_odd98.json").is_file():
+        enrol = load("own_streets_odd98.json").get("enrol")
+        if enrol:
+            e = enrol["enrolled"][max(enrol["enrolled"], key=int)]
+            rows.append([f"{len(enrol['new_classes'])} car models enrolled from {max(enrol['enrolled'], key=int)} "
+                         "photos each, no training", f"new {pct(e['new_top1'])}, old {pct(e['old_top1'])} "
+                         f"(before {pct(enrol['base']['old_top1'])})", "[Your own cars](docs/own-cars.md)",
+                         "`benchmarks/results/own_streets_odd98.json`"])  # fmt: skip
+    header = ["what (odd98: 98 real Stanford Cars classes, 2,028 test photos, scored once)", "test top-1",
+              "details", "results file"]  # fmt: skip
+    return table(header, rows, right_from=1, right_to=2)
+
+
+RESULTS: dict[str, Callable[[], str]] = {
+    "headline": headline,
+    "odd98_128px_100ep": lambda: real_accuracy("odd98_128px_100ep.json"),
+    "trust": lambda: trust("trust_odd98.json", "trust_odd98_128px.json"),
+    "size_screen": size_screen,
+    "own_streets": own_streets,
+    "zoo_profile": zoo_profile,
+}
+
+
+def generated(name: str) -> str:
+    if name == "configuration":
+        from carspotter.config import reference_markdown
+
+        return reference_markdown()
+    if name == "commands":
+        from carspotter.cli.reference import markdown
+
+        return markdown()
+    raise ValueError(f"unknown generated section {name!r}")
+
+
+def include(path: str, docs: Path) -> str:
+    """A repository Markdown file, its links mended for the site (pages stay links, other files code spans)."""
+    source = ROOT / path
+    text = source.read_text()
+    if text.startswith("# "):
+        text = text.split("\n", 1)[1]  # the page has its own title
+
+    def mend(match: re.Match[str]) -> str:
+        label, target = match.groups()
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            return match.group(0)
+        file, _, anchor = target.partition("#")
+        resolved = (source.parent / file).resolve()
+        if resolved.suffix == ".md" and resolved.is_relative_to(docs):
+            page = resolved.relative_to(docs).as_posix()
+            return f"[{label}]({page}{'#' + anchor if anchor else ''})"
+        return label if label.startswith("`") else f"{label} (`{resolved.relative_to(ROOT).as_posix()}`)"
+
+    return LINK.sub(mend, text)
+
+
+def render(markdown: str, docs: Path) -> str:
+    def replace(match: re.Match[str]) -> str:
+        kind, name = match.groups()
+        if kind == "include":
+            return include(name, docs)
+        if kind == "generated":
+            return generated(name)
+        return RESULTS[name]()
+
+    return MARKER.sub(replace, markdown)
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:  # MkDocs calls this for each page
+    return render(markdown, Path(config["docs_dir"]).resolve())
+
+
+def update_readme(readme: Path = ROOT / "README.md") -> bool:
+    """Rewrite the README's headline block from the results files; True when it changed."""
+    text = readme.read_text()
+    new = README_BLOCK.sub(lambda m: m.group(1) + "\n" + headline() + "\n\n" + m.group(3), text)
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    print("README.md updated" if update_readme() else "README.md already up to date")
