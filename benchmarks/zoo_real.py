@@ -1,0 +1,279 @@
+"""Which small network to ship for cars: the zoo trained on real photos at one budget, by test top-1, int8 top-1,
+size, compute and CPU latency.
+
+    .venv/bin/python benchmarks/zoo_real.py --data ../shared/stanford_cars/odd98 [--models a,b] [--seeds 42] [--jobs 2]
+
+Each row is one architecture trained through ``carspotter train -c configs/stanford_ghostnet.yaml``, changed by
+``--set model.name=... --set model.args=...`` only (plus a family's documented setting, `FAMILY_SETTINGS`, when the
+recipe as it is fails that family; the ``setting`` column says so), at ``--size`` px for ``--epochs`` epochs
+(96 / 60), seed 42. Then, for each row:
+
+- its test top-1 and top-5 (fp32), from the run's summary: the test split scored once, at the end;
+- parameters and MACs at the training size and at 227 px (`carspotter.evaluation.profile.count_macs`);
+- ``carspotter export`` to ONNX fp32 and to int8 (``--int8 --calib`` on the training split, ``--min-agreement 0``:
+  the int8 file is kept and its accuracy reported whatever it is), both timed at batch 1 on one thread in one
+  ``carspotter bench-infer`` run (the same harness for every row), and the int8 file's test top-1 scored in its own
+  runtime by ``carspotter evaluate``;
+- the training minutes, the machine and the load (``os.getloadavg``) after the run.
+
+It resumes: a row whose run finished is not retrained (``real_accuracy.train`` reuses it), a row measured before is
+not measured again (``<workdir>/rows/<row>.json``), so the table can be built over several sittings and ``--models``
+picks rows. Every sitting rewrites, from all rows measured so far, ``--csv`` (default
+``benchmarks/results/zoo_odd98.csv``, the columns in `COLUMNS`, top-1 as fractions), a JSON beside it with the
+machine, the dates and every command, and ``--plot`` (default ``benchmarks/results/zoo_odd98.png``: test top-1
+against fp32 latency on a log scale, marker area by parameters, the Pareto frontier drawn, int8 beside fp32).
+A row records the sha256 of the recipe file it was trained with: re-run the rows when the recipe changes.
+
+Leaders get more seeds: ``--models A,B,C --seeds 43,44`` adds those rows (one row per seed in the CSV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from real_accuracy import CARSPOTTER, RECIPES, ROOT, load, machine, prepared, train
+
+from carspotter.config import load_config
+from carspotter.formats.files import sha256_file
+
+ROWS = [
+    "ghostnet_thesis", "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "mobilenetv3_small_100",
+    "mobilenetv3_large_100", "mobilenetv2_100", "efficientnet_b0", "shufflenetv2_100", "squeezenet1_1",
+    "squeezenext23_100", "hardnet39ds", "timm/resnet18",
+]  # fmt: skip
+# A family's setting where the recipe as it is fails it (validation near chance), chosen by at most one short screen
+# on photos held out of train (never test), with the screen's command beside it. None yet.
+FAMILY_SETTINGS: dict[str, dict[str, object]] = {}
+COLUMNS = ["model", "top1", "top5", "int8_top1", "params_m", "macs_m", "macs_m_227", "latency_ms", "int8_latency_ms",
+           "train_minutes", "image_size", "epochs", "seed", "setting", "config_sha256"]  # fmt: skip
+
+
+def model_args(name: str) -> dict[str, object]:
+    """The recipe's own arguments for its model; ``drop_rate`` of the recipe for every other one."""
+    recipe = load_config(RECIPES["recommended"]).model
+    return dict(recipe.args) if name == recipe.name else {"drop_rate": recipe.args.get("drop_rate", 0.2)}
+
+
+def family(name: str) -> str:
+    from carspotter.evaluation.profile import model_family
+
+    return model_family(name)
+
+
+def size_and_compute(name: str, args: dict[str, object], classes: int, size: int) -> dict[str, float]:
+    import torch
+
+    from carspotter.evaluation.profile import count_macs
+    from carspotter.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=classes, **args).eval()
+    return {
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "macs_m": round(count_macs(model, size) / 1e6, 1),
+        "macs_m_227": round(count_macs(model, 227) / 1e6, 1),
+    }
+
+
+def cli(*args: str, json_out: bool = False) -> dict | None:
+    done = subprocess.run([*CARSPOTTER, *args, *(["--json"] if json_out else [])], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"carspotter {' '.join(args)} failed:\n{done.stderr[-1500:]}")
+    if json_out:  # bench-infer prints indented JSON, evaluate one line last
+        text = done.stdout.strip()
+        return json.loads(text[text.index("{"):] if text.startswith("{") else text.splitlines()[-1])
+    return None
+
+
+def measure(row: str, summary: dict, data: Path, wd: Path, size: int, classes: int) -> dict:
+    """Everything after training: exports, their latency, the int8 accuracy, size and compute."""
+    run_dir = Path(summary["run_dir"])
+    ckpt = run_dir / "best.ckpt"
+    exports = wd / "exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = exports / f"{row}.onnx", exports / f"{row}-int8.onnx"
+    commands = {
+        "export": ["export", str(ckpt), "--format", "onnx", "--data", str(data), "-o", str(fp32), "--overwrite"],
+        "export_int8": ["export", str(ckpt), "--format", "onnx", "--int8", "--calib", str(data), "--min-agreement",
+                        "0", "--data", str(data), "-o", str(int8), "--overwrite"],
+        "bench": ["bench-infer", str(fp32), str(int8), "--threads", "1", "--repeats", "200"],
+        "evaluate_int8": ["evaluate", str(int8), "--data", str(data), "--out", str(wd / "eval" / row)],
+    }  # fmt: skip
+    cli(*commands["export"])
+    cli(*commands["export_int8"])
+    bench = cli(*commands["bench"], json_out=True)
+    latency = {f["label"]: f["median_ms"] for f in bench["formats"]}
+    int8_eval = cli(*commands["evaluate_int8"], json_out=True)
+    name, args = summary["model"]["name"], summary["model"]["args"]
+    return {
+        "model": name,
+        "top1": summary["test_top1"],
+        "top5": summary["test_top5"],
+        "int8_top1": int8_eval["top1"],
+        **size_and_compute(name, args, classes, size),
+        "latency_ms": round(latency["onnx-fp32"], 3),
+        "int8_latency_ms": round(latency["onnx-int8"], 3),
+        "train_minutes": summary["minutes"],
+        "commands": {"train": summary["command"],
+                     **{k: shlex.join(["carspotter", *v, *(["--json"] if k in ("bench", "evaluate_int8") else [])])
+                        for k, v in commands.items()}},  # fmt: skip
+        "load_after_run": summary["load_after_run"],
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (lower latency, higher top-1), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeded = {}
+    for r in rows:  # one point per model: the mean over its seeds
+        seeded.setdefault(r["model"], []).append(r)
+    models = sorted(seeded)
+    mean = {m: {k: statistics.fmean(r[k] for r in seeded[m]) for k in ("top1", "int8_top1", "latency_ms",
+                                                                          "int8_latency_ms", "params_m")}
+            for m in models}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    xs = [mean[m]["latency_ms"] for m in models]
+    ys = [100 * mean[m]["top1"] for m in models]
+    sizes = [30 + 25 * mean[m]["params_m"] for m in models]
+    ax.scatter(xs, ys, s=sizes, alpha=0.55, color="tab:blue", label="fp32 ONNX (area: parameters)")
+    ax.scatter([mean[m]["int8_latency_ms"] for m in models], [100 * mean[m]["int8_top1"] for m in models],
+               s=sizes, alpha=0.35, color="tab:orange", marker="s", label="int8 ONNX")  # fmt: skip
+    for m in models:
+        ax.plot([mean[m]["latency_ms"], mean[m]["int8_latency_ms"]], [100 * mean[m]["top1"],
+                100 * mean[m]["int8_top1"]], color="grey", lw=0.6, alpha=0.6)  # fmt: skip
+        ax.annotate(m, (mean[m]["latency_ms"], 100 * mean[m]["top1"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip
+    front = pareto(list(zip(xs, ys, strict=True)))
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:blue", lw=1.2, ls="--",
+            label="Pareto frontier (fp32)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 CPU latency, one thread (ms, log scale)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(rows: list[dict], csv_path: Path, record: dict, plot_path: Path) -> None:
+    import csv
+
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: (-r["top1"], r["seed"])))
+    csv_path.with_suffix(".json").write_text(json.dumps({**record, "rows": rows}, indent=2) + "\n")
+    cpu = record["machine"]["cpu"]
+    plot(rows, plot_path, f"{record['dataset']} ({record['classes']} classes), {record['image_size']} px, "
+                          f"{record['epochs']} epochs; latency on {cpu}, 1 thread")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="raw dataset (any layout prepare reads) or prepared")
+    ap.add_argument("--models", default=",".join(ROWS), help="comma-separated rows (registry names)")
+    ap.add_argument("--seeds", default="42", help="comma-separated trainer.seed values, one row each")
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with cores/jobs threads)")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "zoo_real")
+    ap.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "zoo_odd98.csv")
+    ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "zoo_odd98.png")
+    args = ap.parse_args()
+    import os
+
+    wd = args.workdir
+    (wd / "rows").mkdir(parents=True, exist_ok=True)
+    data = prepared(args.data, wd)
+    from carspotter.data.prepared import load_prepared
+
+    classes = load_prepared(data).num_classes
+    recipe_hash = sha256_file(RECIPES["recommended"])
+    models = [m for m in args.models.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    jobs = []
+    for name in models:
+        for seed in seeds:
+            row = f"{name.replace('/', '-')}@{seed}"
+            setting = FAMILY_SETTINGS.get(family(name), {})
+            sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", f"trainer.seed={seed}",
+                    "logging.loggers=[csv]", *(f"{k}={json.dumps(v)}" for k, v in setting.items())]  # fmt: skip
+            jobs.append((row, name, seed, sets, "; ".join(f"{k}={v}" for k, v in setting.items()) or "recipe"))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+
+    def one(job: tuple) -> dict | None:
+        row, name, seed, sets, setting = job
+        row_file = wd / "rows" / f"{row}.json"
+        summary = train(row, RECIPES["recommended"], data, args.size, args.epochs, wd, sets, threads)
+        if row_file.is_file():
+            kept = json.loads(row_file.read_text())
+            if kept["commands"]["train"] == summary["command"] and kept["config_sha256"] == recipe_hash:
+                return kept
+        try:
+            measured = measure(row, summary, data, wd, args.size, classes)
+        except RuntimeError as exc:  # one row's failure is reported; the others go on
+            print(f"{row}: {exc}", file=sys.stderr, flush=True)
+            return None
+        result = {**measured, "image_size": args.size, "epochs": args.epochs, "seed": seed, "setting": setting,
+                  "config_sha256": recipe_hash}  # fmt: skip
+        row_file.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"[{time.strftime('%H:%M:%S')}] {row}: test top-1 {result['top1']:.1%}, int8 {result['int8_top1']:.1%}, "
+              f"{result['latency_ms']:.2f} ms fp32, {result['int8_latency_ms']:.2f} ms int8", flush=True)  # fmt: skip
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(one, jobs))
+    # The table holds every row measured so far with this recipe, from this sitting or an earlier one.
+    rows = [json.loads(p.read_text()) for p in sorted((wd / "rows").glob("*.json"))]
+    rows = [r for r in rows if r["config_sha256"] == recipe_hash and r["image_size"] == args.size
+            and r["epochs"] == args.epochs]  # fmt: skip
+    if not rows:
+        sys.exit("no row measured")
+    record = {
+        "command": " ".join(["python", "benchmarks/zoo_real.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_after": load(),
+        "dataset": args.data.resolve().name,
+        "classes": classes,
+        "image_size": args.size,
+        "epochs": args.epochs,
+        "recipe": str(RECIPES["recommended"].relative_to(ROOT)),
+        "family_settings": FAMILY_SETTINGS,
+    }
+    write(rows, args.csv, record, args.plot)
+    for r in sorted(rows, key=lambda r: -r["top1"]):
+        print(f"{r['model']:<24} seed {r['seed']}  top-1 {r['top1']:.1%}  int8 {r['int8_top1']:.1%}  "
+              f"{r['params_m']:.2f} M  {r['macs_m']:.0f} MMACs  {r['latency_ms']:.2f}/{r['int8_latency_ms']:.2f} ms")
+    print(f"results: {args.csv}, {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
