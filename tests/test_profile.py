@@ -89,3 +89,23 @@ def test_models_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "squeezenext23_100" in result.output
     assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".json", ".md", ".png"]
+
+
+def test_a_zoo_results_file_puts_real_photo_accuracy_beside_the_profile(tmp_path: Path) -> None:
+    """`models --profile --results zoo_odd98.csv`: each model's mean test top-1 over its seeds (benchmarks/zoo_real.py
+    writes the file); a file without the columns is one error line."""
+    from typer.testing import CliRunner
+
+    from carspotter.cli import app
+
+    zoo = tmp_path / "zoo.csv"
+    zoo.write_text("model,top1,seed\nghostnet_050,0.30,42\nghostnet_050,0.40,43\nsqueezenet1_1,0.25,42\n")
+    profiles = profile_models(["ghostnet_050"], 64, 10, results=zoo, repeats=3, progress=False)
+    assert profiles[0].best_test_top1 == pytest.approx(0.35) and profiles[0].best_run == "zoo.csv (2 seeds)"
+    result = CliRunner().invoke(app, ["models", "--profile", "--filter", "ghostnet_050", "--image-size", "64",
+                                      "--results", str(zoo), "--out", str(tmp_path / "p")])  # fmt: skip
+    assert result.exit_code == 0 and "35.00%" in result.output, result.output
+    (tmp_path / "bad.csv").write_text("name,accuracy\nx,1\n")
+    bad = CliRunner().invoke(app, ["models", "--profile", "--filter", "ghostnet_050", "--results",
+                                   str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q")])  # fmt: skip
+    assert bad.exit_code != 0 and "not a zoo results CSV" in str(bad.exception or bad.output)

@@ -168,6 +168,8 @@ def models(
     filter_: Annotated[str | None, typer.Option("--filter", help="Pattern: 'ghostnet*' or 'timm/NAME'.")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Runs folder (output.runs_dir): add each model's best test "
                                                        "top-1.")] = None,
+    results: Annotated[Path | None, typer.Option(help="A zoo results CSV (benchmarks/results/zoo_odd98.csv): add "
+                                                      "each model's test top-1 on real photos.")] = None,
     out: Annotated[Path, typer.Option(help="Where --profile writes its CSV, JSON, PNG and Markdown.")] = Path(
         "model_profile"
     ),
@@ -194,8 +196,8 @@ def models(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; --out names the folder for the profile's files")
     check_writable(out, "profile folder")
-    profiles = profile_models(names, image_size, classes, runs_dir, threads=threads)
-    with_acc = runs_dir is not None
+    profiles = profile_models(names, image_size, classes, runs_dir, results=results, threads=threads)
+    with_acc = runs_dir is not None or results is not None
     table = Table(title=f"{classes} classes, {image_size}x{image_size}; CPU latency at batch 1 (median)")
     table.add_column("model", no_wrap=True)
     for column in ("params M", "MACs M", "MB", "ms") + (("test top-1",) if with_acc else ()):

@@ -121,12 +121,31 @@ def best_run_accuracy(runs_dir: str | Path) -> dict[tuple[str, str], tuple[float
     return best
 
 
+def results_accuracy(path: str | Path) -> dict[tuple[str, str], tuple[float, str, dict[str, Any]]]:
+    """``{(model name, "{}"): (mean test top-1 over its seeds, what it is, {})}`` from a zoo results CSV
+    (`benchmarks/zoo_real.py`: columns ``model`` and ``top1``), shown beside each model's default-arguments profile."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the results file ({exc.strerror or exc})") from None
+    if not rows or not {"model", "top1"} <= set(rows[0]):
+        raise UserError(f"{path}: not a zoo results CSV (needs the columns model and top1)")
+    by_model: dict[str, list[float]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(float(row["top1"]))
+    return {(name, _args_key({})): (statistics.fmean(v), f"{path.name} ({len(v)} seed{'s' * (len(v) > 1)})", {})
+            for name, v in by_model.items()}  # fmt: skip
+
+
 def profile_models(
     names: Iterable[str],
     image_size: int = DEFAULT_IMAGE_SIZE[0],
     num_classes: int = 196,
     runs_dir: str | Path | None = None,
     *,
+    results: str | Path | None = None,
     repeats: int = 10,
     threads: int | None = None,
     progress: bool = True,
@@ -138,6 +157,8 @@ def profile_models(
     """
     names = list(names)
     accuracy = best_run_accuracy(runs_dir) if runs_dir is not None else {}
+    if results is not None:  # a results file's figure wins over a run's for the same model and arguments
+        accuracy.update(results_accuracy(results))
     variants = [(name, {}) for name in names]
     variants += [(name, args) for (name, key), (_, _, args) in accuracy.items() if name in names and args]
     previous_threads = torch.get_num_threads()
