@@ -1,6 +1,6 @@
 """Start-up time of the commands that do not train, against `import lightning` (what `runs` used to pay).
 
-    python benchmarks/cli_startup.py [--repeats 5]
+    python benchmarks/cli_startup.py [--repeats 5] [--results benchmarks/results/cli_startup.json]
 
 Each command runs as a fresh process (``python -m carspotter.cli ...``), ``--repeats`` times, interleaved; the
 median wall time is printed with the machine and its load average, so a number never travels without its load.
@@ -38,7 +38,13 @@ def _cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--results", type=Path, help="also write the table, machine, date, load and command (JSON)")
     args = parser.parse_args()
+    record = None
+    if args.results:
+        from record import Record
+
+        record = Record()
     with tempfile.TemporaryDirectory() as empty:
         commands = {
             "carspotter --help": [sys.executable, "-m", "carspotter.cli", "--help"],
@@ -57,6 +63,10 @@ def main() -> None:
     )
     for name, values in times.items():
         print(f"{statistics.median(values):7.2f} s  (min {min(values):.2f})  {name}")
+    if record is not None:
+        record.save(args.results, ["command", "median s", "min s"],
+                    [[f"`{name}`", f"{statistics.median(v):.2f}", f"{min(v):.2f}"] for name, v in times.items()],
+                    note=f"fresh processes, interleaved, median of {args.repeats}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,7 +5,13 @@ ONNX fp32, ONNX int8 and ExecuTorch, and compare batch-1 CPU latency and held-ou
 
 The sample (418 photos, 10 classes, ``labels.csv``) is arranged into a prepared dataset in a temporary folder with a
 stratified, seeded train/test split; nothing derived from the photos is written outside that folder (``--keep``
-keeps it and prints where). Prints the table as Markdown for README.md and benchmarks/README.md.
+keeps it and prints where). Prints the table as Markdown for README.md and benchmarks/README.md, and a JSON line.
+
+    .venv/bin/python benchmarks/deploy_real_sample.py --results benchmarks/results/deploy_real_sample.json
+
+``--results FILE`` also writes that table (the same columns and figures), the conditions, the machine, the date, the
+load before and after, the command and the printed JSON into FILE (`record.Record`), from which the documentation
+renders it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -81,7 +88,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--no-executorch", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (data, run, exports)")
+    parser.add_argument("--results", type=Path, help="also write the table, machine, date, load and command (JSON), "
+                        "e.g. benchmarks/results/deploy_real_sample.json")
     args = parser.parse_args()
+    record = None
+    if args.results:  # the load before the measurement, and the command
+        from record import Record
+
+        record = Record()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("onnx_ir", "onnxscript", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -106,20 +120,43 @@ def main() -> None:
         bench = bench_infer([ckpt, *(r.path for r in reports)], data=prepared, split="test", threads=args.threads,
                             runs=args.runs)
         eager = next(f for f in bench.formats if f.label == "pytorch-eager")
+        n_train, wall = len(pd.read_csv(prepared / "train.csv")), time.time() - started
         print(f"\nmachine: {cpu_name()}, {args.threads} thread(s); GhostNet (thesis variant) {args.size}×{args.size}, "
-              f"{args.epochs} epochs on {len(pd.read_csv(prepared / 'train.csv'))} sample photos; "
-              f"test n={bench.n_eval}; wall {time.time() - started:.0f} s")
+              f"{args.epochs} epochs on {n_train} sample photos; "
+              f"test n={bench.n_eval}; wall {wall:.0f} s")
         for r in reports:
-            print(f"{r.format}: max |Δ logit| vs PyTorch {r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement:.1%}"
-                  f" on {r.check_source.replace(str(prepared), 'the sample')}")
+            print(f"{r.format}: max |Δ logit| vs PyTorch {r.agreement.max_abs_diff:.2e}, top-1 agreement "
+                  f"{r.agreement.top1_agreement:.1%} on {r.check_source.replace(str(prepared), 'the sample')}")
+        rows = [[f.label, f"{f.median_ms:.2f}", f"{f.p90_ms:.2f}", f"{f.speedup:.2f}", f"{f.throughput:.0f}",
+                 f"{f.size_mb:.1f}", f"{f.top1:.2%}", f"{100 * (f.top1 - eager.top1):+.2f} pt"] for f in bench.formats]
         print("\n| format | median ms | p90 ms | × eager | img/s (batch 16) | MB | top-1 | Δ top-1 vs eager |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for f in bench.formats:
-            print(f"| {f.label} | {f.median_ms:.2f} | {f.p90_ms:.2f} | {f.speedup:.2f} | {f.throughput:.0f} | "
-                  f"{f.size_mb:.1f} | {f.top1:.2%} | {100 * (f.top1 - eager.top1):+.2f} pt |")
-        print(json.dumps({"machine": cpu_name(), "threads": args.threads, "size": args.size, "epochs": args.epochs,
-                          "formats": [f.to_json() for f in bench.formats],
-                          "parity": {r.format: r.max_abs_diff for r in reports}}))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        summary = {"machine": cpu_name(), "threads": args.threads, "size": args.size, "epochs": args.epochs,
+                   "formats": [f.to_json() for f in bench.formats],
+                   "parity": {r.format: r.agreement.max_abs_diff for r in reports}}  # fmt: skip
+        print(json.dumps(summary))
+        if record is not None:
+            sample = os.path.relpath(args.sample.resolve(), ROOT)
+            record.save(
+                args.results,
+                ["format", "median ms", "p90 ms", "× eager", f"img/s (batch {bench.throughput_batch})", "MB",
+                 f"top-1 (n={bench.n_eval})", "Δ top-1 vs eager"],
+                rows,
+                note=f"GhostNet (thesis variant) trained from scratch on {sample} ({n_train} train photos) at "
+                     f"{args.size}×{args.size} for {args.epochs} epochs, then batch-1 CPU latency over {bench.runs} "
+                     f"interleaved runs per format with {bench.threads} thread(s) per runtime on {cpu_name()}, and "
+                     f"top-1 on the n={bench.n_eval} held-out photos (stratified, seeded 25% split); wall "
+                     f"{wall / 60:.0f} min"
+                     + (f"; ExecuTorch's program has a fixed batch of 1, so its batch-{bench.throughput_batch} "
+                        f"throughput is {bench.throughput_batch} single-image calls" if not args.no_executorch else ""),
+                result=summary, n_train=n_train, n_test=bench.n_eval, runs=bench.runs, wall_s=round(wall, 1),
+                exports={r.format: {"max_abs_diff": r.agreement.max_abs_diff,
+                                    "top1_agreement": r.agreement.top1_agreement, "n_check": r.n_check,
+                                    "checked_on": r.check_source.replace(str(prepared), "the sample")}
+                         for r in reports},
+            )  # fmt: skip
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -16,7 +16,13 @@
   end, then continued with ``train --resume``; the resumed run's metrics.csv (timing columns aside), summary.json
   (wall time aside), last.ckpt weights and MLflow points must equal the uninterrupted run's, with no point twice.
 
-Everything happens in a temporary folder, removed at the end. Prints one line of figures per check.
+Everything happens in a temporary folder, removed at the end. Prints one line of figures per check. Each check's
+``--results FILE`` also writes its figures as a table, with the conditions, the machine, the date, the load before and
+after, the command and the raw figures, into FILE (`record.Record`), from which the documentation renders it:
+
+    .venv/bin/python benchmarks/reliability.py prepare-kill --results benchmarks/results/reliability_prepare_kill.json
+    .venv/bin/python benchmarks/reliability.py serve-load --results benchmarks/results/reliability_serve_load.json
+    .venv/bin/python benchmarks/reliability.py train-kill --results benchmarks/results/reliability_train_kill.json
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 CLI = [sys.executable, "-m", "carspotter.cli"]
+RESULTS = Path("benchmarks") / "results"
 
 
 def _tree(out: Path) -> dict[str, str]:
@@ -66,12 +74,15 @@ def _timed_prepare(raw: Path, out: Path) -> tuple[float, float]:
     return begins, time.perf_counter() - start
 
 
-def prepare_kill(points: int) -> None:
+def prepare_kill(points: int) -> dict[str, Any]:
+    """Prints a line per kill point and the summary; returns the figures."""
     from carspotter.data.synth import synthesize
 
+    classes, per_class = 10, 150
+    kills = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synthesize(work / "raw", layout="updated", num_classes=10, per_class=150, seed=0, archives=True)
+        synthesize(work / "raw", layout="updated", num_classes=classes, per_class=per_class, seed=0, archives=True)
         _timed_prepare(work / "raw", work / "warm-up")  # the first run also warms the file cache: time the second
         begins, duration = _timed_prepare(work / "raw", work / "reference")
         reference = _tree(work / "reference")  # OUT's own path is normalised away
@@ -101,6 +112,7 @@ def prepare_kill(points: int) -> None:
                     sorted(k for k in reference.keys() | resumed.keys() if reference.get(k) != resumed.get(k))[:5],
                 )
             identical += same
+            kills.append({"at_s": round(at, 3), "killed": killed, "out": state, "identical": same})
             print(
                 f"  kill at {at:5.2f}s ({'killed' if killed else 'had finished'}, OUT {state}): "
                 f"{'identical' if same else 'DIFFERENT'}"
@@ -109,6 +121,28 @@ def prepare_kill(points: int) -> None:
             f"prepare-kill: {identical} of {points} kill points gave output identical to the uninterrupted run "
             f"({len(reference)} files; uninterrupted run {duration:.1f}s, writing from {begins:.1f}s)"
         )
+    return {"points": points, "identical": identical, "images": classes * per_class, "classes": classes,
+            "files": len(reference), "uninterrupted_s": round(duration, 3), "writing_from_s": round(begins, 3),
+            "kills": kills}  # fmt: skip
+
+
+OUT_STATES = {"partial": "with OUT/.partial", "complete": "with OUT complete", "empty": "with OUT empty or absent"}
+
+
+def prepare_kill_table(fig: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    killed = [k for k in fig["kills"] if k["killed"]]
+    states = Counter(k["out"] for k in killed)
+    header = ["kill points", "identical to the uninterrupted run", "killed mid-way", "OUT when killed",
+              "files compared", "uninterrupted run s", "writing from s"]  # fmt: skip
+    row = [str(fig["points"]), f"{fig['identical']} of {fig['points']}", f"{len(killed)} of {fig['points']}",
+           ", ".join(f"{states[s]} {words}" for s, words in OUT_STATES.items() if states[s]) or "–", str(fig["files"]),
+           f"{fig['uninterrupted_s']:.1f}", f"{fig['writing_from_s']:.1f}"]  # fmt: skip
+    note = (f"`carspotter prepare` of a synthetic raw dataset ({fig['images']:,} images, {fig['classes']} classes, "
+            f"updated layout, in archives) killed with SIGKILL at {fig['points']} evenly spaced moments between the "
+            "start of writing and the end of an uninterrupted run (timed after a warm-up run), then run again; "
+            "identical: every image's bytes, the CSVs and the manifest (creation time aside) equal the uninterrupted "
+            "output's, with no .partial left; a run not killed had finished before its kill time")  # fmt: skip
+    return header, [row], note
 
 
 def _train_args(data: Path, runs: Path, pipeline: str) -> list[str]:
@@ -140,9 +174,12 @@ def _run_record(run: Path) -> dict[str, object]:
     return {"rows": rows, "summary": summary, "weights": weights, "mlflow": sorted(set(points)), "twice": twice}
 
 
-def train_kill(points: int, pipelines: list[str]) -> None:
+def train_kill(points: int, pipelines: list[str]) -> dict[str, Any]:
+    """Prints a line per kill point, per pipeline and the summary; returns the figures."""
     from carspotter.data.prepare import prepare
     from carspotter.data.synth import synthesize
+
+    figures: dict[str, Any] = {"points": points, "pipelines": {}}
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
@@ -161,6 +198,7 @@ def train_kill(points: int, pipelines: list[str]) -> None:
                 raise SystemExit("the uninterrupted training failed")
             duration = time.perf_counter() - start
             reference = _run_record(work / f"ref-{pipeline}" / "run")
+            kills: list[dict[str, Any]] = []
             for k in range(1, points + 1):
                 runs = work / f"killed-{pipeline}-{k}"
                 at = first + (duration - first) * k / (points + 1)
@@ -187,10 +225,35 @@ def train_kill(points: int, pipelines: list[str]) -> None:
                     want, got = set(reference["mlflow"]), set(resumed["mlflow"])  # type: ignore[arg-type]
                     outcome += f" (missing {sorted(want - got)[:4]}, extra {sorted(got - want)[:4]})"
                 state = "killed" if killed else "had finished"
+                kills.append({"at_s": round(at, 3), "killed": killed, "epochs_logged": epochs, "identical": same,
+                              "differs": differs})  # fmt: skip
                 print(f"  {pipeline}: kill at {at:5.2f}s ({state} after {epochs} epochs): {outcome}", flush=True)
             print(f"  {pipeline}: uninterrupted run {duration:.1f}s, first checkpoint at {first:.1f}s", flush=True)
+            figures["pipelines"][pipeline] = {
+                "uninterrupted_s": round(duration, 3), "first_checkpoint_s": round(first, 3), "kills": kills,
+            }  # fmt: skip
         print(f"train-kill: {same_all} of {total} kill points resumed to a run identical to the uninterrupted one "
               "(metrics, summary, weights, MLflow points; none twice)")  # fmt: skip
+    return {**figures, "identical": same_all, "total": total}
+
+
+def train_kill_table(fig: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    header = ["pipeline", "kill points", "identical to the uninterrupted run", "killed mid-way", "uninterrupted run s",
+              "first checkpoint s"]  # fmt: skip
+    rows = []
+    for pipeline, p in fig["pipelines"].items():
+        n = len(p["kills"])
+        rows.append([pipeline, str(n), f"{sum(k['identical'] for k in p['kills'])} of {n}",
+                     f"{sum(k['killed'] for k in p['kills'])} of {n}", f"{p['uninterrupted_s']:.1f}",
+                     f"{p['first_checkpoint_s']:.1f}"])  # fmt: skip
+    note = ("`carspotter train` of the recommended recipe shrunk to seconds (32 px, 6 epochs, batch 8, EMA 0.9, "
+            "MixUp/CutMix, MLflow; 4 synthetic classes × 24 images; OMP_NUM_THREADS=1) killed with SIGKILL at "
+            f"{fig['points']} evenly spaced moments between its first checkpoint and the end of an uninterrupted run, "
+            "then continued with `train --resume` (or started again when killed before its first checkpoint); "
+            "identical: metrics.csv (timing columns aside), summary.json (wall time aside), last.ckpt weights and "
+            "MLflow points equal the uninterrupted run's, none twice; a run not killed had finished before its kill "
+            "time")  # fmt: skip
+    return header, rows, note
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -227,7 +290,8 @@ def _model(work: Path) -> tuple[Path, bytes]:
     return onnx, next((work / "prepared" / "test").glob("*.jpg")).read_bytes()
 
 
-def serve_load(requests: int, concurrency: int) -> None:
+def serve_load(requests: int, concurrency: int) -> dict[str, Any]:
+    """Prints the summary line; returns the figures."""
     import httpx
     from PIL import Image
 
@@ -290,6 +354,27 @@ def serve_load(requests: int, concurrency: int) -> None:
             + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
             + f"; 5xx {outcomes['5xx']}, dropped {outcomes['dropped']}; still serving afterwards: {alive}"
         )
+    return {
+        "requests": requests, "concurrency": concurrency, "kinds": {k: want for k, (_, want) in kinds.items()},
+        "seconds": round(elapsed, 2), "outcomes": dict(sorted(outcomes.items())), "still_serving": alive,
+    }  # fmt: skip
+
+
+def serve_load_table(fig: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    outcomes = fig["outcomes"]
+    other = {k: v for k, v in outcomes.items() if k not in ("as expected", "5xx", "dropped")}
+    header = ["requests", "client threads", "answered as expected", "5xx", "dropped", "other outcomes", "s",
+              "still serving"]  # fmt: skip
+    row = [f"{fig['requests']:,}", str(fig["concurrency"]),
+           f"{outcomes.get('as expected', 0):,} of {fig['requests']:,}", str(outcomes.get("5xx", 0)),
+           str(outcomes.get("dropped", 0)), ", ".join(f"{k} {v}" for k, v in other.items()) or "none",
+           f"{fig['seconds']:.0f}", "yes" if fig["still_serving"] else "no"]  # fmt: skip
+    kinds = ", ".join(f"{kind} ({status})" for kind, status in fig["kinds"].items())
+    note = ("`carspotter serve` (one uvicorn process) with a GhostNet (thesis variant, demo config, 48×48, 1 epoch "
+            f"on synthetic data, ONNX), sent {fig['requests']:,} requests in turn of {len(fig['kinds'])} kinds, "
+            f"with the status each expects: {kinds}, from {fig['concurrency']} client threads, one connection per "
+            "request; 5xx: server errors; dropped: connections closed without an answer")  # fmt: skip
+    return header, [row], note
 
 
 def main() -> None:
@@ -303,13 +388,24 @@ def main() -> None:
     train = sub.add_parser("train-kill")
     train.add_argument("--points", type=int, default=6)
     train.add_argument("--pipelines", nargs="+", default=["fast", "classic"], choices=["fast", "classic"])
+    for check, sub_parser in (("prepare_kill", kill), ("serve_load", load), ("train_kill", train)):
+        sub_parser.add_argument("--results", type=Path, help="also write the table, machine, date, load and command "
+                                f"(JSON), e.g. {RESULTS / f'reliability_{check}.json'}")  # fmt: skip
     args = parser.parse_args()
+    record = None
+    if args.results:  # the load before the measurement, and the command
+        from record import Record
+
+        record = Record()
     if args.check == "prepare-kill":
-        prepare_kill(args.points)
+        figures, table = prepare_kill(args.points), prepare_kill_table
     elif args.check == "train-kill":
-        train_kill(args.points, args.pipelines)
+        figures, table = train_kill(args.points, args.pipelines), train_kill_table
     else:
-        serve_load(args.requests, args.concurrency)
+        figures, table = serve_load(args.requests, args.concurrency), serve_load_table
+    if record is not None:
+        header, rows, note = table(figures)
+        record.save(args.results, header, rows, note=note, figures=figures)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from the loader (+ augmentation and normalisation) + forward + backward + optimi
 - fast: the same with the precision and memory layout `carspotter train` resolves for the fast pipeline (``auto``):
   bf16 autocast + channels_last on CUDA, and on a CPU with native bf16 (AVX512-BF16/AMX).
 
-A table goes to stdout; with ``--json`` its last line is
+A table goes to stdout (and with ``--results FILE``, e.g. ``benchmarks/results/train_throughput_cpu.json``, into a
+results file with the machine, date, load and command); with ``--json`` its last line is
 ``{"device": .., "plain_img_s": .., "fast_img_s": .., "speedup": ..}``.
 """
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--results", type=Path, help="also write the table, machine, date, load and command (JSON)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row and round (cpu: 3, cuda: 40)")
@@ -149,6 +151,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--rounds", type=int, default=3, help="rows are interleaved per round; median reported")
     parser.add_argument("--plain-only", action="store_true", help="only the plain pipeline (also without kornia)")
     args = parser.parse_args(argv)
+    record = None
+    if args.results:  # the load before the measurement, and the command
+        from record import Record
+
+        record = Record()
     logging.basicConfig(level=logging.WARNING)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -238,10 +245,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                           None)  # fmt: skip
         compiled = next((v for n, w, v in measured if "compiled" in w), None)
         rows = measured  # type: ignore[assignment]
-    return report(args, rows, fast_img_s, compiled, machine_name(args.device), steps, warmup)
+    return report(args, rows, fast_img_s, compiled, machine_name(args.device), steps, warmup, record)
 
 
-def report(args, rows, fast_img_s, compiled, machine, steps, warmup) -> dict[str, object]:
+def report(args, rows, fast_img_s, compiled, machine, steps, warmup, record=None) -> dict[str, object]:
     """The table; with --json, then one JSON line (the fast figure is the default, uncompiled fast pipeline)."""
     plain_img_s = rows[0][2]
     size = f"{args.image_size}x{args.image_size}"
@@ -261,6 +268,14 @@ def report(args, rows, fast_img_s, compiled, machine, steps, warmup) -> dict[str
         result["fast_compiled_img_s"] = round(compiled, 2)
     if args.json:
         print(json.dumps(result))
+    if record is not None:
+        record.save(
+            args.results, ["pipeline", "precision, layout", "img/s", "× plain"],
+            [[name, what, f"{img_s:.1f}", f"{img_s / plain_img_s:.2f}"] for name, what, img_s in rows],
+            note=f"training-step throughput, GhostNet (thesis) {size}, batch {args.batch_size}, {steps} timed steps "
+                 f"after {warmup} warm-up per row, median of {args.rounds} interleaved round(s), on {machine}, "
+                 f"device {args.device}, torch {torch.__version__}", result=result,
+        )  # fmt: skip
     return result
 
 

@@ -9,7 +9,8 @@ A page asks for them with a marker on a line of its own:
 - ``<!-- generated: commands -->``: every command with its options (`carspotter.cli.reference.markdown`, from the
   typer app);
 - ``<!-- results: NAME -->``: a table rendered from ``benchmarks/results/``, the files the benchmark scripts write
-  (machine, date and command inside), with a "reproduce by" line under it. NAME is a key of `RESULTS`.
+  (machine, date and command inside), with a "reproduce by" line under it. NAME is a key of `RESULTS`, or a file
+  written by `benchmarks/record.py` (``NAME.json``, a table as the script printed it).
 
 The README keeps its headline results between ``<!-- results: headline -->`` and ``<!-- /results -->``, rendered
 from the same files: ``python docs/hooks.py`` rewrites that block, and ``tests/test_docs.py`` fails when it is stale.
@@ -145,6 +146,21 @@ def own_streets(name: str = "own_streets_odd98.json") -> str:
     return "\n\n".join(parts) + "\n\n" + provenance(record, name)
 
 
+def generic(name: str) -> str:
+    """A results file written by `benchmarks/record.py`: its table as it was printed, the note, the provenance."""
+    if not (RESULTS_DIR / name).is_file():
+        return f"*Not measured yet: the script above writes `benchmarks/results/{name}` with `--results`.*"
+    record = load(name)
+    header, rows = record["table"]["header"], record["table"]["rows"]
+    number = re.compile(r"[-+−×]?[\d.,]+\s*(%|pt|ms|s|×)?")
+    numeric = [all(number.fullmatch(str(r[i])) for r in rows) for i in range(len(header))]
+    align = ["---:" if n else "---" for n in numeric]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    note = f"{record['note'].rstrip('.')}. " if record.get("note") else ""
+    return "\n".join(lines) + f"\n\n{note}" + provenance(record, name)
+
+
 def zoo_profile(name: str = "zoo_profile/models_227px_196cls.json") -> str:
     """Every architecture's size, compute and CPU latency (`carspotter models --profile`), cheapest first."""
     if not (RESULTS_DIR / name).is_file():
@@ -216,7 +232,7 @@ def generated(name: str) -> str:
 def include(path: str, docs: Path) -> str:
     """A repository Markdown file, its links mended for the site (pages stay links, other files code spans)."""
     source = ROOT / path
-    text = source.read_text()
+    text = render(source.read_text(), docs)  # its own markers first (the README's results block), then its links
     if text.startswith("# "):
         text = text.split("\n", 1)[1]  # the page has its own title
 
@@ -241,8 +257,9 @@ def render(markdown: str, docs: Path) -> str:
             return include(name, docs)
         if kind == "generated":
             return generated(name)
-        return RESULTS[name]()
+        return RESULTS[name]() if name in RESULTS else generic(name)
 
+    markdown = README_BLOCK.sub(lambda m: m.group(1), markdown)  # a block rendered before is rendered afresh
     return MARKER.sub(replace, markdown)
 
 

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_pipeline(cfg: DataConfig) -> str:
-    """``classic`` or ``fast``. ``auto`` is fast (benchmarks/README.md: the data path alone 1.48x on 2 CPU cores,
-    and channels_last comes with it, which sped up a GhostNet fp32 step on the CPU), except with an
-    augmentation that has no batched equivalent or without a writable cache folder (then classic, with a warning)."""
+    """``classic`` or ``fast``. ``auto`` is fast (no JPEG decoded after the cache is built, channels_last with it;
+    `benchmarks/train_throughput.py` measures both pipelines), except with an augmentation that has no batched
+    equivalent or without a writable cache folder (then classic, with a warning)."""
     if cfg.pipeline != "auto":
         return cfg.pipeline
     problems = unsupported_transforms(cfg)
