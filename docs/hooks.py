@@ -197,11 +197,13 @@ def headline() -> str:
     if (RESULTS_DIR / "own_streets_odd98.json").is_file():
         enrol = load("own_streets_odd98.json").get("enrol")
         if enrol:
-            e = enrol["enrolled"][max(enrol["enrolled"], key=int)]
-            rows.append([f"{len(enrol['new_classes'])} car models enrolled from {max(enrol['enrolled'], key=int)} "
-                         "photos each, no training", f"new {pct(e['new_top1'])}, old {pct(e['old_top1'])} "
-                         f"(before {pct(enrol['base']['old_top1'])})", "[Your own cars](docs/own-cars.md)",
-                         "`benchmarks/results/own_streets_odd98.json`"])  # fmt: skip
+            shots = sorted(enrol["enrolled"], key=int)
+            few, many = enrol["enrolled"][shots[0]], enrol["enrolled"][shots[-1]]
+            rows.append([f"{len(enrol['new_classes'])} car models enrolled without training, from {shots[0]} and "
+                         f"{shots[-1]} photos each (chance {pct(enrol['chance'])})",
+                         f"new {pct(few['new_top1'])} / {pct(many['new_top1'])}; old {pct(few['old_top1'])} / "
+                         f"{pct(many['old_top1'])} (before {pct(enrol['base']['old_top1'])})",
+                         "[Your own cars](docs/own-cars.md)", "`benchmarks/results/own_streets_odd98.json`"])
     header = ["what (odd98: 98 real Stanford Cars classes, 2,028 test photos, scored once)", "test top-1",
               "details", "results file"]  # fmt: skip
     return table(header, rows, right_from=1, right_to=2)
