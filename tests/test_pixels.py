@@ -168,10 +168,11 @@ def test_min_agreement_fails_the_export_with_the_measured_figure(
 def test_readme_snippet_runs_with_plain_onnxruntime(
     pixels_onnx: Path, synthetic_prepared: Path, tmp_path: Path
 ) -> None:
-    """The README's five lines, verbatim, in a fresh interpreter: the top-1 class name, as `predict` says."""
+    """The documentation's five lines (docs/deployment.md), verbatim, in a fresh interpreter: the top-1 class name,
+    as `predict` says."""
     from carspotter.data.prepared import load_prepared
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
     start = readme.index("  import json, numpy as np, onnxruntime as ort")
     snippet = "\n".join(line[2:] for line in readme[start : readme.index("```", start)].splitlines())
     assert len(snippet.strip().splitlines()) == 5

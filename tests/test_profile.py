@@ -14,6 +14,15 @@ from carspotter.models import create_model
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
+def test_families_name_the_architecture_not_the_module_that_builds_it() -> None:
+    from carspotter.evaluation.profile import model_family
+
+    names = ["ghostnet_thesis", "mobilenetv3_small_100", "mobilenetv2_100", "efficientnet_b3", "ghostnetv2_100",
+             "hardnet39ds", "timm/resnet18"]  # fmt: skip
+    assert [model_family(n) for n in names] == ["ghostnet", "mobilenet", "mobilenet", "efficientnet", "ghostnetv2",
+                                                "hardnet", "timm"]  # fmt: skip
+
+
 def test_ghostnet_macs_match_the_paper() -> None:
     # The paper reports 141M FLOPs (multiply-adds) for GhostNet 1.0x at 224x224, 1000 classes.
     macs = count_macs(create_model("ghostnet_100").eval(), 224)

@@ -73,10 +73,15 @@ def _args_key(args: dict[str, Any]) -> str:
 
 
 def model_family(name: str) -> str:
-    """The module a model comes from (``ghostnet``, ``hardnet``...), or ``timm`` for ``timm/<name>``."""
+    """The family a model belongs to: the module it comes from (``ghostnet``, ``hardnet``...), for the timm aliases
+    the name's stem (``efficientnet``, ``mobilenet``, ``ghostnetv2``), and ``timm`` for ``timm/<name>``."""
     if name.startswith("timm/"):
         return "timm"
-    return get_model_builder(name).__module__.rsplit(".", 1)[-1]
+    module = get_model_builder(name).__module__.rsplit(".", 1)[-1]
+    if module != "timm_aliases":
+        return module
+    stem = name.split("_")[0]
+    return "mobilenet" if stem.startswith("mobilenet") else stem
 
 
 def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
