@@ -48,8 +48,8 @@ def inference_runtime(device: str | None = None) -> Runtime:
 
 def training_runtime(cfg: Config) -> Runtime:
     """The ``auto`` settings of a run, decided. Pipeline: `resolve_pipeline`. Precision: bf16-mixed on a GPU; fp32 on
-    a CPU, where bf16 autocast trained as fast but learned worse on real photos (odd98 at 96 px: README "Precision on
-    the CPU"), even on CPUs with native bf16, so no CPU feature is asked. channels_last: on with CUDA or the fast
+    a CPU, where bf16 autocast learned worse on real photos (odd98 at 96 px: docs/training.md, "Precision and
+    test-time flip"), even on CPUs with native bf16, so no CPU feature is asked. channels_last: on with CUDA or the fast
     pipeline (its batches are channels_last in memory already)."""
     import torch
 

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 256
 INT8_OPSET = 21  # DequantizeLinear-21: what onnx's reference evaluator (and later consumers) implement
-# Top-1 agreement with PyTorch below which an int8 export fails. Measured on the real sample (README, Deployment):
+# Top-1 agreement with PyTorch below which an int8 export fails. Measured on the real sample (benchmarks/README.md):
 # 95.1% agreement came with no top-1 loss (run B), 90.6% with a 2.9-point loss (run A).
 MIN_AGREEMENT = 0.95
 
@@ -145,7 +145,7 @@ def require_agreement(report: Agreement, min_agreement: float, source: str, out:
         raise UserError(
             f"int8 top-1 agreement with PyTorch is {report.top1_agreement:.1%} on {source}, below --min-agreement "
             f"{min_agreement:.0%}; {out} not written. Keep the fp32 export, train with quantisation-aware "
-            f"training (README, Deployment), or accept the loss with --min-agreement {report.top1_agreement:.2f}"
+            f"training (docs/deployment.md), or accept the loss with --min-agreement {report.top1_agreement:.2f}"
         )
 
 

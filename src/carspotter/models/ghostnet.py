@@ -282,7 +282,7 @@ class GhostNet(PooledLinearClassifier):
             # Every bottleneck starts as its shortcut: the BNs that end the residual branch (both halves of the
             # linear Ghost projection) start at scale 0, as timm's ResNets do (``zero_init_last``, Goyal et al. 2017).
             # On real photos from scratch this is the difference between learning and not: odd98, 64 px, 15 epochs,
-            # train loss 4.35 -> 4.02 (README "Recognising real cars").
+            # train loss 4.35 -> 4.02 (docs/recipe-search.md).
             for m in self.modules():
                 if isinstance(m, GhostBottleneck):
                     for bn in m.ghost2.modules():
