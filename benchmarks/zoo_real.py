@@ -16,13 +16,15 @@ recipe as it is fails that family; the ``setting`` column says so), at ``--size`
   runtime by ``carspotter evaluate``;
 - the training minutes, the machine and the load (``os.getloadavg``) after the run.
 
-It resumes: a row whose run finished is not retrained (``real_accuracy.train`` reuses it), a row measured before is
-not measured again (``<workdir>/rows/<row>.json``), so the table can be built over several sittings and ``--models``
-picks rows. Every sitting rewrites, from all rows measured so far, ``--csv`` (default
+It resumes: a row measured before with the same recipe (its sha256), size, epochs, seed and setting is kept
+(``<workdir>/rows/<row>.json``, seeded from the committed results JSON on a machine without the workdir), a row whose
+run finished is not retrained (``real_accuracy.train`` reuses it), so the table can be built over several sittings
+and ``--models`` picks rows. Every sitting rewrites, from all rows measured so far, ``--csv`` (default
 ``benchmarks/results/zoo_odd98.csv``, the columns in `COLUMNS`, top-1 as fractions), a JSON beside it with the
 machine, the dates and every command, and ``--plot`` (default ``benchmarks/results/zoo_odd98.png``: test top-1
 against fp32 latency on a log scale, marker area by parameters, the Pareto frontier drawn, int8 beside fp32).
-A row records the sha256 of the recipe file it was trained with: re-run the rows when the recipe changes.
+A row records the sha256 of the recipe it was trained with (as it resolves, comments aside): re-run the rows when
+the recipe changes.
 
 Leaders get more seeds: ``--models A,B,C --seeds 43,44`` adds those rows (one row per seed in the CSV).
 """
@@ -30,6 +32,7 @@ Leaders get more seeds: ``--models A,B,C --seeds 43,44`` adds those rows (one ro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shlex
@@ -43,7 +46,6 @@ from pathlib import Path
 from real_accuracy import CARSPOTTER, RECIPES, ROOT, load, machine, prepared, train
 
 from carspotter.config import load_config
-from carspotter.formats.files import sha256_file
 
 ROWS = [
     "ghostnet_thesis", "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "mobilenetv3_small_100",
@@ -55,6 +57,12 @@ ROWS = [
 FAMILY_SETTINGS: dict[str, dict[str, object]] = {}
 COLUMNS = ["model", "top1", "top5", "int8_top1", "params_m", "macs_m", "macs_m_227", "latency_ms", "int8_latency_ms",
            "train_minutes", "image_size", "epochs", "seed", "setting", "config_sha256"]  # fmt: skip
+
+
+def config_sha256(path: Path) -> str:
+    """The hash of the recipe as it resolves (every key and default), so that editing a comment keeps the rows."""
+    resolved = json.dumps(load_config(path).to_dict(), sort_keys=True)
+    return hashlib.sha256(resolved.encode()).hexdigest()
 
 
 def model_args(name: str) -> dict[str, object]:
@@ -215,7 +223,7 @@ def main() -> None:
     from carspotter.data.prepared import load_prepared
 
     classes = load_prepared(data).num_classes
-    recipe_hash = sha256_file(RECIPES["recommended"])
+    recipe_hash = config_sha256(RECIPES["recommended"])
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     jobs = []
@@ -228,14 +236,24 @@ def main() -> None:
             jobs.append((row, name, seed, sets, "; ".join(f"{k}={v}" for k, v in setting.items()) or "recipe"))
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
+    # Rows of an earlier sitting, also from the committed results file when this machine has no workdir: a row
+    # measured with the same recipe, size, epochs, seed and setting is not trained again.
+    earlier = args.csv.with_suffix(".json")
+    for kept in json.loads(earlier.read_text()).get("rows", []) if earlier.is_file() else []:
+        row_file = wd / "rows" / f"{kept['model'].replace('/', '-')}@{kept['seed']}.json"
+        if not row_file.is_file():
+            row_file.write_text(json.dumps(kept, indent=2) + "\n")
+
     def one(job: tuple) -> dict | None:
         row, name, seed, sets, setting = job
         row_file = wd / "rows" / f"{row}.json"
-        summary = train(row, RECIPES["recommended"], data, args.size, args.epochs, wd, sets, threads)
         if row_file.is_file():
             kept = json.loads(row_file.read_text())
-            if kept["commands"]["train"] == summary["command"] and kept["config_sha256"] == recipe_hash:
+            same = (kept["config_sha256"], kept["image_size"], kept["epochs"], kept["seed"], kept["setting"])
+            if same == (recipe_hash, args.size, args.epochs, seed, setting):
+                print(f"{row}: measured before ({kept['measured']}), kept", flush=True)
                 return kept
+        summary = train(row, RECIPES["recommended"], data, args.size, args.epochs, wd, sets, threads)
         try:
             measured = measure(row, summary, data, wd, args.size, classes)
         except RuntimeError as exc:  # one row's failure is reported; the others go on
