@@ -16,6 +16,9 @@ recipe as it is fails that family; the ``setting`` column says so), at ``--size`
   runtime by ``carspotter evaluate``;
 - the training minutes, the machine and the load (``os.getloadavg``) after the run.
 
+Rows train side by side (``--jobs``); their exports are timed afterwards, one row at a time, with nothing else
+running.
+
 It resumes: a row measured before with the same recipe (its sha256), size, epochs, seed and setting is kept
 (``<workdir>/rows/<row>.json``, seeded from the committed results JSON on a machine without the workdir), a row whose
 run finished is not retrained (``real_accuracy.train`` reuses it), so the table can be built over several sittings
@@ -244,30 +247,41 @@ def main() -> None:
         if not row_file.is_file():
             row_file.write_text(json.dumps(kept, indent=2) + "\n")
 
-    def one(job: tuple) -> dict | None:
-        row, name, seed, sets, setting = job
+    def kept(job: tuple) -> bool:
+        row, _, seed, _, setting = job
         row_file = wd / "rows" / f"{row}.json"
-        if row_file.is_file():
-            kept = json.loads(row_file.read_text())
-            same = (kept["config_sha256"], kept["image_size"], kept["epochs"], kept["seed"], kept["setting"])
-            if same == (recipe_hash, args.size, args.epochs, seed, setting):
-                print(f"{row}: measured before ({kept['measured']}), kept", flush=True)
-                return kept
-        summary = train(row, RECIPES["recommended"], data, args.size, args.epochs, wd, sets, threads)
+        if not row_file.is_file():
+            return False
+        old = json.loads(row_file.read_text())
+        if (old["config_sha256"], old["image_size"], old["epochs"], old["seed"], old["setting"]) != (
+            recipe_hash, args.size, args.epochs, seed, setting
+        ):
+            return False
+        print(f"{row}: measured before ({old['measured']}), kept", flush=True)
+        return True
+
+    def measure_row(job: tuple, summary: dict) -> None:
+        row, _, seed, _, setting = job
         try:
             measured = measure(row, summary, data, wd, args.size, classes)
         except RuntimeError as exc:  # one row's failure is reported; the others go on
             print(f"{row}: {exc}", file=sys.stderr, flush=True)
-            return None
+            return
         result = {**measured, "image_size": args.size, "epochs": args.epochs, "seed": seed, "setting": setting,
                   "config_sha256": recipe_hash}  # fmt: skip
-        row_file.write_text(json.dumps(result, indent=2) + "\n")
+        (wd / "rows" / f"{row}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"[{time.strftime('%H:%M:%S')}] {row}: test top-1 {result['top1']:.1%}, int8 {result['int8_top1']:.1%}, "
               f"{result['latency_ms']:.2f} ms fp32, {result['int8_latency_ms']:.2f} ms int8", flush=True)  # fmt: skip
-        return result
 
+    # Training side by side (--jobs), then every export timed alone, one row after another: a latency taken while
+    # another row trains would measure the other row too.
+    todo = [job for job in jobs if not kept(job)]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(one, jobs))
+        summaries = list(pool.map(
+            lambda job: train(job[0], RECIPES["recommended"], data, args.size, args.epochs, wd, job[3], threads), todo
+        ))  # fmt: skip
+    for job, summary in zip(todo, summaries, strict=True):
+        measure_row(job, summary)
     # The table holds every row measured so far with this recipe, from this sitting or an earlier one.
     rows = [json.loads(p.read_text()) for p in sorted((wd / "rows").glob("*.json"))]
     rows = [r for r in rows if r["config_sha256"] == recipe_hash and r["image_size"] == args.size
