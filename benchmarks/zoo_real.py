@@ -62,6 +62,14 @@ COLUMNS = ["model", "top1", "top5", "int8_top1", "params_m", "macs_m", "macs_m_2
            "train_minutes", "image_size", "epochs", "seed", "setting", "config_sha256"]  # fmt: skip
 
 
+def dataset_name(prepared_folder: Path) -> str:
+    """The raw dataset's folder name (``odd98``) that a prepared folder was made from, else the folder's own."""
+    try:
+        return Path(json.loads((prepared_folder / "manifest.json").read_text())["source"]["raw"]).name
+    except (OSError, KeyError, TypeError, ValueError):
+        return prepared_folder.resolve().name
+
+
 def config_sha256(path: Path) -> str:
     """The hash of the recipe as it resolves (every key and default), so that editing a comment keeps the rows."""
     resolved = json.dumps(load_config(path).to_dict(), sort_keys=True)
@@ -293,7 +301,7 @@ def main() -> None:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_after": load(),
-        "dataset": args.data.resolve().name,
+        "dataset": dataset_name(data),
         "classes": classes,
         "image_size": args.size,
         "epochs": args.epochs,
