@@ -179,6 +179,46 @@ def zoo_profile(name: str = "zoo_profile/models_227px_196cls.json") -> str:
     )
 
 
+def zoo(name: str = "zoo_odd98.json") -> str:
+    """The zoo trained on real photos (`benchmarks/zoo_real.py`): one line per model (mean ± sd over its seeds), the
+    plot embedded (the site stays one folder, offline)."""
+    if not (RESULTS_DIR / name).is_file():
+        return "*Not measured yet: `python benchmarks/zoo_real.py --data ../shared/stanford_cars/odd98` writes " \
+               "`benchmarks/results/zoo_odd98.csv`.*"  # fmt: skip
+    import base64
+    import statistics
+
+    record = load(name)
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in record["rows"]:
+        by_model.setdefault(row["model"], []).append(row)
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return statistics.fmean(r[key] for r in rows)
+
+    lines = []
+    for model, rows in sorted(by_model.items(), key=lambda kv: -mean(kv[1], "top1")):
+        top1 = pct(mean(rows, "top1"))
+        if len(rows) > 1:
+            top1 += f" ± {100 * statistics.stdev(r['top1'] for r in rows):.1f} ({len(rows)} seeds)"
+        lines.append([
+            model, top1, pct(mean(rows, "top5")), pct(mean(rows, "int8_top1")), f"{mean(rows, 'params_m'):.2f}",
+            f"{mean(rows, 'macs_m'):,.0f}", f"{mean(rows, 'macs_m_227'):,.0f}", f"{mean(rows, 'latency_ms'):.2f}",
+            f"{mean(rows, 'int8_latency_ms'):.2f}", f"{mean(rows, 'train_minutes'):.0f}", rows[0]["setting"],
+        ])  # fmt: skip
+    size = record["image_size"]
+    header = ["model", "test top-1", "top-5", "int8 top-1", "params (M)", f"MACs @{size} (M)", "MACs @227 (M)",
+              "fp32 ms", "int8 ms", "train min", "setting"]  # fmt: skip
+    png = RESULTS_DIR / Path(name).with_suffix(".png").name
+    picture = ""
+    if png.is_file():
+        data = base64.b64encode(png.read_bytes()).decode()
+        picture = f'\n\n<img alt="test top-1 against CPU latency" src="data:image/png;base64,{data}">'
+    note = (f"\n\n*{record['dataset']} ({record['classes']} classes), {size} px, {record['epochs']} epochs, the "
+            f"recipe `{record['recipe']}`; latency: batch 1, one thread, ONNX Runtime. ")  # fmt: skip
+    return table(header, lines, right_from=1, right_to=10) + picture + note + provenance(record, name)[1:]
+
+
 def headline() -> str:
     """The README's results: the recipes against each other, trust, and your own cars."""
     acc = load("odd98_128px_100ep.json")
@@ -216,6 +256,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "size_screen": size_screen,
     "own_streets": own_streets,
     "zoo_profile": zoo_profile,
+    "zoo": zoo,
 }
 
 
