@@ -230,6 +230,7 @@ def main() -> None:
 
     wd = args.workdir
     (wd / "rows").mkdir(parents=True, exist_ok=True)
+    load_before = load()
     data = prepared(args.data, wd)
     from carspotter.data.prepared import load_prepared
 
@@ -300,6 +301,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/zoo_real.py", *sys.argv[1:]]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_before": load_before,
         "load_after": load(),
         "dataset": dataset_name(data),
         "classes": classes,

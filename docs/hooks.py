@@ -46,7 +46,7 @@ def provenance(record: dict[str, Any], name: str) -> str:
     where = f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores" + (
         f", {machine['gpu']}" if machine.get("gpu") else ", no GPU"
     )
-    load_ = f"load {record['load_before']} → {record['load_after']}" if "load_after" in record else ""
+    load_ = f"load {record.get('load_before', '?')} → {record['load_after']}" if "load_after" in record else ""
     return (
         f"*{where}; {record.get('date', '?')}; {load_}. Reproduce by: `{record['command']}`; every figure and the "
         f"command of every run in `benchmarks/results/{name}`.*"
