@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -49,6 +50,7 @@ from pathlib import Path
 from real_accuracy import CARSPOTTER, RECIPES, ROOT, load, machine, prepared, train
 
 from carspotter.config import load_config
+from carspotter.evaluation.profile import model_family
 
 ROWS = [
     "ghostnet_thesis", "ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "mobilenetv3_small_100",
@@ -80,12 +82,6 @@ def model_args(name: str) -> dict[str, object]:
     """The recipe's own arguments for its model; ``drop_rate`` of the recipe for every other one."""
     recipe = load_config(RECIPES["recommended"]).model
     return dict(recipe.args) if name == recipe.name else {"drop_rate": recipe.args.get("drop_rate", 0.2)}
-
-
-def family(name: str) -> str:
-    from carspotter.evaluation.profile import model_family
-
-    return model_family(name)
 
 
 def size_and_compute(name: str, args: dict[str, object], classes: int, size: int) -> dict[str, float]:
@@ -226,8 +222,6 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "zoo_odd98.csv")
     ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "zoo_odd98.png")
     args = ap.parse_args()
-    import os
-
     wd = args.workdir
     (wd / "rows").mkdir(parents=True, exist_ok=True)
     load_before = load()
@@ -242,7 +236,7 @@ def main() -> None:
     for name in models:
         for seed in seeds:
             row = f"{name.replace('/', '-')}@{seed}"
-            setting = FAMILY_SETTINGS.get(family(name), {})
+            setting = FAMILY_SETTINGS.get(model_family(name), {})
             sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", f"trainer.seed={seed}",
                     "logging.loggers=[csv]", *(f"{k}={json.dumps(v)}" for k, v in setting.items())]  # fmt: skip
             jobs.append((row, name, seed, sets, "; ".join(f"{k}={v}" for k, v in setting.items()) or "recipe"))
