@@ -155,6 +155,14 @@ def main() -> None:
                 "load_after_run": summary["load_after_run"],
             }
     record["load_after"] = load()
+    if args.results.is_file():  # a part not re-run this time keeps its figures (and says when they were measured)
+        kept = json.loads(args.results.read_text())
+        for part in ("enrol", "imbalance"):
+            if part not in record and part in kept:
+                record[part] = {**kept[part], "measured": kept[part].get("measured", kept.get("date"))}
+    for part in ("enrol", "imbalance"):
+        if part in record and part in parts:
+            record[part]["measured"] = record["date"]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(record, indent=2) + "\n")
     print_tables(record)
@@ -177,9 +185,10 @@ def enrol_part(args, wd: Path, ds, data: Path, old: Path, new: Path, new_ids, ba
         ckpt = wd / f"enrolled-{shots}.ckpt"
         command = ["enroll", str(base_ckpt), str(photos), "-o", str(ckpt), "--overwrite"]
         started = time.perf_counter()
-        subprocess.run([*CARSPOTTER, *command], check=True, capture_output=True)
+        done = subprocess.run([*CARSPOTTER, *command], check=True, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         out["enrolled"][str(shots)] = {
+            "enroll_said": done.stdout.strip().splitlines()[-1],  # the old classes' top-1 on the reference photos
             "old_top1": evaluate(ckpt, old, wd / f"eval-enrolled-{shots}-old")["top1"],
             "new_top1": evaluate(ckpt, new, wd / f"eval-enrolled-{shots}-new")["top1"],
             "seconds": round(seconds, 1),

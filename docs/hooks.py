@@ -143,6 +143,9 @@ def own_streets(name: str = "own_streets_odd98.json") -> str:
         header = [f"`data.class_balance` ({imbalance['train_photos']:,} training photos, {big} to {small} a class)",
                   "test top-1", "balanced top-1", "rare classes' top-1", "common classes' top-1", "minutes"]
         parts.append(table(header, rows))
+    measured = {p: record[p]["measured"] for p in ("enrol", "imbalance") if record.get(p, {}).get("measured")}
+    if len(set(measured.values())) > 1:  # re-run part by part (--parts): each table's own date
+        parts.append("Measured: " + "; ".join(f"{part} {date}" for part, date in measured.items()) + ".")
     return "\n\n".join(parts) + "\n\n" + provenance(record, name)
 
 

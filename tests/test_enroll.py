@@ -88,6 +88,30 @@ def test_without_reference_photos_the_row_is_scaled_like_the_old_rows() -> None:
     assert float(torch.nn.functional.cosine_similarity(row, feats.mean(0), dim=0)) > 0.95  # toward its photos
 
 
+def test_the_margin_lets_new_rows_take_at_most_the_allowed_share_of_the_old_classes_photos() -> None:
+    """A new row pointed at the middle of all photos would take most of them; the shift lowers its bias until it
+    takes no more than ``max_old_loss`` of the reference photos the old classes get right, and no lower."""
+    from carspotter.training.enroll import Reference, margin, reference_top1
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    labels = torch.arange(400) % 5
+    feats = weight[labels] + 0.8 * torch.randn(400, 8, generator=gen, dtype=torch.float64)
+    logits = feats @ weight.T
+    ref = Reference(mean=feats.mean(0), top_logit=float(logits.max(1).values.mean()), source="synthetic",
+                    feats=feats, logits=logits, labels=labels)  # fmt: skip
+    row = (feats.mean(0) / feats.mean(0).norm() * weight.norm(dim=1).mean() * 3).unsqueeze(0)  # greedy newcomer
+    bias = torch.tensor([float(logits.max(1).values.max())])
+    before = reference_top1(ref)
+    assert reference_top1(ref, row, bias) < before - 0.5  # without the margin it takes most of them
+    for allowed in (0.0, 0.01, 0.05):
+        shift = margin(ref, row, bias, allowed)
+        assert shift > 0
+        after = reference_top1(ref, row, bias - shift)
+        assert before - allowed - 1e-9 <= after <= before
+        assert reference_top1(ref, row, bias - shift * 0.9) < after or allowed == 0.0  # the smallest such shift
+
+
 def _image(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (40, 30), (200, 10, 10)).save(path)

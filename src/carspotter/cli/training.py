@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from carspotter.cli._app import _pct, _quiet_lightning, app, console, err_console
+from carspotter.defaults import ENROLL_MAX_OLD_LOSS
 from carspotter.errors import UserError
 from carspotter.writable import check_output_file
 
@@ -65,6 +66,9 @@ def enroll(
     reference: Annotated[Path | None, typer.Option(help="Prepared dataset of the model's own classes, to fit the new "
                                                         "rows to (default: its training data, when present).")
                          ] = None,
+    max_old_loss: Annotated[float, typer.Option(min=0.0, max=0.99, help="The share of the reference photos the new "
+                                                    "classes may take from the old ones (0.01: one point).")
+                            ] = ENROLL_MAX_OLD_LOSS,
 ) -> None:
     """Add car models from a few photos each, without retraining: each new class gets a classifier row imprinted
     from its photos' mean embedding (Qi et al. 2018); the model's other classes are untouched.
@@ -73,14 +77,19 @@ def enroll(
     """
     from carspotter.training.enroll import enroll as enroll_classes
 
-    report = enroll_classes(ckpt, photos, out, replace=replace, flip=flip, overwrite=overwrite, reference=reference)
+    report = enroll_classes(ckpt, photos, out, replace=replace, flip=flip, overwrite=overwrite, reference=reference,
+                            max_old_loss=max_old_loss, progress=True)  # fmt: skip
     for e in report.enrolled:
         verb = "re-imprinted" if e["replaced"] else "enrolled"
         console.print(f"{verb} {escape(e['class_name'])} from {e['photos']} photo(s)", highlight=False)
     for line in report.unreadable:
         err_console.print(f"skipped: {escape(line)}", highlight=False)
     fitted = f"fitted to {report.reference}" if report.reference else "norm-matched (no reference photos)"
-    console.print(f"{report.out}: {report.num_classes} classes; new rows {fitted}")
+    console.print(f"{report.out}: {report.num_classes} classes; new rows {fitted}", highlight=False)
+    if report.reference_top1 is not None:
+        before, after = report.reference_top1
+        console.print(f"old classes on the reference photos: top-1 {_pct(before)} before, {_pct(after)} after "
+                      f"(new rows' bias lowered by {report.bias_shift:.3g})", highlight=False)  # fmt: skip
 
 @app.command()
 def sweep(
