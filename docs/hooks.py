@@ -99,19 +99,22 @@ def trust(*names: str) -> str:
 
 def size_screen(name: str = "size_screen.json") -> str:
     record = load(name)
+    at_sizes = sorted({int(k) for v in record["results"].values() for r in v.values()
+                       for k in r.get("held_out_top1_at_size", {})} - {record["image_size"]})  # fmt: skip
     rows = []
     for size, variants in record["results"].items():
         for i, (variant, r) in enumerate(variants.items()):
             se = f" ± {100 * r['held_out_se']:.1f}" if i == 0 else ""
-            chosen = record["decision"].get(variant) == "adopted" if isinstance(record["decision"], dict) else False
-            label = f"**{variant}**" if chosen else variant
+            label = f"**{variant}**" if record["decision"].get(variant, "").startswith("adopted") else variant
             rows.append([
                 f"{size} ({r['train_photos']:,}, {r['held_out_n']})" if i == 0 else "", label,
                 f"{r['weight_decay_per_step']:.2f}", f"{pct(r['held_out_top1'])}{se}", pct(r["held_out_last10_mean"]),
                 pct(r["train_top1_last_epoch"], 0),
+                *(pct(r.get("held_out_top1_at_size", {}).get(str(px))) for px in at_sizes),
             ])  # fmt: skip
     header = ["size (training photos, held out)", "variant", "decay per step", "held-out top-1 (± s.e.)",
-              "mean of last 10 epochs", "train top-1 at the end"]  # fmt: skip
+              "mean of last 10 epochs", "train top-1 at the end",
+              *(f"held-out top-1 fed at {px} px" for px in at_sizes)]  # fmt: skip
     verdict = "; ".join(f"{k}: {v}" for k, v in record["decision"].items())
     return table(header, rows, right_from=2) + f"\n\nVerdict by the rule: {verdict}.\n\n" + provenance(record, name)
 
@@ -257,6 +260,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "odd98_128px_100ep": lambda: real_accuracy("odd98_128px_100ep.json"),
     "trust": lambda: trust("trust_odd98.json", "trust_odd98_128px.json"),
     "size_screen": size_screen,
+    "climb_screen": lambda: size_screen("climb_screen.json"),
     "own_streets": own_streets,
     "zoo_profile": zoo_profile,
     "zoo": zoo,
