@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -152,6 +153,23 @@ def own_streets(name: str = "own_streets_odd98.json") -> str:
     return "\n\n".join(parts) + "\n\n" + provenance(record, name)
 
 
+def recipe_96px(name: str = "zoo_odd98.json") -> str:
+    """The recommended recipe at 96 px / 60 epochs, mean ± sd over seeds: the zoo's rows of the recipe's own model
+    with the recipe's setting (its config unchanged), one line with every seed and the commands' file."""
+    if not (RESULTS_DIR / name).is_file():
+        return "*Not measured yet: `python benchmarks/zoo_real.py --models ghostnet_thesis --seeds 42,43,44 ...`.*"
+    record = load(name)
+    rows = [r for r in record["rows"] if r["model"] == "ghostnet_thesis" and r["setting"] == "recipe"]
+    top1 = [r["top1"] for r in rows]
+    spread = f" ± {100 * statistics.stdev(top1):.1f}" if len(top1) > 1 else ""
+    seeds = ", ".join(f"{r['seed']}: {pct(r['top1'])}" for r in sorted(rows, key=lambda r: r["seed"]))
+    return (f"**{pct(statistics.fmean(top1))}{spread}** test top-1 over {len(rows)} seed(s) (seed {seeds}; int8 "
+            f"{pct(statistics.fmean(r['int8_top1'] for r in rows))}), {record['machine']['cpu']}, "
+            f"{record['machine']['cores']} cores, measured {', '.join(sorted({r['measured'][:10] for r in rows}))}; "
+            f"each run's command in `benchmarks/results/{name}` (the zoo's `ghostnet_thesis` rows: the recipe's "
+            "config unchanged).")
+
+
 def generic(name: str) -> str:
     """A results file written by `benchmarks/record.py`: its table as it was printed, the note, the provenance."""
     if not (RESULTS_DIR / name).is_file():
@@ -192,7 +210,6 @@ def zoo(name: str = "zoo_odd98.json") -> str:
         return "*Not measured yet: `python benchmarks/zoo_real.py --data ../shared/stanford_cars/odd98` writes " \
                "`benchmarks/results/zoo_odd98.csv`.*"  # fmt: skip
     import base64
-    import statistics
 
     record = load(name)
     by_model: dict[str, list[dict[str, Any]]] = {}
@@ -230,12 +247,18 @@ def headline() -> str:
     acc = load("odd98_128px_100ep.json")
     runs = {k.split("@")[0]: v for k, v in acc["runs"].items()}
     trust96 = load("trust_odd98.json")["test"]
+    zoo96 = [r["top1"] for r in load("zoo_odd98.json")["rows"] if r["model"] == "ghostnet_thesis"
+             and r["setting"] == "recipe"] if (RESULTS_DIR / "zoo_odd98.json").is_file() else []  # fmt: skip
     rows = [
         ["recommended recipe (`configs/stanford_ghostnet.yaml`), 128 px, 100 epochs, CPU",
          f"**{pct(runs['recommended']['test_top1'])}**", "[Training](docs/training.md)",
          "`benchmarks/results/odd98_128px_100ep.json`"],
         ["thesis recipe (`configs/thesis_c50.yaml`), the same run", pct(runs["thesis"]["test_top1"]),
          "[Training](docs/training.md)", "the same file"],
+        *([[f"recommended recipe, 96 px, 60 epochs, CPU, {len(zoo96)} seeds (the zoo's `ghostnet_thesis` rows)",
+             f"{pct(statistics.fmean(zoo96))} ± {100 * statistics.stdev(zoo96):.1f}",
+             "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]]
+          if len(zoo96) > 1 else []),
         ["recommended recipe, 96 px, 60 epochs, CPU: make top-1 / calibration error after temperature",
          f"{pct(trust96['top1'])}; make {pct(trust96['make_top1'])}; ECE {trust96['ece']:.3f}",
          "[Trusting an answer](docs/trust.md)", "`benchmarks/results/trust_odd98.json`"],
@@ -264,6 +287,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "own_streets": own_streets,
     "zoo_profile": zoo_profile,
     "zoo": zoo,
+    "recipe_96px": recipe_96px,
 }
 
 
