@@ -61,6 +61,27 @@ def test_enrolled_class_is_added_and_the_old_rows_are_untouched(
     assert np.mean(ranks) < len(new.class_names) / 2, ranks  # its own photos rank it in the upper half
 
 
+def test_replace_re_imprints_a_class_in_place_and_keeps_the_others(
+    trained_checkpoint: Path, synthetic_prepared: Path, tmp_path: Path
+) -> None:
+    """``--replace``: the class keeps its index, only its row (and bias) change, and the margin scores it as a new
+    row against the other classes' reference photos."""
+    from carspotter.training.enroll import enroll
+
+    info = read_checkpoint_info(trained_checkpoint)
+    name = info.class_names[2]
+    _photos_of(synthetic_prepared, 2, "train", 3, tmp_path / "photos" / name)
+    report = enroll(trained_checkpoint, tmp_path / "photos", tmp_path / "again.ckpt", replace=True)
+    assert report.enrolled[0]["replaced"] and report.num_classes == info.num_classes
+    assert read_checkpoint_info(report.out).class_names == info.class_names
+    assert report.reference_top1 is not None and report.reference_top1[1] >= report.reference_top1[0] - 0.01 - 1e-9
+    before, after = model_state_dict(read_checkpoint(trained_checkpoint)), model_state_dict(read_checkpoint(report.out))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.endswith(("weight", "bias")) for k in changed)
+    for k in changed:  # only row 2 of the classifier
+        assert torch.equal(torch.cat([before[k][:2], before[k][3:]]), torch.cat([after[k][:2], after[k][3:]]))
+
+
 def test_an_enrolled_checkpoint_exports_with_the_same_top1(
     trained_checkpoint: Path, synthetic_prepared: Path, tmp_path: Path
 ) -> None:

@@ -170,6 +170,8 @@ def fit_rows(
     (``feats[k]``: class k's; ``feats_old_logits``: the old classes' logits on them, in order), the old classes'
     logits fixed, with an L2 pull toward the imprinted rows."""
     old = ref.labels >= 0
+    if not bool(old.any()):  # none of the reference photos is of the model's classes: nothing to tell apart
+        return rows, biases
     x = torch.cat([ref.feats[old], *feats]).clone()  # out of inference mode: autograd needs ordinary tensors
     fixed = torch.cat([ref.logits[old], feats_old_logits]).clone()
     width = ref.logits.shape[1]
@@ -275,7 +277,7 @@ def enroll(
     added = [names.index(e["class_name"]) for e in report.enrolled]
     if ref is not None and bias is not None:
         kept = [i for i in range(len(info.class_names)) if i not in added]  # --replace: a re-imprinted row is new
-        ref = replace_classes(ref, kept)
+        ref = restricted_to(ref, kept)
         new_rows, new_biases = torch.stack([rows[i] for i in added]), torch.stack([biases[i] for i in added])
         new_x = torch.cat(new_feats)
         new_old_logits = new_x @ weight[kept].T + bias[kept]
@@ -311,7 +313,7 @@ def enroll(
     return report
 
 
-def replace_classes(ref: Reference, kept: list[int]) -> Reference:
+def restricted_to(ref: Reference, kept: list[int]) -> Reference:
     """``ref`` seen by the old classes ``kept`` only (a re-imprinted class is scored as a new row, not an old one)."""
     remap = torch.full((ref.logits.shape[1] + 1,), -1, dtype=torch.long)
     remap[torch.tensor(kept)] = torch.arange(len(kept))
