@@ -153,13 +153,18 @@ def own_streets(name: str = "own_streets_odd98.json") -> str:
     return "\n\n".join(parts) + "\n\n" + provenance(record, name)
 
 
+def recipe_rows(zoo_record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The zoo's rows of the recommended recipe itself: its model with its setting, the config unchanged."""
+    return [r for r in zoo_record["rows"] if r["model"] == "ghostnet_thesis" and r["setting"] == "recipe"]
+
+
 def recipe_96px(name: str = "zoo_odd98.json") -> str:
     """The recommended recipe at 96 px / 60 epochs, mean ± sd over seeds: the zoo's rows of the recipe's own model
     with the recipe's setting (its config unchanged), one line with every seed and the commands' file."""
     if not (RESULTS_DIR / name).is_file():
         return "*Not measured yet: `python benchmarks/zoo_real.py --models ghostnet_thesis --seeds 42,43,44 ...`.*"
     record = load(name)
-    rows = [r for r in record["rows"] if r["model"] == "ghostnet_thesis" and r["setting"] == "recipe"]
+    rows = recipe_rows(record)
     top1 = [r["top1"] for r in rows]
     spread = f" ± {100 * statistics.stdev(top1):.1f}" if len(top1) > 1 else ""
     seeds = ", ".join(f"{r['seed']}: {pct(r['top1'])}" for r in sorted(rows, key=lambda r: r["seed"]))
@@ -247,8 +252,8 @@ def headline() -> str:
     acc = load("odd98_128px_100ep.json")
     runs = {k.split("@")[0]: v for k, v in acc["runs"].items()}
     trust96 = load("trust_odd98.json")["test"]
-    zoo96 = [r["top1"] for r in load("zoo_odd98.json")["rows"] if r["model"] == "ghostnet_thesis"
-             and r["setting"] == "recipe"] if (RESULTS_DIR / "zoo_odd98.json").is_file() else []  # fmt: skip
+    zoo_file = RESULTS_DIR / "zoo_odd98.json"
+    zoo96 = [r["top1"] for r in recipe_rows(load(zoo_file.name))] if zoo_file.is_file() else []
     rows = [
         ["recommended recipe (`configs/stanford_ghostnet.yaml`), 128 px, 100 epochs, CPU",
          f"**{pct(runs['recommended']['test_top1'])}**", "[Training](docs/training.md)",

@@ -192,6 +192,14 @@ def fit_rows(
     return w.detach(), b.detach()
 
 
+def restricted_to(ref: Reference, kept: list[int]) -> Reference:
+    """``ref`` seen by the old classes ``kept`` only (a re-imprinted class is scored as a new row, not an old one)."""
+    remap = torch.full((ref.logits.shape[1] + 1,), -1, dtype=torch.long)
+    remap[torch.tensor(kept)] = torch.arange(len(kept))
+    labels = remap[ref.labels.where(ref.labels >= 0, ref.logits.shape[1])]
+    return dataclasses.replace(ref, logits=ref.logits[:, kept], labels=labels)
+
+
 def reference_top1(ref: Reference, rows: torch.Tensor | None = None, biases: torch.Tensor | None = None) -> float:
     """The model's top-1 on the reference photos, with the new ``rows`` (and ``biases``) added when given."""
     logits = ref.logits if rows is None else torch.cat([ref.logits, ref.feats @ rows.T + biases], dim=1)
@@ -305,17 +313,10 @@ def enroll(
     meta["enrolled"] = [
         *meta.get("enrolled", []),
         *({**e, "from": source, "reference": report.reference, "bias_shift": report.bias_shift,
-           "max_old_loss": max_old_loss if report.reference_top1 else None} for e in report.enrolled),
+           "max_old_loss": max_old_loss if report.reference_top1 is not None else None} for e in report.enrolled),
     ]
     with replacing(out) as staged:
         torch.save(raw, staged)
     report.num_classes = len(names)
     return report
 
-
-def restricted_to(ref: Reference, kept: list[int]) -> Reference:
-    """``ref`` seen by the old classes ``kept`` only (a re-imprinted class is scored as a new row, not an old one)."""
-    remap = torch.full((ref.logits.shape[1] + 1,), -1, dtype=torch.long)
-    remap[torch.tensor(kept)] = torch.arange(len(kept))
-    labels = remap[ref.labels.where(ref.labels >= 0, ref.logits.shape[1])]
-    return dataclasses.replace(ref, logits=ref.logits[:, kept], labels=labels)
