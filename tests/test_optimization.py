@@ -126,3 +126,67 @@ def test_the_recipe_scales_its_decay_from_where_it_was_chosen() -> None:
         load_config(RECOMMENDED, ["optimizer.params={lr: 0.001}"])
     with pytest.raises(UserError, match="weight_decay_scaling.power"):
         load_config(RECOMMENDED, ["optimizer.weight_decay_scaling.power=2"])
+
+
+# ------------------------------------------------------------------------- sharpness-aware minimisation
+
+
+def test_sam_steps_with_the_gradient_at_the_moved_weights() -> None:
+    """`LightningSAM` as Lightning steps it (a closure, no gradient yet): the closure runs at the weights, then at the
+    weights moved rho along the normalised gradient, and the wrapped AdamW takes that second gradient from the
+    original weights; the step returns the first pass's loss and counts the second pass as perturbed."""
+    from carspotter.training.optimization import LightningSAM
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    model = nn.Linear(5, 3)
+    twin = nn.Linear(5, 3)
+    twin.load_state_dict(model.state_dict())
+    sam = LightningSAM(model.parameters(), torch.optim.AdamW, rho=0.5, lr=0.1, weight_decay=0.0)
+    passes = []
+
+    def closure() -> torch.Tensor:
+        sam.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        passes.append((loss.item(), sam.perturbed))
+        return loss
+
+    first = sam.step(closure)
+    assert [p for _, p in passes] == [False, True] and not sam.perturbed
+    assert first.item() == pytest.approx(passes[0][0]) and passes[1][0] > passes[0][0]  # uphill: the sharp side
+
+    # By hand: gradient g at w, move to w + rho g / |g|, gradient there, one AdamW step from w.
+    nn.functional.cross_entropy(twin(x), y).backward()
+    grads = [p.grad.clone() for p in twin.parameters()]
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(twin.parameters(), grads, strict=True):
+            p.add_(0.5 * g / norm)
+    twin.zero_grad()
+    nn.functional.cross_entropy(twin(x), y).backward()
+    with torch.no_grad():
+        for p, g in zip(twin.parameters(), grads, strict=True):
+            p.sub_(0.5 * g / norm)
+    torch.optim.AdamW(twin.parameters(), lr=0.1, weight_decay=0.0).step()
+    for got, want in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_sam_refuses_fp16_loss_scaling() -> None:
+    with pytest.raises(UserError, match="optimizer.sam does not work with trainer.precision 16-mixed"):
+        load_config(RECOMMENDED, ["optimizer.sam={rho: 0.05}", "trainer.precision=16-mixed"])
+
+
+@pytest.mark.slow
+def test_a_sam_run_trains_and_resumes_with_its_optimizer_state(four_classes: Path, tmp_path: Path, one_cpu_thread):
+    """A real Lightning run with optimizer.sam: AdamW's moments are in the checkpoint (SAM shares its state), a
+    --resume continues from them."""
+    sam = ("optimizer.sam={rho: 0.05}",)
+    first = train(recipe_config(four_classes, tmp_path, "trainer.max_epochs=1", *sam), progress=False)
+    state = torch.load(first.run_dir / "last.ckpt", map_location="cpu", weights_only=True)["optimizer_states"][0]
+    assert state["state"] and all("exp_avg" in s and "old_p" not in s for s in state["state"].values())
+    resumed = train(recipe_config(four_classes, tmp_path, "trainer.max_epochs=2", *sam), resume=first.run_dir,
+                    progress=False)  # fmt: skip
+    assert resumed.summary["epochs_run"] == 2 and resumed.summary["optimizer_steps"] == 2 * first.summary[
+        "optimizer_steps"]

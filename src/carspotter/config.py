@@ -274,6 +274,17 @@ class WeightDecayScaling(_Section):
     )
 
 
+class SamConfig(_Section):
+    """Sharpness-aware minimisation (Foret et al., 2021; pytorch_optimizer's `SAM` around the configured optimizer):
+    each step takes the gradient at the weights moved ``rho`` along their own gradient, so the run seeks flat minima.
+    Every step computes two forward and backward passes: about twice the training time."""
+
+    rho: float = Field(0.05, gt=0.0, description="the radius of the neighbourhood the weights are moved to")
+    adaptive: bool = Field(
+        False, description="ASAM (Kwon et al., 2021): the move is scaled by each weight's magnitude (then rho ~ 0.5-2)"
+    )
+
+
 class OptimizerConfig(_Section):
     name: str = Field("AdamW", description="any `torch.optim` optimizer, by class name")
     params: dict[str, Any] = Field(
@@ -297,6 +308,10 @@ class OptimizerConfig(_Section):
         "optimiser steps; a run of S steps uses it × (N / S)^P (P 1: the same decay in all; 0.5: the AdamW paper's "
         "normalised decay; the recommended recipe: 1.2 at 7,440 steps, P 0.5); `null`: the same per-step value for "
         "every run",
+    )
+    sam: SamConfig | None = Field(
+        None,
+        description="`{rho: 0.05}`: sharpness-aware minimisation around the optimizer (two passes a step); `null`: off",
     )
 
     @model_validator(mode="after")
@@ -548,6 +563,13 @@ class Config(_Section):
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="where a run's metrics go besides its folder"
     )
+
+    @model_validator(mode="after")
+    def _sam_precision(self) -> Config:
+        if self.optimizer.sam is not None and self.trainer.precision == "16-mixed":
+            # Lightning's fp16 loss scaler steps the optimizer without the closure SAM's second pass needs.
+            raise ValueError("optimizer.sam does not work with trainer.precision 16-mixed (use bf16-mixed or 32-true)")
+        return self
 
     @model_validator(mode="after")
     def _balanced_loss(self) -> Config:
