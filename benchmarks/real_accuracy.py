@@ -68,14 +68,32 @@ def prepared(data: Path, workdir: Path) -> Path:
     return out
 
 
+def same_config(run_dir: Path, config: Path, sets: list[str]) -> bool:
+    """Whether the run in ``run_dir`` was trained with what ``config`` and ``sets`` resolve to now (where its data and
+    folder are aside: the run wrote them absolute, the command has them as given): the same command with an edited
+    recipe file is a different run."""
+    from carspotter.config import load_config
+
+    def resolved(path: Path, overrides: list[str]) -> dict:
+        cfg = load_config(path, overrides).to_dict()
+        del cfg["output"], cfg["data"]["path"]
+        return cfg
+
+    try:
+        return resolved(run_dir / "config.yaml", []) == resolved(config, sets)
+    except Exception:  # an unreadable or outdated config: train again
+        return False
+
+
 def train(
     name: str, config: Path, data: Path, size: int, epochs: int, workdir: Path, extra: list[str], threads: int | None
 ) -> dict:
     """One ``carspotter train`` run; its progress goes to ``<workdir>/<name>.log``, its summary is returned.
 
     A finished run is recorded in ``<workdir>/<name>.done.json``; the same command again (the run's name aside) with
-    its run folder still there is not retrained: its summary is returned (``"reused": true``), so a benchmark can be
-    built over several sittings and an interrupted one re-run."""
+    its run folder still there, and the recipe resolving as the run's own ``config.yaml`` does, is not retrained: its
+    summary is returned (``"reused": true``), so a benchmark can be built over several sittings and an interrupted one
+    re-run."""
     runs = workdir / "runs"
     sets = [f"data.path={data}", f"data.image_size={size}", f"trainer.max_epochs={epochs}",
             f"output.runs_dir={runs}", *extra]  # fmt: skip
@@ -84,7 +102,7 @@ def train(
     if done_file.is_file():
         done = json.loads(done_file.read_text())
         summary_file = Path(done["run_dir"]) / "summary.json"
-        if done["command"] == command and summary_file.is_file():
+        if done["command"] == command and summary_file.is_file() and same_config(Path(done["run_dir"]), config, sets):
             summary = {**json.loads(summary_file.read_text()), **done["added"], "reused": True}
             print(f"[{time.strftime('%H:%M:%S')}] {name}: finished before, reused ({done['run_dir']})", flush=True)
             return summary
