@@ -289,6 +289,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "trust": lambda: trust("trust_odd98.json", "trust_odd98_128px.json"),
     "size_screen": size_screen,
     "climb_screen": lambda: size_screen("climb_screen.json"),
+    "climb_screen_sam": lambda: size_screen("climb_screen_sam.json"),
     "own_streets": own_streets,
     "zoo_profile": zoo_profile,
     "zoo": zoo,
