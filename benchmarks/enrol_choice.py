@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from real_accuracy import ROOT, load, machine
+from real_accuracy import ROOT, command_line, load, machine
 
 from carspotter.data.prepared import load_prepared, train_val_frames
 from carspotter.inference.torch_backend import load_checkpoint
@@ -41,7 +40,7 @@ def main() -> None:
     model, info = load_checkpoint(run / "best.ckpt")
     names, prep = list(info.class_names), info.preprocessing
     old, new = load_prepared(wd / "old88"), load_prepared(wd / "new10")
-    record = {"command": " ".join(["python", "benchmarks/enrol_choice.py", *sys.argv[1:]]), "machine": machine(),
+    record = {"command": command_line(), "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M"), "load_before": load(), "base_run": str(run), "results": {}}
 
     def embed(root: Path, frame) -> torch.Tensor:

@@ -30,14 +30,13 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from real_accuracy import CARSPOTTER, RECIPES, ROOT, load, machine, prepared, train
+from real_accuracy import CARSPOTTER, RECIPES, ROOT, command_line, load, machine, prepared, train
 from subsets import subset
 from trust_real import carspotter
 
@@ -100,7 +99,7 @@ def main() -> None:
     wd = args.workdir
     wd.mkdir(parents=True, exist_ok=True)
     record: dict[str, object] = {
-        "command": " ".join(["python", "benchmarks/own_streets.py", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine(),
         "load_before": load(),
         "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -5,19 +5,18 @@ from the file (``<!-- results: NAME.json -->``), so a figure is never typed twic
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from real_accuracy import load, machine
+from real_accuracy import command_line, load, machine
 
 
 class Record:
     """Start one when the benchmark starts (the load before), `save` it at the end."""
 
     def __init__(self) -> None:
-        self.started = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "load_before": load(),
+        self.started = {"command": command_line(), "machine": machine(), "load_before": load(),
                         "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
 
     def save(self, path: Path, header: list[str], rows: list[list[Any]], note: str = "", **extra: Any) -> Path:

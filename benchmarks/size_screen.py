@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from real_accuracy import ROOT, load, machine, prepared, train
+from real_accuracy import ROOT, command_line, load, machine, prepared, train
 from subsets import subset
 
 from carspotter.data.prepared import load_prepared
@@ -142,7 +142,7 @@ def main() -> None:
     record: dict = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": " ".join([sys.executable, *sys.argv]),
+        "command": command_line(),
         "load_before": load(),
         "image_size": args.size,
         "epochs": args.epochs,

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from real_accuracy import CARSPOTTER, RECIPES, ROOT, load, machine, prepared, train
+from real_accuracy import CARSPOTTER, RECIPES, ROOT, command_line, load, machine, prepared, train
 
 FIELDS = ("top1", "top5", "make_top1", "model_top1", "balanced_top1", "ece_uncalibrated", "ece", "coverage",
           "answered_top1")  # fmt: skip
@@ -47,7 +46,7 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     record: dict[str, object] = {
-        "command": " ".join(["python", "benchmarks/trust_real.py", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine(),
         "load_before": load(),
         "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from real_accuracy import CARSPOTTER, RECIPES, ROOT, load, machine, prepared, train
+from real_accuracy import CARSPOTTER, RECIPES, ROOT, command_line, load, machine, prepared, train
 
 from carspotter.config import load_config
 from carspotter.evaluation.profile import model_family
@@ -292,7 +292,7 @@ def main() -> None:
     if not rows:
         sys.exit("no row measured")
     record = {
-        "command": " ".join(["python", "benchmarks/zoo_real.py", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_before": load_before,
