@@ -235,10 +235,25 @@ class ModelConfig(_Section):
         return self
 
 
+class DistillationConfig(_Section):
+    """Knowledge distillation (Hinton et al., 2015): the loss becomes (1 − weight) × the configured loss + weight ×
+    T² × KL(teacher's softened probabilities ‖ the student's), both softened by temperature T. The teacher is a
+    carspotter checkpoint of the same classes, run in eval mode on every training batch, never trained or saved."""
+
+    teacher: Path = Field(description="the teacher's checkpoint (`best.ckpt` of a run on the same classes)")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="the distillation term's share of the loss")
+    temperature: float = Field(4.0, gt=0.0, description="T: both models' logits are divided by it before the softmax")
+
+
 class LossConfig(_Section):
     name: str = Field("CrossEntropyLoss", description="any `torch.nn` loss, by class name")
     params: dict[str, Any] = Field(
         default_factory=lambda: {"label_smoothing": 0.1}, description="the loss's keyword arguments"
+    )
+    distillation: DistillationConfig | None = Field(
+        None,
+        description="`{teacher: RUN/best.ckpt, weight: 0.5, temperature: 4}`: learn from a trained carspotter model's "
+        "answers too; `null`: from the labels alone",
     )
 
     @model_validator(mode="after")
@@ -717,9 +732,10 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
     return f" {bad!r}.{_close(bad, keys)} Allowed: {', '.join(keys)}" if keys else ""
 
 
-# The config's file and folder settings, by section and key: a run saves them absolute, so that its config means the
-# same from any working directory (resume, report, export).
-PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("model", "pretrained"), ("output", "runs_dir"))
+# The config's file and folder settings, by their keys from the top: a run saves them absolute, so that its config
+# means the same from any working directory (resume, report, export).
+PATH_KEYS = (("data", "path"), ("data", "cache_dir"), ("model", "pretrained"), ("output", "runs_dir"),
+             ("loss", "distillation", "teacher"))  # fmt: skip
 
 
 def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
@@ -727,10 +743,13 @@ def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
     and made absolute."""
     root = Path(base) if base is not None else Path.cwd()
     raw = cfg.to_dict()
-    for section, key in PATH_KEYS:
-        value = raw[section].get(key)
+    for *sections, key in PATH_KEYS:
+        parent = raw
+        for section in sections:
+            parent = parent.get(section) or {}
+        value = parent.get(key)
         if value is not None and not is_hub_name(value) and not Path(value).is_absolute():
-            raw[section][key] = str((root / value).absolute())
+            parent[key] = str((root / value).absolute())
     return parse_config(raw)
 
 

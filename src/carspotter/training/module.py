@@ -21,12 +21,14 @@ from carspotter.config import RUN_SCHEDULES, Config
 from carspotter.data.batch_augment import build_batch_mixing
 from carspotter.evaluation.scoring import EvalResult, SplitScores
 from carspotter.formats.checkpoint import CheckpointInfo, swap_in_ema, swap_out_ema
+from carspotter.training.distill import Teacher
 from carspotter.training.finetune import parameter_groups
 from carspotter.training.optimization import (
     build_loss,
     build_optimizer,
     build_run_schedule,
     build_scheduler,
+    distillation_loss,
     per_step_weight_decay,
 )
 
@@ -55,9 +57,12 @@ class CarClassifier(L.LightningModule):
         batch_transform: nn.Module | None = None,
         channels_last: bool = False,
         class_weights: torch.Tensor | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        # loss.distillation's teacher: a plain attribute, not a submodule, so it is never trained nor saved.
+        self.teacher = teacher
         # The fast pipeline's batches arrive as uint8; this augments (training) and normalises them on the device.
         self.batch_transform = batch_transform
         # The weights' moving average: what validation sees, best.ckpt holds, and evaluate/export use (see
@@ -94,6 +99,11 @@ class CarClassifier(L.LightningModule):
         if self.ema is not None:
             self.ema.module.to(memory_format=layout)
 
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            self.teacher.to(self.device, layout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -113,6 +123,9 @@ class CarClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)  # CrossEntropyLoss takes class ids or (mixed) class probabilities
+        if self.teacher is not None:
+            d = self.cfg.loss.distillation
+            loss = distillation_loss(loss, logits, self.teacher(x), d.weight, d.temperature)
         if getattr(self.trainer.optimizers[0], "perturbed", False):
             return loss  # optimizer.sam's second pass, at the moved weights: its photos were counted by the first
         self.train_top1(logits, y.argmax(1) if y.ndim == 2 else y)

@@ -25,6 +25,21 @@ def build_loss(cfg: Config, class_weights: torch.Tensor | None = None) -> nn.Mod
     return loss
 
 
+def distillation_loss(
+    loss: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, weight: float, temperature: float
+) -> torch.Tensor:
+    """``loss`` (the labels' term) mixed with Hinton's distillation term: T² × KL(softmax(teacher / T) ‖
+    softmax(student / T)), averaged over the batch (T² keeps its gradients the size of the labels' term)."""
+    t = temperature
+    kd = nn.functional.kl_div(
+        nn.functional.log_softmax(student.float() / t, dim=1),
+        nn.functional.log_softmax(teacher.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - weight) * loss + weight * t * t * kd
+
+
 def per_step_weight_decay(cfg: Config, total_steps: int) -> float | None:
     """The weight decay each optimizer step of a run of ``total_steps`` steps applies: ``optimizer.params.
     weight_decay``, scaled by ``optimizer.weight_decay_scaling`` when set (`carspotter.config.WeightDecayScaling`).

@@ -50,6 +50,7 @@ from carspotter.training.callbacks import (
     Throughput,
 )
 from carspotter.training.checkpoint_io import AtomicCheckpointIO
+from carspotter.training.distill import load_teacher
 from carspotter.training.finetune import FreezeBackbone
 from carspotter.training.loggers import build_loggers, flatten, log_run_end, log_run_start
 from carspotter.training.module import CarClassifier
@@ -206,6 +207,9 @@ def train(
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model_checked(cfg, datamodule)
     check_buildable(cfg, model, datamodule)
+    teacher = None
+    if cfg.loss.distillation is not None:  # checked before the run folder exists
+        teacher = load_teacher(cfg.loss.distillation.teacher, datamodule.class_names, datamodule.preprocessing)
     run_dir, cfg = open_run_dir(cfg, resume, rank_zero)
     module = CarClassifier(
         model,
@@ -214,6 +218,7 @@ def train(
         batch_transform=getattr(datamodule, "batch_transform", None),
         channels_last=runtime.channels_last,
         class_weights=datamodule.train_loss_weights(),
+        teacher=teacher,
     )
     loggers = build_loggers(cfg, run_dir) if rank_zero else []
     log_run_start(loggers, cfg, count_parameters(model), run_dir)
@@ -233,6 +238,8 @@ def train(
     summary["calibration"] = calibrate_run(cfg, datamodule, run_dir, trainer.strategy.root_device)
     summary["optimizer_steps"] = int(trainer.estimated_stepping_batches)
     summary["weight_decay_per_step"] = module.weight_decay_per_step
+    if teacher is not None:
+        summary["teacher"] = teacher.describe()
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     plot_training_curves(RunDir(run_dir).metrics, RunDir(run_dir).curves)
     log_run_end(loggers, summary, run_dir)
