@@ -22,6 +22,9 @@ The rule, fixed before any run: a variant is adopted over the reference (the fir
 held-out top-1 is at least the reference's minus one standard error of that size's held-out split
 (sqrt(p(1 - p) / n)), and at one size or more it is above the reference's plus one standard error.
 
+A variant's value may name ``{reference_ckpt}``: the reference's ``best.ckpt`` at the same size (trained first),
+for knowledge distillation from a teacher that has not seen that size's held-out photos.
+
 ``--eval-sizes 112,128`` also scores each run's held-out photos at other input sizes than it trained at (the
 "test at a higher resolution" of FixRes: a random-resized crop makes a car look bigger in training than in a whole
 photo), with the checkpoint the run kept; recorded beside the held-out top-1 at the training size, scored the same way.
@@ -55,6 +58,9 @@ VARIANTS = {  # the reference first
     "power-0.5": ["optimizer.weight_decay_scaling.power=0.5"],  # the AdamW paper's normalised decay
 }
 SIZES = ("all", "half-classes", "half-photos")
+# In a variant's value, the reference's checkpoint at the same size: a teacher trained without that size's held-out
+# photos, e.g. --variant 'kd=loss.distillation={teacher: {reference_ckpt}}' (distillation from the recipe itself).
+REFERENCE_CKPT = "{reference_ckpt}"
 
 
 def held_out(summary: dict, run_dir: Path, n_held: int) -> dict:
@@ -166,12 +172,20 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     jobs = [(size, name) for size in sizes for name in variants]
     common = [f"data.val_fraction={args.val_fraction}", f"trainer.seed={args.seed}", "logging.loggers=[csv]"]
+    reference = next(iter(variants))
+
+    def run(size: str, name: str, futures: dict) -> dict:
+        sets = variants[name]
+        if any(REFERENCE_CKPT in s for s in sets):  # a teacher: the reference's run at this size, trained first
+            ckpt = Path(futures[size, reference].result()["run_dir"]) / "best.ckpt"
+            sets = [s.replace(REFERENCE_CKPT, str(ckpt.resolve())) for s in sets]
+        return train(f"{size}-{name}", RECIPE, folders[size], args.size, args.epochs, args.workdir,
+                     [*common, *sets], threads)  # fmt: skip
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {
-            (size, name): pool.submit(train, f"{size}-{name}", RECIPE, folders[size], args.size, args.epochs,
-                                      args.workdir, [*common, *variants[name]], threads)  # fmt: skip
-            for size, name in jobs
-        }
+        futures: dict = {}
+        for size, name in jobs:  # the reference first at every size, so a student never waits on a queued teacher
+            futures[size, name] = pool.submit(run, size, name, futures)
         summaries = {key: f.result() for key, f in futures.items()}
     record["load_after"] = load()
     results: dict[str, dict[str, dict]] = {}
