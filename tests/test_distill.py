@@ -4,6 +4,7 @@ folder exists."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,27 +33,27 @@ def test_the_distillation_term_is_hintons() -> None:
 
 
 @pytest.mark.slow
-def test_a_student_learns_from_a_teacher_it_never_saves(synthetic_prepared: Path, tmp_path: Path, one_cpu_thread):
-    teacher = train(recipe_config(synthetic_prepared, tmp_path / "teacher"), progress=False)
-    distill = f"loss.distillation={{teacher: {teacher.best_ckpt}, weight: 0.7, temperature: 2}}"
-    student = train(recipe_config(synthetic_prepared, tmp_path / "student", "data.image_size=48", distill),
-                    progress=False)  # fmt: skip
+def test_a_student_learns_from_a_teacher_it_never_saves(synthetic_prepared: Path, trained_checkpoint: Path,
+                                                        tmp_path: Path, one_cpu_thread):  # fmt: skip
+    """The teacher: a 48 px run of another config (the demo's) on the same classes; the student trains at 32 px."""
+    distill = f"loss.distillation={{teacher: {trained_checkpoint}, weight: 0.7, temperature: 2}}"
+    student = train(recipe_config(synthetic_prepared, tmp_path, distill), progress=False)
     said = student.summary["teacher"]
-    assert said["checkpoint"] == str(teacher.best_ckpt) and said["image_size"] == [32, 32]  # fed resized batches
-    assert said["test_top1"] == teacher.summary["test_top1"] and said["wall_time_s"] > 0  # its compute, apart
-    plain = read_checkpoint(teacher.best_ckpt)["state_dict"]
+    assert said["checkpoint"] == str(trained_checkpoint) and said["image_size"] == [48, 48]  # fed resized batches
+    teacher_run = json.loads((trained_checkpoint.parent / "summary.json").read_text())
+    assert said["test_top1"] == teacher_run["test_top1"] and said["wall_time_s"] > 0  # its compute, apart
+    plain = train(recipe_config(synthetic_prepared, tmp_path / "plain", "trainer.max_epochs=1"), progress=False)
     taught = read_checkpoint(student.best_ckpt)["state_dict"]
-    assert set(taught) == set(plain)  # the student's own network, nothing of the teacher's
-    model, info = load_checkpoint(student.best_ckpt)
-    assert info.preprocessing.image_size == (48, 48)
+    assert set(taught) == set(read_checkpoint(plain.best_ckpt)["state_dict"])  # the student alone, no teacher
+    _, info = load_checkpoint(student.best_ckpt)
+    assert info.preprocessing.image_size == (32, 32) and info.model_args["hidden_channels"] == 1280
 
 
 @pytest.mark.slow
-def test_a_teacher_of_other_classes_is_refused_before_a_run_folder(synthetic_prepared: Path, four_classes: Path,
+def test_a_teacher_of_other_classes_is_refused_before_a_run_folder(four_classes: Path, trained_checkpoint: Path,
                                                                    tmp_path: Path, one_cpu_thread):  # fmt: skip
-    teacher = train(recipe_config(synthetic_prepared, tmp_path / "teacher", "trainer.max_epochs=1"), progress=False)
     runs = tmp_path / "student"
-    cfg = recipe_config(four_classes, runs, f"loss.distillation={{teacher: {teacher.best_ckpt}}}")
+    cfg = recipe_config(four_classes, runs, f"loss.distillation={{teacher: {trained_checkpoint}}}")
     with pytest.raises(UserError, match="trained on other classes"):
         train(cfg, progress=False)
     assert not runs.exists() or not any(runs.iterdir())
