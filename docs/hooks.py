@@ -290,6 +290,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "size_screen": size_screen,
     "climb_screen": lambda: size_screen("climb_screen.json"),
     "climb_screen_sam": lambda: size_screen("climb_screen_sam.json"),
+    "climb_screen_kd": lambda: size_screen("climb_screen_kd.json"),
     "own_streets": own_streets,
     "zoo_profile": zoo_profile,
     "zoo": zoo,
