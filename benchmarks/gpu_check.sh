@@ -28,14 +28,14 @@ if ! $PY -c "import kornia.augmentation" 2>/dev/null; then
   fi
 fi
 if ! $PY -c "import pytorch_optimizer" 2>/dev/null && ls benchmarks/wheels/pytorch_optimizer-*.whl >/dev/null 2>&1; then
+  # optimizer.sam only: training without it does not import pytorch_optimizer
   $PY -m pip install --no-index --no-deps -q --find-links benchmarks/wheels pytorch_optimizer || log "pytorch_optimizer wheel did not install"
 fi
 KORNIA=yes
 $PY -c "import kornia.augmentation" 2>/dev/null || { KORNIA=no; log "kornia missing: fast pipeline skipped (run benchmarks/fetch_wheels.sh first)"; }
 MISSING=$($PY - <<'EOF'
 import importlib
-names = ["numpy", "pandas", "scipy", "PIL", "yaml", "pydantic", "tqdm", "lightning", "torchmetrics", "timm",
-         "pytorch_optimizer"]
+names = ["numpy", "pandas", "scipy", "PIL", "yaml", "pydantic", "tqdm", "lightning", "torchmetrics", "timm"]
 print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
 EOF
 )

@@ -79,6 +79,7 @@ def same_config(run_dir: Path, config: Path, sets: list[str]) -> bool:
     folder are aside: the run wrote them absolute, the command has them as given): the same command with an edited
     recipe file is a different run."""
     from carspotter.config import load_config
+    from carspotter.errors import UserError
 
     def resolved(path: Path, overrides: list[str]) -> dict:
         cfg = load_config(path, overrides).to_dict()
@@ -87,7 +88,7 @@ def same_config(run_dir: Path, config: Path, sets: list[str]) -> bool:
 
     try:
         return resolved(run_dir / "config.yaml", []) == resolved(config, sets)
-    except Exception:  # an unreadable or outdated config: train again
+    except (OSError, UserError):  # a missing, unreadable or outdated config: train again
         return False
 
 

@@ -153,6 +153,11 @@ def own_streets(name: str = "own_streets_odd98.json") -> str:
     return "\n\n".join(parts) + "\n\n" + provenance(record, name)
 
 
+def sd(fractions: list[float]) -> str:
+    """The standard deviation of fractions 0-1 as " ± x.x" points; empty for fewer than two values."""
+    return f" ± {100 * statistics.stdev(fractions):.1f}" if len(fractions) > 1 else ""
+
+
 def recipe_rows(zoo_record: dict[str, Any]) -> list[dict[str, Any]]:
     """The zoo's rows of the recommended recipe itself: its model with its setting, the config unchanged."""
     return [r for r in zoo_record["rows"] if r["model"] == "ghostnet_thesis" and r["setting"] == "recipe"]
@@ -166,9 +171,8 @@ def recipe_96px(name: str = "zoo_odd98.json") -> str:
     record = load(name)
     rows = recipe_rows(record)
     top1 = [r["top1"] for r in rows]
-    spread = f" ± {100 * statistics.stdev(top1):.1f}" if len(top1) > 1 else ""
     seeds = ", ".join(f"{r['seed']}: {pct(r['top1'])}" for r in sorted(rows, key=lambda r: r["seed"]))
-    return (f"**{pct(statistics.fmean(top1))}{spread}** test top-1 over {len(rows)} seed(s) (seed {seeds}; int8 "
+    return (f"**{pct(statistics.fmean(top1))}{sd(top1)}** test top-1 over {len(rows)} seed(s) (seed {seeds}; int8 "
             f"{pct(statistics.fmean(r['int8_top1'] for r in rows))}), {record['machine']['cpu']}, "
             f"{record['machine']['cores']} cores, measured {', '.join(sorted({r['measured'][:10] for r in rows}))}; "
             f"each run's command in `benchmarks/results/{name}` (the zoo's `ghostnet_thesis` rows: the recipe's "
@@ -228,7 +232,7 @@ def zoo(name: str = "zoo_odd98.json") -> str:
     for model, rows in sorted(by_model.items(), key=lambda kv: -mean(kv[1], "top1")):
         top1 = pct(mean(rows, "top1"))
         if len(rows) > 1:
-            top1 += f" ± {100 * statistics.stdev(r['top1'] for r in rows):.1f} ({len(rows)} seeds)"
+            top1 += f"{sd([r['top1'] for r in rows])} ({len(rows)} seeds)"
         lines.append([
             model, top1, pct(mean(rows, "top5")), pct(mean(rows, "int8_top1")), f"{mean(rows, 'params_m'):.2f}",
             f"{mean(rows, 'macs_m'):,.0f}", f"{mean(rows, 'macs_m_227'):,.0f}", f"{mean(rows, 'latency_ms'):.2f}",
@@ -261,7 +265,7 @@ def headline() -> str:
         ["thesis recipe (`configs/thesis_c50.yaml`), the same run", pct(runs["thesis"]["test_top1"]),
          "[Training](docs/training.md)", "the same file"],
         *([[f"recommended recipe, 96 px, 60 epochs, CPU, {len(zoo96)} seeds (the zoo's `ghostnet_thesis` rows)",
-             f"{pct(statistics.fmean(zoo96))} ± {100 * statistics.stdev(zoo96):.1f}",
+             f"{pct(statistics.fmean(zoo96))}{sd(zoo96)}",
              "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]]
           if len(zoo96) > 1 else []),
         ["recommended recipe, 96 px, 60 epochs, CPU: make top-1 / calibration error after temperature",

@@ -135,7 +135,7 @@ def test_sam_steps_with_the_gradient_at_the_moved_weights() -> None:
     """`LightningSAM` as Lightning steps it (a closure, no gradient yet): the closure runs at the weights, then at the
     weights moved rho along the normalised gradient, and the wrapped AdamW takes that second gradient from the
     original weights; the step returns the first pass's loss and counts the second pass as perturbed."""
-    from carspotter.training.optimization import LightningSAM
+    from carspotter.training.sam import LightningSAM
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))

@@ -121,13 +121,17 @@ class CarClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        # optimizer.sam runs this twice a step, the second time at moved weights on the same batch.
+        second_pass = getattr(self.trainer.optimizers[0], "perturbed", False)
         logits = self(x)
         loss = self.criterion(logits, y)  # CrossEntropyLoss takes class ids or (mixed) class probabilities
         if self.teacher is not None:
+            if not second_pass:  # the teacher's answer to this batch, once
+                self._teacher_logits = self.teacher(x)
             d = self.cfg.loss.distillation
-            loss = distillation_loss(loss, logits, self.teacher(x), d.weight, d.temperature)
-        if getattr(self.trainer.optimizers[0], "perturbed", False):
-            return loss  # optimizer.sam's second pass, at the moved weights: its photos were counted by the first
+            loss = distillation_loss(loss, logits, self._teacher_logits, d.weight, d.temperature)
+        if second_pass:
+            return loss  # its photos were counted by the first pass
         self.train_top1(logits, y.argmax(1) if y.ndim == 2 else y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))

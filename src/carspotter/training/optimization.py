@@ -7,7 +7,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.optim as optim
-from pytorch_optimizer import SAM
 from torch.optim import lr_scheduler
 
 from carspotter.config import RUN_SCHEDULES, Config
@@ -54,28 +53,6 @@ def per_step_weight_decay(cfg: Config, total_steps: int) -> float | None:
     return float(value) * (scaling.reference_steps / max(1, int(total_steps))) ** scaling.power
 
 
-class LightningSAM(SAM):
-    """pytorch_optimizer's `SAM`, stepped the way Lightning steps every optimizer: ``step(closure)`` with no gradient
-    computed yet. The closure runs first at the weights (its loss is the step's), then SAM moves the weights, runs it
-    again there and steps the wrapped optimizer with that gradient at the original weights. ``perturbed`` is true
-    during the second pass, so the training step counts its photos once."""
-
-    perturbed = False
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        if closure is None:
-            raise RuntimeError("optimizer.sam needs the closure Lightning passes (not trainer.precision 16-mixed)")
-        with torch.enable_grad():
-            first = closure()
-        self.perturbed = True
-        try:
-            super().step(closure)
-        finally:
-            self.perturbed = False
-        return first
-
-
 def build_optimizer(cfg: Config, params: Any, total_steps: int | None = None) -> optim.Optimizer:
     """The configured optimizer over ``params`` (inside `LightningSAM` with ``optimizer.sam``); ``total_steps`` (the
     run's optimizer steps) scales the weight decay when ``optimizer.weight_decay_scaling`` is set (None: the reference
@@ -86,6 +63,8 @@ def build_optimizer(cfg: Config, params: Any, total_steps: int | None = None) ->
     base = getattr(optim, cfg.optimizer.name)
     sam = cfg.optimizer.sam
     if sam is not None:
+        from carspotter.training.sam import LightningSAM  # its library is imported by the runs that use it only
+
         return LightningSAM(params, base, rho=sam.rho, adaptive=sam.adaptive, **kwargs)
     return base(params, **kwargs)
 
