@@ -5,6 +5,7 @@ folder exists."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from carspotter.errors import UserError
 from carspotter.formats.checkpoint import read_checkpoint
 from carspotter.inference.torch_backend import load_checkpoint
 from carspotter.training.optimization import distillation_loss
-from carspotter.training.run import train
+from carspotter.training.run import load_run_config, train
 
 
 def test_the_distillation_term_is_hintons() -> None:
@@ -60,3 +61,39 @@ def test_a_teacher_of_other_classes_is_refused_before_a_run_folder(four_classes:
     with pytest.raises(UserError, match="no such checkpoint"):
         train(recipe_config(four_classes, runs, f"loss.distillation={{teacher: {tmp_path / 'missing.ckpt'}}}"),
               progress=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_teacher_self_trains_the_teacher_then_the_student_in_one_folder(synthetic_prepared: Path, tmp_path: Path,
+                                                                        one_cpu_thread):  # fmt: skip
+    """`teacher: self` (born-again): the same settings without distillation train first into ``<run>/teacher``; each
+    stage resumes on its own, a finished teacher is never trained again."""
+    cfg = recipe_config(synthetic_prepared, tmp_path, "loss.distillation={teacher: self}", "trainer.max_epochs=1")
+    started = time.perf_counter()
+    run = train(cfg, progress=False)
+    elapsed = time.perf_counter() - started
+    teacher = run.run_dir / "teacher"
+    said, own = run.summary["teacher"], json.loads((teacher / "summary.json").read_text())
+    assert said["checkpoint"] == str(teacher / "best.ckpt") and said["test_top1"] == own["test_top1"]
+    assert run.summary["wall_time_s"] <= elapsed - own["wall_time_s"] + 0.05  # the student's own time: teacher's apart
+    assert load_run_config(teacher).loss.distillation is None
+    assert load_run_config(run.run_dir).loss.distillation.teacher == "self"  # the run's config says what it did
+    # Interrupted after the teacher (the student's files gone): --resume trains the student only.
+    for name in ("last.ckpt", "best.ckpt", "summary.json", "metrics.csv"):
+        (run.run_dir / name).unlink()
+    teacher_weights = (teacher / "best.ckpt").read_bytes()
+    again = train(load_run_config(run.run_dir), resume=run.run_dir, progress=False)
+    assert again.run_dir == run.run_dir and (teacher / "best.ckpt").read_bytes() == teacher_weights
+    assert again.summary["teacher"]["test_top1"] == own["test_top1"] and again.best_ckpt.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [run.run_dir.name]  # no second run folder
+
+
+def test_teacher_self_is_refused_on_several_devices_and_leaves_nothing_when_refused(four_classes: Path,
+                                                                                     tmp_path: Path):  # fmt: skip
+    runs = tmp_path / "runs"
+    with pytest.raises(UserError, match="several devices"):
+        train(recipe_config(four_classes, runs, "loss.distillation={teacher: self}", "trainer.devices=2"),
+              progress=False)  # fmt: skip
+    with pytest.raises(UserError):  # the data is missing: refused by the teacher's stage, no run folder kept
+        train(recipe_config(tmp_path / "no-data", runs, "loss.distillation={teacher: self}"), progress=False)
+    assert not runs.exists() or not any(runs.iterdir())

@@ -235,12 +235,19 @@ class ModelConfig(_Section):
         return self
 
 
+SELF_TEACHER = "self"  # loss.distillation.teacher: the run trains its own teacher first
+
+
 class DistillationConfig(_Section):
     """Knowledge distillation (Hinton et al., 2015): the loss becomes (1 − weight) × the configured loss + weight ×
     T² × KL(teacher's softened probabilities ‖ the student's), both softened by temperature T. The teacher is a
     carspotter checkpoint of the same classes, run in eval mode on every training batch, never trained or saved."""
 
-    teacher: Path = Field(description="the teacher's checkpoint (`best.ckpt` of a run on the same classes)")
+    teacher: Literal["self"] | Path = Field(
+        description="the teacher's checkpoint (`best.ckpt` of a run on the same classes), or `self`: the run first "
+        "trains its teacher with its own settings (no distillation) into its folder's `teacher/`, then itself from it "
+        "(born-again networks; twice the training, the teacher's minutes reported apart)"
+    )
     weight: float = Field(0.5, ge=0.0, le=1.0, description="the distillation term's share of the loss")
     temperature: float = Field(4.0, gt=0.0, description="T: both models' logits are divided by it before the softmax")
 
@@ -748,7 +755,7 @@ def with_absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
         for section in sections:
             parent = parent.get(section) or {}
         value = parent.get(key)
-        if value is not None and not is_hub_name(value) and not Path(value).is_absolute():
+        if value is not None and value != SELF_TEACHER and not is_hub_name(value) and not Path(value).is_absolute():
             parent[key] = str((root / value).absolute())
     return parse_config(raw)
 

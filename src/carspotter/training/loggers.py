@@ -153,9 +153,12 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
-    """Lightning loggers for ``logging.loggers`` (``csv`` is the run folder's own ``metrics.csv``, no logger)."""
+def build_loggers(cfg: Config, run_dir: Path, runs_dir: Path | None = None) -> list[Logger]:
+    """Lightning loggers for ``logging.loggers`` (``csv`` is the run folder's own ``metrics.csv``, no logger).
+    ``runs_dir``: the runs folder whose local MLflow store the run joins (default ``output.runs_dir``; a run's own
+    teacher, inside its folder, joins the store of the runs folder above), its name there relative to it."""
     chosen = cfg.logging.loggers
+    runs_dir = Path(runs_dir or cfg.output.runs_dir)
     loggers: list[Logger] = []
     if "tensorboard" in chosen:
         loggers.append(
@@ -163,14 +166,14 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
         )
     if "mlflow" in chosen:
         local = cfg.logging.tracking_uri is None
-        artifacts = str((Path(cfg.output.runs_dir) / MLFLOW_ARTIFACTS).resolve()) if local else None
+        artifacts = str((runs_dir / MLFLOW_ARTIFACTS).resolve()) if local else None
         tags = {"mlflow.note.content": cfg.output.description, "carspotter.tags": ",".join(cfg.output.tags)}
         tags.update({f"tag.{t}": "true" for t in cfg.output.tags})
         id_file = RunDir(run_dir).mlflow_run_id
         mlflow_logger = SafeMLFlowLogger(
             experiment_name=cfg.logging.experiment,
-            run_name=run_dir.name,
-            tracking_uri=mlflow_tracking_uri(cfg),
+            run_name=_name_under(run_dir, runs_dir),
+            tracking_uri=cfg.logging.tracking_uri or local_tracking_uri(runs_dir),
             tags=tags,
             artifact_location=artifacts,
             run_id=id_file.read_text().strip() if id_file.is_file() else None,
@@ -179,6 +182,15 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     if "wandb" in chosen:
         loggers.append(_wandb_logger(cfg, run_dir))
     return loggers
+
+
+def _name_under(run_dir: Path, runs_dir: Path) -> str:
+    """``run_dir``'s name in the tracking store: its path below ``runs_dir`` (``RUN/teacher`` for a run's own teacher),
+    else its folder's name."""
+    try:
+        return run_dir.resolve().relative_to(runs_dir.resolve()).as_posix()
+    except ValueError:
+        return run_dir.name
 
 
 def _wandb_logger(cfg: Config, run_dir: Path) -> Logger:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 import warnings
@@ -22,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from carspotter.config import Config, parse_config, save_config, with_absolute_paths
+from carspotter.config import SELF_TEACHER, Config, parse_config, save_config, with_absolute_paths
 from carspotter.data.dataset import CarsDataModule, eval_loader
 from carspotter.data.epochs import SeedEachEpoch
 from carspotter.data.fast import FastCarsDataModule
@@ -158,6 +159,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 # derived twice. So rank 0 hands the folder it made to the ranks it launches through the environment, as Lightning
 # hands them the seed (PL_GLOBAL_SEED).
 RUN_DIR_ENV = "CARSPOTTER_RUN_DIR"
+TEACHER_DIR = "teacher"  # loss.distillation.teacher: self: the run's own teacher, a run folder inside the run's
 
 
 def launch_rank_zero() -> bool:
@@ -187,8 +189,87 @@ def train(
     """Train one run and test its best checkpoint once. With ``resume``, ``cfg`` may change only `RESUME_MAY_CHANGE`.
 
     Under DDP every process runs this function; only rank 0 creates the run folder, logs, shows progress, writes
-    the summary and tests. ``extra_callbacks`` are added to the trainer (sweeps use this for pruning).
+    the summary and tests. ``extra_callbacks`` are added to the trainer (sweeps use this for pruning). With
+    ``loss.distillation.teacher: self`` the run first trains its own teacher (`train_with_own_teacher`).
     """
+    if cfg.loss.distillation is not None and cfg.loss.distillation.teacher == SELF_TEACHER:
+        return train_with_own_teacher(cfg, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
+    return train_one(cfg, resume=resume, progress=progress, extra_callbacks=extra_callbacks)
+
+
+def train_with_own_teacher(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    extra_callbacks: list[L.Callback] | None = None,
+) -> RunResult:
+    """Born-again distillation (Furlanello et al., 2018) in one run folder: the teacher is the same config without
+    distillation, trained into ``<run>/teacher/`` (a run folder of its own), then the run itself learns from it.
+
+    Each stage resumes on its own: ``resume`` continues the teacher if it did not finish, then the student from its
+    ``last.ckpt`` if it has one. The run's summary holds the student's own minutes; the teacher's are in its
+    ``teacher`` entry (and ``teacher/summary.json``)."""
+    t = cfg.trainer
+    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1:
+        raise UserError("loss.distillation.teacher: self trains the teacher, then the student, in one process; on "
+                        "several devices train the teacher first (without loss.distillation) and name its best.ckpt")
+    if resume is None:
+        check_writable(cfg.output.runs_dir, "runs folder")
+        run_dir, cfg = open_run_dir(cfg, None, rank_zero=True)  # saves config.yaml: the run can resume from here on
+        os.environ.pop(RUN_DIR_ENV, None)
+    else:
+        run_dir = Path(resume)
+        check_resume_config(cfg, load_run_config(run_dir))
+    teacher_dir = run_dir / TEACHER_DIR
+    if not (teacher_dir / SUMMARY_FILE).is_file():
+        teacher_resume = teacher_dir if RunDir(teacher_dir).last_ckpt.is_file() else None
+        if teacher_resume is None and teacher_dir.exists():
+            shutil.rmtree(teacher_dir)  # begun but not one epoch finished: nothing to keep
+        try:
+            train_one(teacher_config(cfg, run_dir), resume=teacher_resume, progress=progress,
+                      logging_runs_dir=Path(cfg.output.runs_dir))  # fmt: skip
+        except UserError:
+            if resume is None and not teacher_dir.exists():  # refused before anything was trained: leave nothing
+                shutil.rmtree(run_dir)
+            raise
+        except TrainingInterrupted:
+            raise TrainingInterrupted(run_dir) from None
+    if progress:
+        log.info("teacher trained (%s); now the run itself learns from it", teacher_dir)
+    return train_one(
+        cfg,
+        resume=run_dir if RunDir(run_dir).last_ckpt.is_file() else None,
+        progress=progress,
+        extra_callbacks=extra_callbacks,
+        into=run_dir,
+        teacher_ckpt=RunDir(teacher_dir).best_ckpt,
+    )
+
+
+def teacher_config(cfg: Config, run_dir: Path) -> Config:
+    """The config of ``run_dir``'s own teacher: the same settings without distillation, saved in ``<run>/teacher``."""
+    raw = cfg.to_dict()
+    raw["loss"]["distillation"] = None
+    out = raw["output"]
+    raw["output"] = {**out, "runs_dir": str(run_dir), "run_name": TEACHER_DIR, "tags": [*out["tags"], "teacher"],
+                     "description": f"the teacher of {run_dir.name}"}  # fmt: skip
+    return parse_config(raw)
+
+
+def train_one(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    extra_callbacks: list[L.Callback] | None = None,
+    into: Path | None = None,
+    teacher_ckpt: Path | None = None,
+    logging_runs_dir: Path | None = None,
+) -> RunResult:
+    """`train` without a teacher to train first. ``into``: the run folder, made before (instead of a new one);
+    ``teacher_ckpt``: the distillation teacher when the config says ``self``; ``logging_runs_dir``: the runs folder
+    whose local tracking store the run logs to, when it is nested in another run's folder."""
     started = time.perf_counter()
     rank_zero = launch_rank_zero()
     progress = progress and rank_zero
@@ -209,8 +290,9 @@ def train(
     check_buildable(cfg, model, datamodule)
     teacher = None
     if cfg.loss.distillation is not None:  # checked before the run folder exists
-        teacher = load_teacher(cfg.loss.distillation.teacher, datamodule.class_names, datamodule.preprocessing)
-    run_dir, cfg = open_run_dir(cfg, resume, rank_zero)
+        path = teacher_ckpt or Path(cfg.loss.distillation.teacher)
+        teacher = load_teacher(path, datamodule.class_names, datamodule.preprocessing)
+    run_dir, cfg = open_run_dir(cfg, resume or into, rank_zero)
     module = CarClassifier(
         model,
         cfg,
@@ -220,7 +302,7 @@ def train(
         class_weights=datamodule.train_loss_weights(),
         teacher=teacher,
     )
-    loggers = build_loggers(cfg, run_dir) if rank_zero else []
+    loggers = build_loggers(cfg, run_dir, logging_runs_dir) if rank_zero else []
     log_run_start(loggers, cfg, count_parameters(model), run_dir)
     callbacks = build_callbacks(cfg, run_dir, progress, extra_callbacks)
     trainer = build_trainer(cfg, runtime, run_dir, callbacks, loggers, progress)
@@ -254,7 +336,7 @@ def build_datamodule(cfg: Config, runtime: Runtime, progress: bool) -> CarsDataM
 
 def open_run_dir(cfg: Config, resume: str | Path | None, rank_zero: bool) -> tuple[Path, Config]:
     """The run's folder and its config, whose ``output.run_name`` is the folder's name. Rank 0 makes the folder (or
-    reopens ``resume``) and saves the config there; the other ranks find it."""
+    reopens ``resume``, an existing folder) and saves the config there; the other ranks find it."""
     if resume is not None:
         run_dir = Path(resume)
     else:
