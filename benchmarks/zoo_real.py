@@ -6,7 +6,8 @@ size, compute and CPU latency.
 Each row is one architecture trained through ``carspotter train -c configs/stanford_ghostnet.yaml``, changed by
 ``--set model.name=... --set model.args=...`` only (plus a family's documented setting, `FAMILY_SETTINGS`, when the
 recipe as it is fails that family; the ``setting`` column says so), at ``--size`` px for ``--epochs`` epochs
-(96 / 60), seed 42. Then, for each row:
+(96 / 60), seed 42, in the recipe's single stage (``loss.distillation=null``: its own-teacher stage would train every
+network twice, and adds to any of them). Then, for each row:
 
 - its test top-1 and top-5 (fp32), from the run's summary: the test split scored once, at the end;
 - parameters and MACs at the training size and at 227 px (`carspotter.evaluation.profile.count_macs`);
@@ -72,9 +73,14 @@ def dataset_name(prepared_folder: Path) -> str:
         return prepared_folder.resolve().name
 
 
-def config_sha256(path: Path) -> str:
+# Every row trains the recipe's single stage: its `loss.distillation: {teacher: self}` would train each network twice
+# (its own run, then again from it); distillation adds to any architecture, and the zoo compares architectures.
+SINGLE_STAGE = ["loss.distillation=null"]
+
+
+def config_sha256(path: Path, overrides: list[str] | None = None) -> str:
     """The hash of the recipe as it resolves (every key and default), so that editing a comment keeps the rows."""
-    resolved = json.dumps(load_config(path).to_dict(), sort_keys=True)
+    resolved = json.dumps(load_config(path, overrides).to_dict(), sort_keys=True)
     return hashlib.sha256(resolved.encode()).hexdigest()
 
 
@@ -229,7 +235,7 @@ def main() -> None:
     from carspotter.data.prepared import load_prepared
 
     classes = load_prepared(data).num_classes
-    recipe_hash = config_sha256(RECIPES["recommended"])
+    recipe_hash = config_sha256(RECIPES["recommended"], SINGLE_STAGE)
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     jobs = []
@@ -238,7 +244,8 @@ def main() -> None:
             row = f"{name.replace('/', '-')}@{seed}"
             setting = FAMILY_SETTINGS.get(model_family(name), {})
             sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", f"trainer.seed={seed}",
-                    "logging.loggers=[csv]", *(f"{k}={json.dumps(v)}" for k, v in setting.items())]  # fmt: skip
+                    "logging.loggers=[csv]", *SINGLE_STAGE,
+                    *(f"{k}={json.dumps(v)}" for k, v in setting.items())]  # fmt: skip
             jobs.append((row, name, seed, sets, "; ".join(f"{k}={v}" for k, v in setting.items()) or "recipe"))
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
