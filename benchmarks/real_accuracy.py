@@ -142,6 +142,19 @@ def train(
     return summary
 
 
+def teacher_set(teachers: dict[str, str], job: str) -> list[str]:
+    """The ``--set`` naming the distillation teacher of the run ``job`` (``recipe@seed``) from ``--teacher``; none
+    when its recipe has no teacher given."""
+    recipe, _, seed = job.partition("@")
+    if recipe not in teachers:
+        return []
+    pattern = teachers[recipe].replace("{seed}", seed or "*")
+    found = sorted(Path().glob(pattern)) if not Path(pattern).is_absolute() else sorted(Path("/").glob(pattern[1:]))
+    if len(found) != 1:
+        sys.exit(f"--teacher {recipe}={teachers[recipe]}: {pattern} matches {len(found)} files, not one")
+    return [f"loss.distillation.teacher={found[0].resolve()}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -157,6 +170,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="recipes trained at once (each with cores/jobs threads)")
     ap.add_argument(
         "--seeds", default="", help="comma-separated trainer.seed values, one run each (default: the configs' own seed)"
+    )
+    ap.add_argument(
+        "--teacher", action="append", default=[], metavar="RECIPE=CHECKPOINT",
+        help="RECIPE's runs distil from CHECKPOINT (loss.distillation.teacher; {seed} is the run's seed, a glob must "
+        "match one file): a teacher trained before, e.g. the recipe's own run at that seed, instead of `self`",
     )
     ap.add_argument("--json", action="store_true", help="print the one-line JSON result last")
     ap.add_argument("--results", type=Path, help="also write the record (machine, date, command, runs) to this file")
@@ -185,6 +203,8 @@ def main() -> None:
         jobs = [
             (f"{n}@{seed}", config, [*extra, f"trainer.seed={seed}"]) for seed in seeds for n, config, extra in jobs
         ]
+    teachers = dict(t.partition("=")[::2] for t in args.teacher)
+    jobs = [(n, config, [*extra, *teacher_set(teachers, n)]) for n, config, extra in jobs]
     # --jobs N: N runs at once, each with cores/N threads (on a small CPU two 1-thread runs beat one 2-thread run).
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     record["jobs"] = args.jobs
