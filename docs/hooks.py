@@ -163,20 +163,47 @@ def recipe_rows(zoo_record: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in zoo_record["rows"] if r["model"] == "ghostnet_thesis" and r["setting"] == "recipe"]
 
 
-def recipe_96px(name: str = "zoo_odd98.json") -> str:
-    """The recommended recipe at 96 px / 60 epochs, mean ± sd over seeds: the zoo's rows of the recipe's own model
-    with the recipe's setting (its config unchanged), one line with every seed and the commands' file."""
+def recipe_96px(name: str = "odd98_96px_60ep.json") -> str:
+    """The recommended recipe at 96 px / 60 epochs, mean ± sd over seeds, in one line with every seed and the file;
+    until that run exists, the zoo's rows of the recipe's single stage."""
     if not (RESULTS_DIR / name).is_file():
-        return "*Not measured yet: `python benchmarks/zoo_real.py --models ghostnet_thesis --seeds 42,43,44 ...`.*"
+        zoo = load("zoo_odd98.json")
+        top1 = [r["top1"] for r in recipe_rows(zoo)]
+        return (f"**{pct(statistics.fmean(top1))}{sd(top1)}** test top-1 in its single stage over {len(top1)} seed(s) "
+                f"(the zoo's `ghostnet_thesis` rows, `benchmarks/results/zoo_odd98.json`)")  # fmt: skip
     record = load(name)
-    rows = recipe_rows(record)
-    top1 = [r["top1"] for r in rows]
-    seeds = ", ".join(f"{r['seed']}: {pct(r['top1'])}" for r in sorted(rows, key=lambda r: r["seed"]))
-    return (f"**{pct(statistics.fmean(top1))}{sd(top1)}** test top-1 over {len(rows)} seed(s) (seed {seeds}; int8 "
-            f"{pct(statistics.fmean(r['int8_top1'] for r in rows))}), {record['machine']['cpu']}, "
-            f"{record['machine']['cores']} cores, measured {', '.join(sorted({r['measured'][:10] for r in rows}))}; "
-            f"each run's command in `benchmarks/results/{name}` (the zoo's `ghostnet_thesis` rows: the recipe's "
-            "config unchanged).")
+    seeds = [(k.partition("@")[2], r) for k, r in record["runs"].items() if k.startswith("recommended")]
+    top1 = [r["test_top1"] for _, r in seeds]
+    thesis = record["test_top1_by_recipe"].get("thesis", [])
+    each = ", ".join(f"seed {s}: {pct(r['test_top1'])}" for s, r in seeds)
+    return (f"**{pct(statistics.fmean(top1))}{sd(top1)}** test top-1 over {len(top1)} seeds ({each}; the thesis recipe "
+            f"{pct(statistics.fmean(thesis))} in the same run), {record['machine']['cpu']}, "
+            f"{record['machine']['cores']} cores, {record['date'][:10]}; every run's command in "
+            f"`benchmarks/results/{name}`")  # fmt: skip
+
+
+def recipes_96px(name: str = "odd98_96px_60ep.json") -> str:
+    """Both recipes at 96 px / 60 epochs on odd98, side by side in one `real_accuracy.py` run over seeds: each seed's
+    test top-1, the mean ± sd, its own minutes, and, for a recipe that distils, its teacher's top-1 and minutes."""
+    if not (RESULTS_DIR / name).is_file():
+        return (f"*Not measured yet: `python benchmarks/real_accuracy.py --data PREPARED --size 96 --epochs 60 "
+                f"--jobs 2 --seeds 42,43,44 --results benchmarks/results/{name}`.*")  # fmt: skip
+    record = load(name)
+    runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key, run in record["runs"].items():
+        recipe, _, seed = key.partition("@")
+        runs.setdefault(recipe, []).append((seed, run))
+    rows = []
+    for recipe, seeds in runs.items():
+        top1 = [r["test_top1"] for _, r in seeds]
+        teachers = [r["teacher"] for _, r in seeds if "teacher" in r]
+        teacher = (f"{pct(statistics.fmean(t['test_top1'] for t in teachers))}, "
+                   f"{statistics.fmean(t['wall_time_s'] for t in teachers) / 60:.0f} min") if teachers else "–"
+        rows.append([f"`{recipe}`", f"**{pct(statistics.fmean(top1))}**{sd(top1)}",
+                     ", ".join(f"{s or '–'}: {pct(r['test_top1'])}" for s, r in seeds),
+                     f"{statistics.fmean(r['minutes'] for _, r in seeds):.0f}", teacher])  # fmt: skip
+    header = ["recipe", "test top-1 (mean)", "each seed", "minutes (its own)", "its teacher: top-1, minutes"]
+    return table(header, rows, right_from=1, right_to=2) + "\n\n" + provenance(record, name)
 
 
 def generic(name: str) -> str:
@@ -258,17 +285,27 @@ def headline() -> str:
     trust96 = load("trust_odd98.json")["test"]
     zoo_file = RESULTS_DIR / "zoo_odd98.json"
     zoo96 = [r["top1"] for r in recipe_rows(load(zoo_file.name))] if zoo_file.is_file() else []
-    rows = [
-        ["recommended recipe (`configs/stanford_ghostnet.yaml`), 128 px, 100 epochs, CPU",
-         f"**{pct(runs['recommended']['test_top1'])}**", "[Training](docs/training.md)",
-         "`benchmarks/results/odd98_128px_100ep.json`"],
-        ["thesis recipe (`configs/thesis_c50.yaml`), the same run", pct(runs["thesis"]["test_top1"]),
-         "[Training](docs/training.md)", "the same file"],
-        *([[f"recommended recipe, 96 px, 60 epochs, CPU, {len(zoo96)} seeds (the zoo's `ghostnet_thesis` rows)",
-             f"{pct(statistics.fmean(zoo96))}{sd(zoo96)}",
-             "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]]
+    rows = []
+    if (RESULTS_DIR / "odd98_96px_60ep.json").is_file():
+        by_recipe = load("odd98_96px_60ep.json")["test_top1_by_recipe"]
+        rec, thesis = by_recipe["recommended"], by_recipe["thesis"]
+        rows += [
+            [f"recommended recipe (`configs/stanford_ghostnet.yaml`: its own teacher, then itself), 96 px, 60 epochs, "
+             f"CPU, {len(rec)} seeds", f"**{pct(statistics.fmean(rec))}**{sd(rec)}", "[Training](docs/training.md)",
+             "`benchmarks/results/odd98_96px_60ep.json`"],
+            ["thesis recipe (`configs/thesis_c50.yaml`), the same run", f"{pct(statistics.fmean(thesis))}{sd(thesis)}",
+             "[Training](docs/training.md)", "the same file"],
+        ]  # fmt: skip
+    rows += [
+        *([[f"the recipe's single stage (no teacher), 96 px, 60 epochs, CPU, {len(zoo96)} seeds (the zoo's "
+            "`ghostnet_thesis` rows)", f"{pct(statistics.fmean(zoo96))}{sd(zoo96)}",
+            "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]]
           if len(zoo96) > 1 else []),
-        ["recommended recipe, 96 px, 60 epochs, CPU: make top-1 / calibration error after temperature",
+        ["the recipe's single stage, 128 px, 100 epochs, CPU", pct(runs["recommended"]["test_top1"]),
+         "[Training](docs/training.md)", "`benchmarks/results/odd98_128px_100ep.json`"],
+        ["thesis recipe, the same run", pct(runs["thesis"]["test_top1"]), "[Training](docs/training.md)",
+         "the same file"],
+        ["the recipe's single stage, 96 px, 60 epochs, CPU: make top-1 / calibration error after temperature",
          f"{pct(trust96['top1'])}; make {pct(trust96['make_top1'])}; ECE {trust96['ece']:.3f}",
          "[Trusting an answer](docs/trust.md)", "`benchmarks/results/trust_odd98.json`"],
     ]  # fmt: skip
@@ -299,6 +336,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "zoo_profile": zoo_profile,
     "zoo": zoo,
     "recipe_96px": recipe_96px,
+    "recipes_96px": recipes_96px,
 }
 
 
