@@ -211,7 +211,8 @@ def train_with_own_teacher(
     ``last.ckpt`` if it has one. The run's summary holds the student's own minutes; the teacher's are in its
     ``teacher`` entry (and ``teacher/summary.json``)."""
     t = cfg.trainer
-    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1:
+    several = str(t.devices) not in ("1", "auto") or (t.devices == "auto" and torch.cuda.device_count() > 1)
+    if several or t.num_nodes != 1:
         raise UserError("loss.distillation.teacher: self trains the teacher, then the student, in one process; on "
                         "several devices train the teacher first (without loss.distillation) and name its best.ckpt")
     if resume is None:
