@@ -13,6 +13,7 @@ import torch
 from recipe_support import recipe_config
 
 from carspotter.errors import UserError
+from carspotter.experiments.runs_table import read_run
 from carspotter.formats.checkpoint import read_checkpoint
 from carspotter.inference.torch_backend import load_checkpoint
 from carspotter.training.optimization import distillation_loss
@@ -76,6 +77,7 @@ def test_teacher_self_trains_the_teacher_then_the_student_in_one_folder(syntheti
     said, own = run.summary["teacher"], json.loads((teacher / "summary.json").read_text())
     assert said["checkpoint"] == str(teacher / "best.ckpt") and said["test_top1"] == own["test_top1"]
     assert run.summary["wall_time_s"] <= elapsed - own["wall_time_s"] + 0.05  # the student's own time: teacher's apart
+    assert read_run(run.run_dir)["teacher_top1"] == own["test_top1"]  # `carspotter runs` shows it beside the student
     assert load_run_config(teacher).loss.distillation is None
     assert load_run_config(run.run_dir).loss.distillation.teacher == "self"  # the run's config says what it did
     # Interrupted after the teacher (the student's files gone): --resume trains the student only.

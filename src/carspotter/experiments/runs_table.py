@@ -42,6 +42,7 @@ COLUMNS = [
     "best_val_loss",
     "best_val_top1",
     "test_top1",
+    "teacher_top1",
     "tags",
 ]
 # What a narrow terminal shows first; the table keeps COLUMNS' order. `--columns` chooses, `--csv` gives all.
@@ -64,10 +65,11 @@ _PRIORITY = [
     "best_val_loss",
     "best_train_top1",
     "best_train_loss",
+    "teacher_top1",
     "tags",
 ]
 _NUMERIC = {"batch", "lr", "weight_decay", "dropout", "head_width", "params", "epochs"} | {
-    c for c in COLUMNS if c.startswith(("best_", "test_"))
+    c for c in COLUMNS if c.startswith(("best_", "test_", "teacher_"))
 }
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
@@ -128,6 +130,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "best_val_loss": _min(rows, "val_loss"),
         "best_val_top1": _max(rows, "val_top1"),
         "test_top1": summary.get("test_top1"),
+        # loss.distillation: the teacher's own test top-1 (its run's summary), beside the student's
+        "teacher_top1": (summary.get("teacher") or {}).get("test_top1"),
         "tags": ",".join(cfg.get("output", {}).get("tags") or []),
     }
 
