@@ -34,13 +34,15 @@ lock:
 demo: install
 	$(BIN)/carspotter demo --workdir demo_out
 
+# Two test workers by default (most tests train on one thread; CI has two cores), each test file in one worker.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The edit-test loop: everything but the tests marked slow (longer training, DDP, kill/resume, the notebook, the
 # browser, ExecuTorch lowering, real photos). `make test` (what CI runs) still runs them all.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu"
 
 # The documentation site (docs/, mkdocs.yml) into site/: open site/index.html, no server or network needed.
 docs: install

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from browser_support import start_chromium
 from synthetic_support import make_synthetic_prepared
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `make test`'s workers (pytest-xdist), one thread each, for the commands the tests start too: two
+    workers share the two cores instead of four threads thrashing on them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 # Real Stanford Cars material beside the repository (never committed); tests that read it are marked `realdata`.
 STANFORD_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "stanford_cars"
