@@ -74,10 +74,10 @@ def prepared(data: Path, workdir: Path) -> Path:
     return out
 
 
-def same_config(run_dir: Path, config: Path, sets: list[str]) -> bool:
-    """Whether the run in ``run_dir`` was trained with what ``config`` and ``sets`` resolve to now (where its data and
-    folder are aside: the run wrote them absolute, the command has them as given): the same command with an edited
-    recipe file is a different run."""
+def same_config(run_dir: Path, config: Path, sets: list[str], data: Path) -> bool:
+    """Whether the run in ``run_dir`` was trained on ``data`` with what ``config`` and ``sets`` resolve to now (its
+    folder aside): the same command with an edited recipe file is a different run, and a command that spells the same
+    settings otherwise (``--set loss.distillation=null`` where the recipe had none) is the same run."""
     from carspotter.config import load_config
     from carspotter.errors import UserError
 
@@ -87,7 +87,10 @@ def same_config(run_dir: Path, config: Path, sets: list[str]) -> bool:
         return cfg
 
     try:
-        return resolved(run_dir / "config.yaml", []) == resolved(config, sets)
+        saved = load_config(run_dir / "config.yaml")
+        return Path(saved.data.path).resolve() == data.resolve() and resolved(run_dir / "config.yaml", []) == resolved(
+            config, sets
+        )
     except (OSError, UserError):  # a missing, unreadable or outdated config: train again
         return False
 
@@ -97,8 +100,8 @@ def train(
 ) -> dict:
     """One ``carspotter train`` run; its progress goes to ``<workdir>/<name>.log``, its summary is returned.
 
-    A finished run is recorded in ``<workdir>/<name>.done.json``; the same command again (the run's name aside) with
-    its run folder still there, and the recipe resolving as the run's own ``config.yaml`` does, is not retrained: its
+    A finished run is recorded in ``<workdir>/<name>.done.json``; while its run folder is there, the same name again on
+    the same data, with the recipe and sets resolving as the run's own ``config.yaml`` does, is not retrained: its
     summary is returned (``"reused": true``), so a benchmark can be built over several sittings and an interrupted one
     re-run."""
     runs = workdir / "runs"
@@ -109,7 +112,7 @@ def train(
     if done_file.is_file():
         done = json.loads(done_file.read_text())
         summary_file = Path(done["run_dir"]) / "summary.json"
-        if done["command"] == command and summary_file.is_file() and same_config(Path(done["run_dir"]), config, sets):
+        if summary_file.is_file() and same_config(Path(done["run_dir"]), config, sets, data):
             summary = {**json.loads(summary_file.read_text()), **done["added"], "reused": True}
             print(f"[{time.strftime('%H:%M:%S')}] {name}: finished before, reused ({done['run_dir']})", flush=True)
             return summary
