@@ -88,6 +88,13 @@ def test_teacher_self_trains_the_teacher_then_the_student_in_one_folder(syntheti
     assert again.run_dir == run.run_dir and (teacher / "best.ckpt").read_bytes() == teacher_weights
     assert again.summary["teacher"]["test_top1"] == own["test_top1"] and again.best_ckpt.is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [run.run_dir.name]  # no second run folder
+    # Interrupted in the teacher's stage (its last.ckpt there, no summary yet): the teacher resumes, not restarts.
+    for path in (teacher / "summary.json", run.run_dir / "last.ckpt", run.run_dir / "summary.json"):
+        path.unlink()
+    epochs_before = (teacher / "metrics.csv").read_text()
+    third = train(load_run_config(run.run_dir), resume=run.run_dir, progress=False)
+    assert (teacher / "metrics.csv").read_text() == epochs_before and (teacher / "summary.json").is_file()
+    assert third.summary["teacher"]["test_top1"] == own["test_top1"]
 
 
 def test_teacher_self_is_refused_on_several_devices_and_leaves_nothing_when_refused(four_classes: Path,
