@@ -224,6 +224,8 @@ def train_with_own_teacher(
         check_resume_config(cfg, load_run_config(run_dir))
     teacher_dir = run_dir / TEACHER_DIR
     if not (teacher_dir / SUMMARY_FILE).is_file():
+        log.info("loss.distillation.teacher: self: first the teacher (these settings, no distillation) into %s, "
+                 "then the run itself from it", teacher_dir)  # fmt: skip
         teacher_resume = teacher_dir if RunDir(teacher_dir).last_ckpt.is_file() else None
         if teacher_resume is None and teacher_dir.exists():
             shutil.rmtree(teacher_dir)  # begun but not one epoch finished: nothing to keep
