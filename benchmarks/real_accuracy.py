@@ -20,6 +20,7 @@ the standard deviation. With ``--json`` the last line printed is
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -74,23 +75,20 @@ def prepared(data: Path, workdir: Path) -> Path:
     return out
 
 
-def same_config(run_dir: Path, config: Path, sets: list[str], data: Path) -> bool:
-    """Whether the run in ``run_dir`` was trained on ``data`` with what ``config`` and ``sets`` resolve to now (its
-    folder aside): the same command with an edited recipe file is a different run, and a command that spells the same
-    settings otherwise (``--set loss.distillation=null`` where the recipe had none) is the same run."""
+def same_config(run_dir: Path, config: Path, sets: list[str]) -> bool:
+    """Whether the run in ``run_dir`` was trained with what ``config`` and ``sets`` resolve to now (its data path
+    resolved, its folder aside): the same command with an edited recipe file is a different run, and a command that
+    spells the same settings otherwise (``--set loss.distillation=null`` where the recipe had none) is the same run."""
     from carspotter.config import load_config
     from carspotter.errors import UserError
 
-    def resolved(path: Path, overrides: list[str]) -> dict:
+    def resolved(path: Path, overrides: list[str]) -> tuple[Path, dict]:
         cfg = load_config(path, overrides).to_dict()
-        del cfg["output"], cfg["data"]["path"]
-        return cfg
+        del cfg["output"]
+        return Path(cfg["data"].pop("path")).resolve(), cfg
 
     try:
-        saved = load_config(run_dir / "config.yaml")
-        return Path(saved.data.path).resolve() == data.resolve() and resolved(run_dir / "config.yaml", []) == resolved(
-            config, sets
-        )
+        return resolved(run_dir / "config.yaml", []) == resolved(config, sets)
     except (OSError, UserError):  # a missing, unreadable or outdated config: train again
         return False
 
@@ -112,7 +110,7 @@ def train(
     if done_file.is_file():
         done = json.loads(done_file.read_text())
         summary_file = Path(done["run_dir"]) / "summary.json"
-        if summary_file.is_file() and same_config(Path(done["run_dir"]), config, sets, data):
+        if summary_file.is_file() and same_config(Path(done["run_dir"]), config, sets):
             summary = {**json.loads(summary_file.read_text()), **done["added"], "reused": True}
             print(f"[{time.strftime('%H:%M:%S')}] {name}: finished before, reused ({done['run_dir']})", flush=True)
             return summary
@@ -152,10 +150,10 @@ def teacher_set(teachers: dict[str, str], job: str) -> list[str]:
     if recipe not in teachers:
         return []
     pattern = teachers[recipe].replace("{seed}", seed or "*")
-    found = sorted(Path().glob(pattern)) if not Path(pattern).is_absolute() else sorted(Path("/").glob(pattern[1:]))
+    found = sorted(glob.glob(pattern))
     if len(found) != 1:
         sys.exit(f"--teacher {recipe}={teachers[recipe]}: {pattern} matches {len(found)} files, not one")
-    return [f"loss.distillation.teacher={found[0].resolve()}"]
+    return [f"loss.distillation.teacher={Path(found[0]).resolve()}"]
 
 
 def main() -> None:

@@ -42,8 +42,9 @@ def local_tracking_uri(runs_dir: str | Path) -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / MLFLOW_DB}"
 
 
-def mlflow_tracking_uri(cfg: Config) -> str:
-    return cfg.logging.tracking_uri or local_tracking_uri(cfg.output.runs_dir)
+def mlflow_tracking_uri(cfg: Config, runs_dir: Path | None = None) -> str:
+    """``logging.tracking_uri``, else the local store of ``runs_dir`` (default ``output.runs_dir``)."""
+    return cfg.logging.tracking_uri or local_tracking_uri(runs_dir or cfg.output.runs_dir)
 
 
 @contextmanager
@@ -173,7 +174,7 @@ def build_loggers(cfg: Config, run_dir: Path, runs_dir: Path | None = None) -> l
         mlflow_logger = SafeMLFlowLogger(
             experiment_name=cfg.logging.experiment,
             run_name=_name_under(run_dir, runs_dir),
-            tracking_uri=cfg.logging.tracking_uri or local_tracking_uri(runs_dir),
+            tracking_uri=mlflow_tracking_uri(cfg, runs_dir),
             tags=tags,
             artifact_location=artifacts,
             run_id=id_file.read_text().strip() if id_file.is_file() else None,

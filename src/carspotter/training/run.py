@@ -238,8 +238,7 @@ def train_with_own_teacher(
             raise
         except TrainingInterrupted:
             raise TrainingInterrupted(run_dir) from None
-    if progress:
-        log.info("teacher trained (%s); now the run itself learns from it", teacher_dir)
+    log.info("teacher trained (%s); now the run itself learns from it", teacher_dir)
     return train_one(
         cfg,
         resume=run_dir if RunDir(run_dir).last_ckpt.is_file() else None,
