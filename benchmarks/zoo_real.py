@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -152,15 +153,48 @@ def measure(row: str, summary: dict, data: Path, wd: Path, size: int, classes: i
     }
 
 
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both (lower latency, higher top-1), by latency."""
+def pareto(
+    points: list[tuple[float, float]], margin: Callable[[float], float] | None = None, floor: float = -math.inf
+) -> list[int]:
+    """Indices of the points no other point beats on both (lower latency, higher top-1), by latency. With a
+    ``margin`` (of the best top-1 so far, starting at ``floor``), a slower point counts only when it beats every
+    faster one, and the floor, by more."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
+    front: list[int] = []
+    best = floor
     for i in order:
-        if points[i][1] > best:
+        if points[i][1] > best + (margin(best) if margin and best > -math.inf else 0.0):
             front.append(i)
             best = points[i][1]
     return front
+
+
+def model_means(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """One point per model: the mean over its seeds of every figure the choice and the plot use, and the seed count."""
+    seeded: dict[str, list[dict]] = {}
+    for r in rows:
+        seeded.setdefault(r["model"], []).append(r)
+    keys = ("top1", "int8_top1", "latency_ms", "int8_latency_ms", "params_m")
+    return {m: {**{k: statistics.fmean(r[k] for r in rs) for k in keys}, "seeds": len(rs)} for m, rs in seeded.items()}
+
+
+def choice(rows: list[dict], test_photos: int, classes: int) -> list[dict]:
+    """What to ship for a latency budget: the Pareto frontier over every (model, format) pair, fp32 and int8 ONNX
+    alike (mean over seeds), fastest first. A slower deployment is listed only when its test top-1 is higher than every
+    faster one's by more than one standard error of the test split (sqrt(p(1 - p) / n) at the best faster top-1): a
+    gain inside the noise does not buy latency; the fastest must beat chance (1 / classes) so. For a budget between
+    two entries, the faster one is the answer."""
+    points = [
+        {"model": m, "format": fmt, "latency_ms": round(f[f"{prefix}latency_ms"], 3),
+         "top1": round(f[f"{prefix}top1"], 4), "seeds": f["seeds"]}
+        for m, f in model_means(rows).items() for fmt, prefix in (("fp32", ""), ("int8", "int8_"))
+    ]  # fmt: skip
+
+    def standard_error(top1: float) -> float:
+        return math.sqrt(top1 * (1 - top1) / test_photos)
+
+    front = pareto([(p["latency_ms"], p["top1"]) for p in points], standard_error, floor=1 / classes)
+    return [points[i] for i in front]
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -169,13 +203,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seeded = {}
-    for r in rows:  # one point per model: the mean over its seeds
-        seeded.setdefault(r["model"], []).append(r)
-    models = sorted(seeded)
-    mean = {m: {k: statistics.fmean(r[k] for r in seeded[m]) for k in ("top1", "int8_top1", "latency_ms",
-                                                                          "int8_latency_ms", "params_m")}
-            for m in models}  # fmt: skip
+    mean = model_means(rows)
+    models = sorted(mean)
     fig, ax = plt.subplots(figsize=(10, 6.5))
     xs = [mean[m]["latency_ms"] for m in models]
     ys = [100 * mean[m]["top1"] for m in models]
@@ -234,7 +263,8 @@ def main() -> None:
     data = prepared(args.data, wd)
     from carspotter.data.prepared import load_prepared
 
-    classes = load_prepared(data).num_classes
+    dataset = load_prepared(data)
+    classes, test_photos = dataset.num_classes, len(dataset.test)
     recipe_hash = config_sha256(RECIPES["recommended"], SINGLE_STAGE)
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -310,6 +340,8 @@ def main() -> None:
         "epochs": args.epochs,
         "recipe": str(RECIPES["recommended"].relative_to(ROOT)),
         "family_settings": FAMILY_SETTINGS,
+        "test_photos": test_photos,
+        "choice": choice(rows, test_photos, classes),
     }
     write(rows, args.csv, record, args.plot)
     for r in sorted(rows, key=lambda r: -r["top1"]):

@@ -42,6 +42,8 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
         assert len(r["config_sha256"]) == 64
     assert (out / "zoo.png").stat().st_size > 10_000
     record = json.loads((out / "zoo.json").read_text())
+    latencies = [c["latency_ms"] for c in record["choice"]]
+    assert record["choice"] and latencies == sorted(latencies)
     assert record["machine"]["cores"] and all(set(row["commands"]) >= {"train", "export", "export_int8", "bench"}
                                               for row in record["rows"])  # fmt: skip
 
@@ -50,3 +52,27 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
     assert again.stdout.count("measured before") == 2 and ": training" not in again.stdout
     with (out / "zoo.csv").open() as f:
         assert list(csv.DictReader(f)) == rows  # kept, not measured again
+
+
+def test_the_choice_per_latency_budget_is_the_frontier_over_models_and_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from zoo_real import choice
+
+    def row(model: str, seed: int, top1: float, int8_top1: float, ms: float, int8_ms: float) -> dict:
+        return {"model": model, "seed": seed, "top1": top1, "int8_top1": int8_top1, "latency_ms": ms,
+                "int8_latency_ms": int8_ms, "params_m": 1.0}  # fmt: skip
+
+    rows = [
+        row("chance", 42, 0.012, 0.012, 0.3, 0.2),  # at chance (1%): never a choice, however fast
+        row("small", 42, 0.15, 0.10, 0.6, 0.5),  # int8 faster but 5 points worse: both on the frontier
+        row("mid", 42, 0.30, 0.29, 1.0, 0.8),  # fp32 one point above its int8 (inside one SE): int8 is the choice
+        row("big", 42, 0.30, 0.30, 3.0, 2.0),  # no better than mid, slower: not listed
+        row("best", 42, 0.40, 0.20, 4.0, 3.0),
+        row("best", 43, 0.44, 0.22, 4.2, 3.2),  # seeds are averaged: 42% at 4.1 ms
+    ]
+    picked = [(c["model"], c["format"]) for c in choice(rows, test_photos=2000, classes=100)]
+    assert picked == [("small", "int8"), ("small", "fp32"), ("mid", "int8"), ("best", "fp32")]
+    best = choice(rows, test_photos=2000, classes=100)[-1]
+    assert (best["top1"], best["latency_ms"], best["seeds"]) == (0.42, 4.1, 2)
+    # with a test split large enough, a one-point gain is real: mid's fp32 buys its latency over its int8
+    assert ("mid", "fp32") in [(c["model"], c["format"]) for c in choice(rows, test_photos=1_000_000, classes=100)]
