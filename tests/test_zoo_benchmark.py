@@ -76,3 +76,30 @@ def test_the_choice_per_latency_budget_is_the_frontier_over_models_and_formats(m
     assert (best["top1"], best["latency_ms"], best["seeds"]) == (0.42, 4.1, 2)
     # with a test split large enough, a one-point gain is real: mid's fp32 buys its latency over its int8
     assert ("mid", "fp32") in [(c["model"], c["format"]) for c in choice(rows, test_photos=1_000_000, classes=100)]
+
+
+def test_the_family_settings_are_what_their_screens_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each committed family screen (results/zoo_screen_<family>.json): of the variants its rule adopted over the
+    recipe, the best on held-out photos is the family's setting in `FAMILY_SETTINGS`; none adopted, none set."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from zoo_real import FAMILY_SETTINGS
+
+    from carspotter.evaluation.profile import model_family
+
+    screens = sorted((BENCHMARKS / "results").glob("zoo_screen_*.json"))
+    screened = set()
+    for path in screens:
+        record = json.loads(path.read_text())
+        sets = {name: dict(s.split("=", 1) for s in variant) for name, variant in record["variants"].items()}
+        family = model_family(next(iter(sets.values()))["model.name"])
+        screened.add(family)
+        adopted = [v for v, verdict in record["decision"].items() if verdict.startswith("adopted")]
+        if not adopted:
+            assert family not in FAMILY_SETTINGS, path.name
+            continue
+        held_out = record["results"]["all"]
+        best = max(adopted, key=lambda v: held_out[v]["held_out_top1"])
+        chosen = {k: json.loads(v) for k, v in sets[best].items()
+                  if k not in ("model.name", "model.args", "loss.distillation")}  # fmt: skip
+        assert FAMILY_SETTINGS.get(family) == chosen, path.name
+    assert set(FAMILY_SETTINGS) <= screened  # no setting without its screen
