@@ -256,14 +256,17 @@ def zoo(name: str = "zoo_odd98.json") -> str:
         top1 = pct(mean(rows, "top1"))
         if len(rows) > 1:
             top1 += f"{sd([r['top1'] for r in rows])} ({len(rows)} seeds)"
+        int8_cost = 100 * (mean(rows, "int8_top1") - mean(rows, "top1"))
         lines.append([
-            model, top1, pct(mean(rows, "top5")), pct(mean(rows, "int8_top1")), f"{mean(rows, 'params_m'):.2f}",
-            f"{mean(rows, 'macs_m'):,.0f}", f"{mean(rows, 'macs_m_227'):,.0f}", f"{mean(rows, 'latency_ms'):.2f}",
-            f"{mean(rows, 'int8_latency_ms'):.2f}", f"{mean(rows, 'train_minutes'):.0f}", rows[0]["setting"],
+            model, top1, pct(mean(rows, "top5")), pct(mean(rows, "int8_top1")), f"{int8_cost:+.1f}",
+            f"{mean(rows, 'params_m'):.2f}", f"{mean(rows, 'macs_m'):,.0f}", f"{mean(rows, 'macs_m_227'):,.0f}",
+            f"{mean(rows, 'latency_ms'):.2f}", f"{mean(rows, 'int8_latency_ms'):.2f}",
+            f"{mean(rows, 'latency_ms') / mean(rows, 'int8_latency_ms'):.2f}×", f"{mean(rows, 'train_minutes'):.0f}",
+            rows[0]["setting"],
         ])  # fmt: skip
     size = record["image_size"]
-    header = ["model", "test top-1", "top-5", "int8 top-1", "params (M)", f"MACs @{size} (M)", "MACs @227 (M)",
-              "fp32 ms", "int8 ms", "train min", "setting"]  # fmt: skip
+    header = ["model", "test top-1", "top-5", "int8 top-1", "int8 − fp32 (pt)", "params (M)", f"MACs @{size} (M)",
+              "MACs @227 (M)", "fp32 ms", "int8 ms", "int8 speed-up", "train min", "setting"]  # fmt: skip
     png = RESULTS_DIR / Path(name).with_suffix(".png").name
     picture = ""
     if png.is_file():
@@ -271,7 +274,49 @@ def zoo(name: str = "zoo_odd98.json") -> str:
         picture = f'\n\n<img alt="test top-1 against CPU latency" src="data:image/png;base64,{data}">'
     note = (f"\n\n*{record['dataset']} ({record['classes']} classes), {size} px, {record['epochs']} epochs, the "
             f"recipe `{record['recipe']}`; latency: batch 1, one thread, ONNX Runtime. ")  # fmt: skip
-    return table(header, lines, right_from=1, right_to=10) + picture + note + provenance(record, name)[1:]
+    commands = [[f"`{model}`", f"`python benchmarks/zoo_real.py --data ../shared/stanford_cars/{record['dataset']} "
+                 f"--models {model} --seeds {','.join(str(r['seed']) for r in rows)}`"]
+                for model, rows in sorted(by_model.items())]  # fmt: skip
+    return (
+        table(header, lines, right_from=1, right_to=12) + picture + note + provenance(record, name)[1:]
+        + "\n\nThe command that reproduces each row (it trains, exports, times and scores; the `carspotter` commands "
+        "it runs, with every setting, are under each row's `commands` in the results file):\n\n"
+        + table(["model", "reproduce by"], commands, right_from=2)
+    )
+
+
+def zoo_choice(name: str = "zoo_odd98.json") -> str:
+    """Which deployment to ship for a latency budget: the zoo benchmark's frontier over models and formats (its
+    ``choice``, computed by `benchmarks/zoo_real.py` from the rows, never typed)."""
+    if not (RESULTS_DIR / name).is_file() or "choice" not in load(name):
+        return "*Not measured yet: `python benchmarks/zoo_real.py` writes the choice with the table.*"
+    record = load(name)
+    choice = record["choice"]
+    rows = []
+    for entry, faster in zip(choice, [None, *choice[:-1]], strict=True):
+        gain = f"+{100 * (entry['top1'] - faster['top1']):.1f} pt over the row above" if faster else "the fastest"
+        seeds = f"{entry['seeds']} seeds" if entry["seeds"] > 1 else "1 seed"
+        rows.append([f"{entry['latency_ms']:.2f} ms", f"`{entry['model']}`", entry["format"], pct(entry["top1"]),
+                     seeds, gain])  # fmt: skip
+    header = ["budget from (batch 1, 1 thread)", "ship", "ONNX", "test top-1", "measured over", "what it buys"]
+    return (
+        table(header, rows, right_from=3, right_to=4)
+        + f"\n\n*From the rows above ({record['dataset']}, {record['test_photos']} test photos; one standard error "
+        f"is about {100 * (0.4 * 0.6 / record['test_photos']) ** 0.5:.1f} points at 40%): every (model, ONNX format) "
+        "pair by its mean test top-1 and batch-1 latency on one thread; a slower one is listed only when it is more "
+        "accurate than every faster one by more than one standard error. For your budget, ship the last row whose "
+        "latency fits it. Written by `benchmarks/zoo_real.py` (`choice` in the results file).*"
+    )
+
+
+def zoo_headline(record: dict[str, Any]) -> list[str]:
+    """The README's line on the zoo: how many networks were trained alike, the leader and the runner-up."""
+    means = {m: statistics.fmean(r["top1"] for r in record["rows"] if r["model"] == m)
+             for m in {r["model"] for r in record["rows"]}}  # fmt: skip
+    first, second = sorted(means, key=means.get, reverse=True)[:2]
+    return [f"the zoo: {len(means)} architectures trained alike (the single stage, 96 px, 60 epochs): the best, "
+            f"`{first}`, and the runner-up, `{second}`", f"{pct(means[first])} / {pct(means[second])}",
+            "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]  # fmt: skip
 
 
 def headline() -> str:
@@ -293,6 +338,7 @@ def headline() -> str:
             "`ghostnet_thesis` rows)", f"{pct(statistics.fmean(zoo96))}{sd(zoo96)}",
             "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]]
           if len(zoo96) > 1 else []),
+        *([zoo_headline(load(zoo_file.name))] if zoo_file.is_file() else []),
         ["the recipe's single stage, 128 px, 100 epochs, CPU", pct(runs["recommended"]["test_top1"]),
          "[Training](docs/training.md)", "`benchmarks/results/odd98_128px_100ep.json`"],
         ["thesis recipe, the same run", pct(runs["thesis"]["test_top1"]), "[Training](docs/training.md)",
@@ -327,6 +373,9 @@ RESULTS: dict[str, Callable[[], str]] = {
     "own_streets": own_streets,
     "zoo_profile": zoo_profile,
     "zoo": zoo,
+    "zoo_choice": zoo_choice,
+    "zoo_screen_squeezenet": lambda: size_screen("zoo_screen_squeezenet.json"),
+    "zoo_screen_ghostnetv2": lambda: size_screen("zoo_screen_ghostnetv2.json"),
     "recipe_96px": recipe_96px,
     "recipes_96px": recipes_96px,
 }
