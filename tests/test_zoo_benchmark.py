@@ -53,6 +53,13 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
     with (out / "zoo.csv").open() as f:
         assert list(csv.DictReader(f)) == rows  # kept, not measured again
 
+    remeasure = [*command[:command.index("--models") + 1], "ghostnet_050", *command[command.index("--size"):],
+                 "--remeasure"]  # fmt: skip
+    third = subprocess.run(remeasure, cwd=BENCHMARKS, capture_output=True, text=True, timeout=300, env=env)
+    assert third.returncode == 0, third.stderr[-1500:]
+    assert "finished before, reused" in third.stdout and ": training" not in third.stdout  # not retrained
+    assert "ghostnet_050@42: test top-1" in third.stdout and "measured before" not in third.stdout  # measured again
+
 
 def test_the_choice_per_latency_budget_is_the_frontier_over_models_and_formats(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
