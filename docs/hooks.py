@@ -288,9 +288,9 @@ def zoo(name: str = "zoo_odd98.json") -> str:
 def zoo_choice(name: str = "zoo_odd98.json") -> str:
     """Which deployment to ship for a latency budget: the zoo benchmark's frontier over models and formats (its
     ``choice``, computed by `benchmarks/zoo_real.py` from the rows, never typed)."""
-    if not (RESULTS_DIR / name).is_file() or "choice" not in load(name):
+    record = load(name) if (RESULTS_DIR / name).is_file() else {}
+    if "choice" not in record:
         return "*Not measured yet: `python benchmarks/zoo_real.py` writes the choice with the table.*"
-    record = load(name)
     choice = record["choice"]
     rows = []
     for entry, faster in zip(choice, [None, *choice[:-1]], strict=True):
@@ -325,7 +325,8 @@ def headline() -> str:
     runs = {k.split("@")[0]: v for k, v in acc["runs"].items()}
     trust96 = load("trust_odd98.json")["test"]
     zoo_file = RESULTS_DIR / "zoo_odd98.json"
-    zoo96 = [r["top1"] for r in recipe_rows(load(zoo_file.name))] if zoo_file.is_file() else []
+    zoo_record = load(zoo_file.name) if zoo_file.is_file() else None
+    zoo96 = [r["top1"] for r in recipe_rows(zoo_record)] if zoo_record else []
     by_recipe = load("odd98_96px_60ep.json")["test_top1_by_recipe"]
     rec, thesis = by_recipe["recommended"], by_recipe["thesis"]
     rows = [
@@ -338,7 +339,7 @@ def headline() -> str:
             "`ghostnet_thesis` rows)", f"{pct(statistics.fmean(zoo96))}{sd(zoo96)}",
             "[Choosing an architecture](docs/architectures.md)", "`benchmarks/results/zoo_odd98.json`"]]
           if len(zoo96) > 1 else []),
-        *([zoo_headline(load(zoo_file.name))] if zoo_file.is_file() else []),
+        *([zoo_headline(zoo_record)] if zoo_record else []),
         ["the recipe's single stage, 128 px, 100 epochs, CPU", pct(runs["recommended"]["test_top1"]),
          "[Training](docs/training.md)", "`benchmarks/results/odd98_128px_100ep.json`"],
         ["thesis recipe, the same run", pct(runs["thesis"]["test_top1"]), "[Training](docs/training.md)",
