@@ -15,7 +15,9 @@ network twice, and adds to any of them). Then, for each row:
   the int8 file is kept and its accuracy reported whatever it is), both timed at batch 1 on one thread in one
   ``carspotter bench-infer`` run (the same harness for every row), and the int8 file's test top-1 scored in its own
   runtime by ``carspotter evaluate``;
-- the training minutes, the machine and the load (``os.getloadavg``) after the run.
+- the training minutes, the machine and the load (``os.getloadavg``) after the run;
+- the best epoch's training top-1 (``train_top1``, on augmented photos, in the JSON): a row trained with the recipe as
+  it is that fits under `FIT_FLOOR` of its own training photos names its family in ``needs_screen``.
 
 Rows train side by side (``--jobs``); their exports are timed afterwards, one row at a time, with nothing else
 running.
@@ -24,10 +26,11 @@ It resumes: a row measured before with the same recipe (its sha256), size, epoch
 (``<workdir>/rows/<row>.json``, seeded from the committed results JSON on a machine without the workdir), a row whose
 run finished is not retrained (``real_accuracy.train`` reuses it), so the table can be built over several sittings
 and ``--models`` picks rows; ``--remeasure`` exports, times and scores the picked rows again from their finished runs
-(after timings taken while something else ran). Every sitting rewrites, from all rows measured so far, ``--csv``
-(default ``benchmarks/results/zoo_odd98.csv``, the columns in `COLUMNS`, top-1 as fractions), a JSON beside it with the
-machine, the dates and every command, and ``--plot`` (default ``benchmarks/results/zoo_odd98.png``: test top-1
-against fp32 latency on a log scale, marker area by parameters, the Pareto frontier drawn, int8 beside fp32).
+(after timings taken while something else ran; it never trains a row). Every sitting rewrites, from all rows
+measured so far, ``--csv`` (default ``benchmarks/results/zoo_odd98.csv``, the columns in `COLUMNS`, top-1 as
+fractions), a JSON beside it with the machine, the dates and every command, and ``--plot`` (default
+``benchmarks/results/zoo_odd98.png``: test top-1 against fp32 latency on a log scale, marker area by parameters, the
+Pareto frontier drawn, int8 beside fp32).
 A row records the sha256 of the recipe it was trained with (as it resolves, comments aside): re-run the rows when
 the recipe changes.
 
@@ -64,6 +67,10 @@ ROWS = [
 # photos held out of train (never test): of the variants `size_screen.py`'s rule adopts over the recipe, the best on
 # held-out photos. Each screen's command and every figure are in benchmarks/results/zoo_screen_<family>.json
 # (rendered on docs/architectures.md); tests/test_zoo_benchmark.py checks that these settings are what they chose.
+# The recipe fails a family when that family's row, trained with the recipe as it is, fits under this fraction of its
+# own training photos (the best epoch's training top-1, augmented): it underfits, and its test top-1 says little about
+# the network. Such a family gets its screen (`needs_screen`, in the results JSON and on docs/architectures.md).
+FIT_FLOOR = 0.15
 FAMILY_SETTINGS: dict[str, dict[str, object]] = {
     "squeezenet": {"optimizer.params.lr": 0.0001, "optimizer.params.weight_decay": 0.05},
     "ghostnetv2": {"optimizer.params.lr": 0.0003, "optimizer.params.weight_decay": 0.05},
@@ -151,6 +158,7 @@ def measure(row: str, summary: dict, data: Path, wd: Path, size: int, classes: i
         "latency_ms": round(latency["onnx-fp32"], 3),
         "int8_latency_ms": round(latency["onnx-int8"], 3),
         "train_minutes": summary["minutes"],
+        "train_top1": summary["best_train_top1"],
         "commands": {"train": summary["command"],
                      **{k: shlex.join(["carspotter", *v, *(["--json"] if k in ("bench", "evaluate_int8") else [])])
                         for k, v in commands.items()}},  # fmt: skip
@@ -201,6 +209,13 @@ def choice(rows: list[dict], test_photos: int, classes: int) -> list[dict]:
 
     front = pareto([(p["latency_ms"], p["top1"]) for p in points], standard_error, floor=1 / classes)
     return [points[i] for i in front]
+
+
+def needs_screen(rows: list[dict]) -> list[str]:
+    """The models whose rows, trained with the recipe as it is, fit under `FIT_FLOOR` of their own training photos
+    and whose family has no setting yet: the recipe fails them, and their family gets one screen."""
+    return sorted({r["model"] for r in rows if r["setting"] == "recipe" and r.get("train_top1", 1.0) < FIT_FLOOR
+                   and model_family(r["model"]) not in FAMILY_SETTINGS})  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -325,6 +340,10 @@ def main() -> None:
     # Training side by side (--jobs), then every export timed alone, one row after another: a latency taken while
     # another row trains would measure the other row too.
     todo = [job for job in jobs if not kept(job)]
+    if args.remeasure:  # it never trains: a row with no finished run is named and left out
+        for job in [job for job in todo if not (wd / f"{job[0]}.done.json").is_file()]:
+            print(f"{job[0]}: no finished run to measure again, skipped (train it without --remeasure)", flush=True)
+            todo.remove(job)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         summaries = list(pool.map(
             lambda job: train(job[0], RECIPES["recommended"], data, args.size, args.epochs, wd, job[3], threads), todo
@@ -351,6 +370,8 @@ def main() -> None:
         "family_settings": FAMILY_SETTINGS,
         "test_photos": test_photos,
         "choice": choice(rows, test_photos, classes),
+        "fit_floor": FIT_FLOOR,
+        "needs_screen": needs_screen(rows),
     }
     write(rows, args.csv, record, args.plot)
     for r in sorted(rows, key=lambda r: -r["top1"]):

@@ -44,6 +44,7 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
     record = json.loads((out / "zoo.json").read_text())
     latencies = [c["latency_ms"] for c in record["choice"]]
     assert record["choice"] and latencies == sorted(latencies)
+    assert record["needs_screen"] == sorted(r["model"] for r in record["rows"] if r["train_top1"] < record["fit_floor"])
     assert record["machine"]["cores"] and all(set(row["commands"]) >= {"train", "export", "export_int8", "bench"}
                                               for row in record["rows"])  # fmt: skip
 
@@ -54,11 +55,12 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
         assert list(csv.DictReader(f)) == rows  # kept, not measured again
 
     remeasure = [*command[:command.index("--models") + 1], "ghostnet_050", *command[command.index("--size"):],
-                 "--remeasure"]  # fmt: skip
+                 "--remeasure", "--seeds", "42,43"]  # fmt: skip
     third = subprocess.run(remeasure, cwd=BENCHMARKS, capture_output=True, text=True, timeout=300, env=env)
     assert third.returncode == 0, third.stderr[-1500:]
     assert "finished before, reused" in third.stdout and ": training" not in third.stdout  # not retrained
     assert "ghostnet_050@42: test top-1" in third.stdout and "measured before" not in third.stdout  # measured again
+    assert "ghostnet_050@43: no finished run to measure again, skipped" in third.stdout  # a seed never trained
 
 
 def test_the_choice_per_latency_budget_is_the_frontier_over_models_and_formats(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,6 +85,23 @@ def test_the_choice_per_latency_budget_is_the_frontier_over_models_and_formats(m
     assert (best["top1"], best["latency_ms"], best["seeds"]) == (0.42, 4.1, 2)
     # with a test split large enough, a one-point gain is real: mid's fp32 buys its latency over its int8
     assert ("mid", "fp32") in [(c["model"], c["format"]) for c in choice(rows, test_photos=1_000_000, classes=100)]
+
+
+def test_a_family_needs_its_screen_when_its_recipe_row_cannot_fit_its_training_photos(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import zoo_real
+
+    monkeypatch.setattr(zoo_real, "FAMILY_SETTINGS", {"squeezenet": {"optimizer.params.lr": 1e-4}})
+    floor = zoo_real.FIT_FLOOR
+    rows = [
+        {"model": "efficientnet_b0", "setting": "recipe", "train_top1": floor - 0.01},  # underfits: screen it
+        {"model": "mobilenetv2_100", "setting": "recipe", "train_top1": floor + 0.01},  # fits: its row stands
+        {"model": "squeezenet1_1", "setting": "recipe", "train_top1": 0.01},  # its family has its setting already
+        {"model": "ghostnetv2_100", "setting": "optimizer.params.lr=0.0003", "train_top1": 0.01},  # not the recipe
+    ]
+    assert zoo_real.needs_screen(rows) == ["efficientnet_b0"]
 
 
 def test_the_family_settings_are_what_their_screens_chose(monkeypatch: pytest.MonkeyPatch) -> None:
