@@ -214,7 +214,7 @@ def choice(rows: list[dict], test_photos: int, classes: int) -> list[dict]:
 def needs_screen(rows: list[dict]) -> list[str]:
     """The models whose rows, trained with the recipe as it is, fit under `FIT_FLOOR` of their own training photos
     and whose family has no setting yet: the recipe fails them, and their family gets one screen."""
-    return sorted({r["model"] for r in rows if r["setting"] == "recipe" and r.get("train_top1", 1.0) < FIT_FLOOR
+    return sorted({r["model"] for r in rows if r["setting"] == "recipe" and r["train_top1"] < FIT_FLOOR
                    and model_family(r["model"]) not in FAMILY_SETTINGS})  # fmt: skip
 
 
