@@ -71,6 +71,7 @@ ROWS = [
 # own training photos (the best epoch's training top-1, augmented): it underfits, and its test top-1 says little about
 # the network. Such a family gets its screen (`needs_screen`, in the results JSON and on docs/architectures.md).
 FIT_FLOOR = 0.15
+SCREENS = ROOT / "benchmarks" / "results"  # where the family screens' zoo_screen_<family>.json are
 FAMILY_SETTINGS: dict[str, dict[str, object]] = {
     "squeezenet": {"optimizer.params.lr": 0.0001, "optimizer.params.weight_decay": 0.05},
     "ghostnetv2": {"optimizer.params.lr": 0.0003, "optimizer.params.weight_decay": 0.05},
@@ -211,11 +212,31 @@ def choice(rows: list[dict], test_photos: int, classes: int) -> list[dict]:
     return [points[i] for i in front]
 
 
-def needs_screen(rows: list[dict]) -> list[str]:
+def setting_label(model: str) -> str:
+    """The ``setting`` column of a row of ``model`` trained now: its family's setting, else ``recipe``."""
+    return "; ".join(f"{k}={v}" for k, v in FAMILY_SETTINGS.get(model_family(model), {}).items()) or "recipe"
+
+
+def stale_settings(rows: list[dict]) -> list[str]:
+    """The models with a row trained before their family's screen chose a setting: still in the table, to retrain."""
+    return sorted({r["model"] for r in rows if r["setting"] != setting_label(r["model"])})
+
+
+def screened_families(results: Path = SCREENS) -> set[str]:
+    """The families that had their screen (a ``zoo_screen_<family>.json`` in ``results``), whatever it adopted."""
+    families = set()
+    for path in results.glob("zoo_screen_*.json"):
+        first_variant = next(iter(json.loads(path.read_text())["variants"].values()))
+        families.add(model_family(dict(s.split("=", 1) for s in first_variant)["model.name"]))
+    return families
+
+
+def needs_screen(rows: list[dict], screened: set[str]) -> list[str]:
     """The models whose rows, trained with the recipe as it is, fit under `FIT_FLOOR` of their own training photos
-    and whose family has no setting yet: the recipe fails them, and their family gets one screen."""
+    and whose family has not had its screen (``screened``): the recipe fails them, and their family gets one. A
+    family whose screen adopted nothing keeps its recipe row."""
     return sorted({r["model"] for r in rows if r["setting"] == "recipe" and r["train_top1"] < FIT_FLOOR
-                   and model_family(r["model"]) not in FAMILY_SETTINGS})  # fmt: skip
+                   and model_family(r["model"]) not in screened})  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -300,7 +321,7 @@ def main() -> None:
             sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", f"trainer.seed={seed}",
                     "logging.loggers=[csv]", *SINGLE_STAGE,
                     *(f"{k}={json.dumps(v)}" for k, v in setting.items())]  # fmt: skip
-            jobs.append((row, name, seed, sets, "; ".join(f"{k}={v}" for k, v in setting.items()) or "recipe"))
+            jobs.append((row, name, seed, sets, setting_label(name)))
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
     # Rows of an earlier sitting, also from the committed results file when this machine has no workdir: a row
@@ -371,7 +392,8 @@ def main() -> None:
         "test_photos": test_photos,
         "choice": choice(rows, test_photos, classes),
         "fit_floor": FIT_FLOOR,
-        "needs_screen": needs_screen(rows),
+        "needs_screen": needs_screen(rows, screened_families()),
+        "stale_settings": stale_settings(rows),
     }
     write(rows, args.csv, record, args.plot)
     for r in sorted(rows, key=lambda r: -r["top1"]):

@@ -311,15 +311,18 @@ def zoo_choice(name: str = "zoo_odd98.json") -> str:
 
 
 def zoo_needs_screen(name: str = "zoo_odd98.json") -> str:
-    """The families the recipe fails by the zoo benchmark's rule that have no screen yet (``needs_screen``)."""
+    """The families the recipe fails by the zoo benchmark's rule that have no screen yet (``needs_screen``), and the
+    rows trained before their family's screen chose its setting (``stale_settings``)."""
     record = load(name) if (RESULTS_DIR / name).is_file() else {}
     if "needs_screen" not in record:
         return "*Not measured yet: `python benchmarks/zoo_real.py` writes it with the table.*"
     rule = f"a row trained with the recipe as it is fits under {pct(record['fit_floor'], 0)} of its training photos"
+    stale = ", ".join(f"`{m}`" for m in record.get("stale_settings", []))
+    retrain = f" Still to be trained again with the setting its family's screen chose: {stale}." if stale else ""
     if not record["needs_screen"]:
-        return f"*No family left to screen: where {rule}, its family's screen is below.*"
+        return f"*No family left to screen: where {rule}, its family's screen is below.{retrain}*"
     names = ", ".join(f"`{m}`" for m in record["needs_screen"])
-    return f"*Still to be screened ({rule}): {names}.*"
+    return f"*Still to be screened ({rule}): {names}.{retrain}*"
 
 
 def zoo_headline(record: dict[str, Any]) -> list[str]:
@@ -391,6 +394,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "zoo_needs_screen": zoo_needs_screen,
     "zoo_screen_squeezenet": lambda: size_screen("zoo_screen_squeezenet.json"),
     "zoo_screen_ghostnetv2": lambda: size_screen("zoo_screen_ghostnetv2.json"),
+    "zoo_screen_squeezenext": lambda: size_screen("zoo_screen_squeezenext.json"),
     "recipe_96px": recipe_96px,
     "recipes_96px": recipes_96px,
 }

@@ -45,6 +45,7 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
     latencies = [c["latency_ms"] for c in record["choice"]]
     assert record["choice"] and latencies == sorted(latencies)
     assert record["needs_screen"] == sorted(r["model"] for r in record["rows"] if r["train_top1"] < record["fit_floor"])
+    assert record["stale_settings"] == []
     assert record["machine"]["cores"] and all(set(row["commands"]) >= {"train", "export", "export_int8", "bench"}
                                               for row in record["rows"])  # fmt: skip
 
@@ -93,22 +94,27 @@ def test_a_family_needs_its_screen_when_its_recipe_row_cannot_fit_its_training_p
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import zoo_real
 
-    monkeypatch.setattr(zoo_real, "FAMILY_SETTINGS", {"squeezenet": {"optimizer.params.lr": 1e-4}})
     floor = zoo_real.FIT_FLOOR
     rows = [
         {"model": "efficientnet_b0", "setting": "recipe", "train_top1": floor - 0.01},  # underfits: screen it
         {"model": "mobilenetv2_100", "setting": "recipe", "train_top1": floor + 0.01},  # fits: its row stands
-        {"model": "squeezenet1_1", "setting": "recipe", "train_top1": 0.01},  # its family has its setting already
+        {"model": "squeezenet1_1", "setting": "recipe", "train_top1": 0.01},  # its family had its screen already
         {"model": "ghostnetv2_100", "setting": "optimizer.params.lr=0.0003", "train_top1": 0.01},  # not the recipe
     ]
-    assert zoo_real.needs_screen(rows) == ["efficientnet_b0"]
+    assert zoo_real.needs_screen(rows, screened={"squeezenet", "ghostnetv2"}) == ["efficientnet_b0"]
+    assert zoo_real.needs_screen(rows, screened=set()) == ["efficientnet_b0", "squeezenet1_1"]
+    # a row trained before its family's setting was chosen stays in the table, named to be trained again
+    monkeypatch.setattr(zoo_real, "FAMILY_SETTINGS", {"ghostnetv2": {"optimizer.params.lr": 0.0003}})
+    assert zoo_real.stale_settings(rows) == []
+    monkeypatch.setattr(zoo_real, "FAMILY_SETTINGS", {"squeezenet": {"optimizer.params.lr": 1e-4}})
+    assert zoo_real.stale_settings(rows) == ["ghostnetv2_100", "squeezenet1_1"]
 
 
 def test_the_family_settings_are_what_their_screens_chose(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each committed family screen (results/zoo_screen_<family>.json): of the variants its rule adopted over the
     recipe, the best on held-out photos is the family's setting in `FAMILY_SETTINGS`; none adopted, none set."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from zoo_real import FAMILY_SETTINGS
+    from zoo_real import FAMILY_SETTINGS, screened_families
 
     from carspotter.evaluation.profile import model_family
 
@@ -129,3 +135,4 @@ def test_the_family_settings_are_what_their_screens_chose(monkeypatch: pytest.Mo
                   if k not in ("model.name", "model.args", "loss.distillation")}  # fmt: skip
         assert FAMILY_SETTINGS.get(family) == chosen, path.name
     assert set(FAMILY_SETTINGS) <= screened  # no setting without its screen
+    assert screened_families() == screened  # what needs_screen leaves out
