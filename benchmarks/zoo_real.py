@@ -75,6 +75,7 @@ SCREENS = ROOT / "benchmarks" / "results"  # where the family screens' zoo_scree
 FAMILY_SETTINGS: dict[str, dict[str, object]] = {
     "squeezenet": {"optimizer.params.lr": 0.0001, "optimizer.params.weight_decay": 0.05},
     "ghostnetv2": {"optimizer.params.lr": 0.0003, "optimizer.params.weight_decay": 0.05},
+    "efficientnet": {"optimizer.params.weight_decay": 0.05},
 }
 COLUMNS = ["model", "top1", "top5", "int8_top1", "params_m", "macs_m", "macs_m_227", "latency_ms", "int8_latency_ms",
            "train_minutes", "image_size", "epochs", "seed", "setting", "config_sha256"]  # fmt: skip

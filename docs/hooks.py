@@ -395,6 +395,7 @@ RESULTS: dict[str, Callable[[], str]] = {
     "zoo_screen_squeezenet": lambda: size_screen("zoo_screen_squeezenet.json"),
     "zoo_screen_ghostnetv2": lambda: size_screen("zoo_screen_ghostnetv2.json"),
     "zoo_screen_squeezenext": lambda: size_screen("zoo_screen_squeezenext.json"),
+    "zoo_screen_efficientnet": lambda: size_screen("zoo_screen_efficientnet.json"),
     "recipe_96px": recipe_96px,
     "recipes_96px": recipes_96px,
 }
