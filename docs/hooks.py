@@ -18,6 +18,7 @@ from the same files: ``python docs/hooks.py`` rewrites that block, and ``tests/t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import statistics
@@ -392,10 +393,8 @@ RESULTS: dict[str, Callable[[], str]] = {
     "zoo": zoo,
     "zoo_choice": zoo_choice,
     "zoo_needs_screen": zoo_needs_screen,
-    "zoo_screen_squeezenet": lambda: size_screen("zoo_screen_squeezenet.json"),
-    "zoo_screen_ghostnetv2": lambda: size_screen("zoo_screen_ghostnetv2.json"),
-    "zoo_screen_squeezenext": lambda: size_screen("zoo_screen_squeezenext.json"),
-    "zoo_screen_efficientnet": lambda: size_screen("zoo_screen_efficientnet.json"),
+    # one table per family screen that was run (benchmarks/results/zoo_screen_<family>.json)
+    **{path.stem: functools.partial(size_screen, path.name) for path in RESULTS_DIR.glob("zoo_screen_*.json")},
     "recipe_96px": recipe_96px,
     "recipes_96px": recipes_96px,
 }
