@@ -34,7 +34,8 @@ Pareto frontier drawn, int8 beside fp32).
 A row records the sha256 of the recipe it was trained with (as it resolves, comments aside): re-run the rows when
 the recipe changes.
 
-Leaders get more seeds: ``--models A,B,C --seeds 43,44`` adds those rows (one row per seed in the CSV).
+Leaders get more seeds: ``--models A,B,C --seeds 43,44`` adds those rows (one row per seed in the CSV); the JSON's
+``leaders`` names the three best models by mean test top-1 and the seeds of 42, 43, 44 each still lacks.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ ROWS = [
 # own training photos (the best epoch's training top-1, augmented): it underfits, and its test top-1 says little about
 # the network. Such a family gets its screen (`needs_screen`, in the results JSON and on docs/architectures.md).
 FIT_FLOOR = 0.15
+# The leaders (the best `LEADERS` models by mean test top-1) are trained with every seed in `LEADER_SEEDS`; the
+# results JSON names them and what each still lacks (`leaders`).
+LEADERS = 3
+LEADER_SEEDS = (42, 43, 44)
 SCREENS = ROOT / "benchmarks" / "results"  # where the family screens' zoo_screen_<family>.json are
 FAMILY_SETTINGS: dict[str, dict[str, object]] = {
     "squeezenet": {"optimizer.params.lr": 0.0001, "optimizer.params.weight_decay": 0.05},
@@ -240,6 +245,14 @@ def needs_screen(rows: list[dict], screened: set[str]) -> list[str]:
                    and model_family(r["model"]) not in screened})  # fmt: skip
 
 
+def leaders(rows: list[dict]) -> dict[str, list[int]]:
+    """The leaders (the `LEADERS` best models by mean test top-1) and the seeds of `LEADER_SEEDS` each still lacks;
+    a leader with all of them is listed with none, so the JSON says who the leaders are."""
+    means = model_means(rows)
+    best = sorted(means, key=lambda m: -means[m]["top1"])[:LEADERS]
+    return {m: sorted(set(LEADER_SEEDS) - {r["seed"] for r in rows if r["model"] == m}) for m in best}
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -395,6 +408,8 @@ def main() -> None:
         "fit_floor": FIT_FLOOR,
         "needs_screen": needs_screen(rows, screened_families()),
         "stale_settings": stale_settings(rows),
+        "leader_seeds": list(LEADER_SEEDS),
+        "leaders": leaders(rows),
     }
     write(rows, args.csv, record, args.plot)
     for r in sorted(rows, key=lambda r: -r["top1"]):

@@ -281,10 +281,24 @@ def zoo(name: str = "zoo_odd98.json") -> str:
                 for model, rows in sorted(by_model.items())]  # fmt: skip
     return (
         table(header, lines, right_from=1, right_to=13) + picture + note + provenance(record, name)[1:]
+        + zoo_leaders(record)
         + "\n\nThe command that reproduces each row (it trains, exports, times and scores; the `carspotter` commands "
         "it runs, with every setting, are under each row's `commands` in the results file):\n\n"
         + table(["model", "reproduce by"], commands, right_from=2)
     )
+
+
+def zoo_leaders(record: dict[str, Any]) -> str:
+    """The zoo's leaders (``leaders``: the best models by mean test top-1) and the seeds of ``leader_seeds`` each
+    still lacks."""
+    if "leaders" not in record:
+        return ""
+    names = ", ".join(f"`{m}`" for m in record["leaders"])
+    seeds = ", ".join(map(str, record["leader_seeds"]))
+    missing = "; ".join(f"`{m}` seed {', '.join(map(str, lacks))}" for m, lacks in record["leaders"].items() if lacks)
+    return (f"\n\n*The leaders, the {len(record['leaders'])} best by mean test top-1, are trained with seeds {seeds}: "
+            f"{names}. "
+            + (f"Still to train: {missing}.*" if missing else "Each has them all.*"))
 
 
 def zoo_choice(name: str = "zoo_odd98.json") -> str:

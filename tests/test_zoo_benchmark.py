@@ -46,6 +46,8 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
     assert record["choice"] and latencies == sorted(latencies)
     assert record["needs_screen"] == sorted(r["model"] for r in record["rows"] if r["train_top1"] < record["fit_floor"])
     assert record["stale_settings"] == []
+    assert record["leaders"] == {m: [43, 44] for m in sorted(record["leaders"])}  # both models, seed 42 only
+    assert len(record["leaders"]) == 2
     assert record["machine"]["cores"] and all(set(row["commands"]) >= {"train", "export", "export_int8", "bench"}
                                               for row in record["rows"])  # fmt: skip
 
@@ -108,6 +110,23 @@ def test_a_family_needs_its_screen_when_its_recipe_row_cannot_fit_its_training_p
     assert zoo_real.stale_settings(rows) == []
     monkeypatch.setattr(zoo_real, "FAMILY_SETTINGS", {"squeezenet": {"optimizer.params.lr": 1e-4}})
     assert zoo_real.stale_settings(rows) == ["ghostnetv2_100", "squeezenet1_1"]
+
+
+def test_the_leaders_are_the_best_models_by_mean_top1_with_the_seeds_each_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import zoo_real
+
+    figures = {"latency_ms": 1.0, "int8_latency_ms": 1.0, "int8_top1": 0.0, "params_m": 1.0}
+    rows = [
+        {"model": "a", "seed": 42, "top1": 0.50}, {"model": "a", "seed": 43, "top1": 0.30},  # mean 0.40: second
+        {"model": "b", "seed": 42, "top1": 0.45},  # first
+        {"model": "c", "seed": 42, "top1": 0.35}, {"model": "c", "seed": 43, "top1": 0.35},
+        {"model": "c", "seed": 44, "top1": 0.35},  # third, with every seed
+        {"model": "d", "seed": 42, "top1": 0.34},  # fourth: not a leader
+    ]  # fmt: skip
+    assert zoo_real.leaders([{**figures, **r} for r in rows]) == {"b": [43, 44], "a": [44], "c": []}
 
 
 def test_the_family_settings_are_what_their_screens_chose(monkeypatch: pytest.MonkeyPatch) -> None:
