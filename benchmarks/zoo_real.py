@@ -174,6 +174,70 @@ def measure(row: str, summary: dict, data: Path, wd: Path, size: int, classes: i
     }
 
 
+def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> dict:
+    """Every model's fp32 and int8 ONNX latency from one sitting: each architecture is trained for one batch (its
+    latency is its graph's, not its weights'), exported as its rows are (fp32, and int8 calibrated on the training
+    split), and all the files are timed together by ``carspotter bench-infer``, ``rounds`` times in a shuffled
+    order, nothing else running; a file's latency is the median of its rounds' medians. Latencies timed in different
+    sittings are not comparable on a shared machine (the same file measured 6 and 10 ms minutes apart): the frontier
+    compares these. Trained rows' own exports still in ``<wd>/exports`` are timed in the same rounds, as a check that
+    the weights do not change the latency (``trained_over_untrained``)."""
+    import random
+
+    load_before = load()
+    out = wd / "retime"
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, tuple[Path, Path]] = {}
+    commands: dict[str, list[str]] = {}
+    for name in models:
+        row = f"{name.replace('/', '-')}@untrained"
+        sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", "logging.loggers=[csv]",
+                "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", *SINGLE_STAGE]  # fmt: skip
+        summary = train(row, RECIPES["recommended"], data, size, 1, out, sets, None)
+        ckpt = Path(summary["run_dir"]) / "best.ckpt"
+        fp32, int8 = out / f"{row}.onnx", out / f"{row}-int8.onnx"
+        if not int8.is_file():
+            cli("export", str(ckpt), "--format", "onnx", "--data", str(data), "-o", str(fp32), "--overwrite")
+            cli("export", str(ckpt), "--format", "onnx", "--int8", "--calib", str(data), "--min-agreement", "0",
+                "--data", str(data), "-o", str(int8), "--overwrite")  # fmt: skip
+        files[name] = (fp32, int8)
+        commands[name] = [summary["command"]]
+    trained = {f"{r}:{fmt}": wd / "exports" / f"{r}{suffix}.onnx"
+               for r in (p.stem for p in (wd / "exports").glob("*@*.onnx") if not p.stem.endswith("-int8"))
+               for fmt, suffix in (("fp32", ""), ("int8", "-int8"))}  # fmt: skip
+    paths = {f"{m}:{fmt}": f for m, pair in files.items() for fmt, f in zip(("fp32", "int8"), pair, strict=True)}
+    paths.update({k: v for k, v in trained.items() if v.is_file()})
+    medians: dict[str, list[float]] = {k: [] for k in paths}
+    rng = random.Random(0)
+    for i in range(rounds):
+        order = list(paths)
+        rng.shuffle(order)
+        bench = cli("bench-infer", *(str(paths[k]) for k in order), "--threads", "1", "--repeats", "200",
+                    json_out=True)  # fmt: skip
+        for key, f in zip(order, bench["formats"], strict=True):
+            medians[key].append(f["median_ms"])
+        print(f"[{time.strftime('%H:%M:%S')}] retime: round {i + 1}/{rounds} of {len(paths)} files", flush=True)
+    latency = {k: statistics.median(v) for k, v in medians.items()}
+    check = {}
+    for key in trained:
+        row, fmt = key.split(":")
+        model = next((m for m in models if m.replace("/", "-") == row.split("@")[0]), None)
+        if key in latency and model is not None:
+            check[key] = round(latency[key] / latency[f"{model}:{fmt}"], 3)
+    return {
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": load(),
+        "rounds": rounds,
+        "latency_ms": {m: {fmt: round(latency[f"{m}:{fmt}"], 3) for fmt in ("fp32", "int8")} for m in files},
+        "round_spread": {k: [round(x, 3) for x in v] for k, v in medians.items() if k.split(":")[0] in files},
+        "trained_over_untrained": check,
+        "untrained_runs": commands,
+    }
+
+
 def pareto(
     points: list[tuple[float, float]], margin: Callable[[float], float] | None = None, floor: float = -math.inf
 ) -> list[int]:
@@ -313,6 +377,10 @@ def main() -> None:
     ap.add_argument("--remeasure", action="store_true",
                     help="export, time and score the chosen rows again (their finished runs are reused, not retrained):"
                          " after timings taken while something else ran")  # fmt: skip
+    ap.add_argument("--retime", type=int, default=0, metavar="ROUNDS",
+                    help="time every model in the table again in one sitting, ROUNDS rounds of one bench-infer run over"
+                         " all their exports (an architecture trained for one batch each): the latencies the table "
+                         "and the frontier compare")  # fmt: skip
     ap.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "zoo_odd98.csv")
     ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "results" / "zoo_odd98.png")
     args = ap.parse_args()
@@ -391,6 +459,14 @@ def main() -> None:
             and r["epochs"] == args.epochs]  # fmt: skip
     if not rows:
         sys.exit("no row measured")
+    timing = json.loads(earlier.read_text()).get("timing") if earlier.is_file() else None
+    if args.retime:
+        timing = retime(sorted({r["model"] for r in rows}), data, wd, args.size, args.retime)
+        for r in rows:
+            timed = timing["latency_ms"][r["model"]]
+            r.update(latency_ms=timed["fp32"], int8_latency_ms=timed["int8"], latency_timed=timing["date"])
+            row_file = wd / "rows" / f"{r['model'].replace('/', '-')}@{r['seed']}.json"
+            row_file.write_text(json.dumps(r, indent=2) + "\n")
     record = {
         "command": command_line(),
         "machine": machine(),
@@ -408,6 +484,8 @@ def main() -> None:
         "fit_floor": FIT_FLOOR,
         "needs_screen": needs_screen(rows, screened_families()),
         "stale_settings": stale_settings(rows),
+        "timing": timing,
+        "timed_apart": sorted({r["model"] for r in rows if r.get("latency_timed") != (timing or {}).get("date", "-")}),
         "leader_seeds": list(LEADER_SEEDS),
         "leaders": leaders(rows),
     }

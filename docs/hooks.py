@@ -281,10 +281,32 @@ def zoo(name: str = "zoo_odd98.json") -> str:
                 for model, rows in sorted(by_model.items())]  # fmt: skip
     return (
         table(header, lines, right_from=1, right_to=13) + picture + note + provenance(record, name)[1:]
-        + zoo_leaders(record)
+        + zoo_timing(record) + zoo_leaders(record)
         + "\n\nThe command that reproduces each row (it trains, exports, times and scores; the `carspotter` commands "
         "it runs, with every setting, are under each row's `commands` in the results file):\n\n"
         + table(["model", "reproduce by"], commands, right_from=2)
+    )
+
+
+def zoo_timing(record: dict[str, Any]) -> str:
+    """Where the zoo's latencies come from: one sitting that timed every network together (``timing``, written by
+    ``zoo_real.py --retime``), and the networks timed apart from it (``timed_apart``)."""
+    timing = record.get("timing")
+    apart = ", ".join(f"`{m}`" for m in record.get("timed_apart", []))
+    if not timing:
+        return f"\n\n*Each network's latency timed after its own run, in its own sitting: {apart}.*" * bool(apart)
+    spread = max(max(v) / min(v) for v in timing["round_spread"].values())
+    ratios = list(timing["trained_over_untrained"].values())
+    check = (f" The trained rows' own exports, timed in the same rounds, run at {min(ratios):.2f}–{max(ratios):.2f}× "
+             "their untrained architecture's latency: the weights do not set the speed.") if ratios else ""  # fmt: skip
+    later = f" Timed apart from that sitting (after their own runs): {apart}." if apart else ""
+    return (
+        f"\n\n*Latencies: every network's fp32 and int8 export timed together in one sitting ({timing['date']}, load "
+        f"{timing['load_before']} → {timing['load_after']}), {timing['rounds']} rounds of one `carspotter bench-infer` "
+        "run over all the files in a shuffled order, each file's latency the median of its rounds; the exports are "
+        "of each architecture trained for one batch, as latency is the graph's, not the weights'. On this shared "
+        f"machine one file's rounds, minutes apart, differed by up to {spread:.2f}×: latencies from different "
+        f"sittings are not compared.{check}{later} Reproduce by: `{timing['command']}`.*"
     )
 
 

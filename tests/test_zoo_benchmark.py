@@ -64,6 +64,26 @@ def test_the_zoo_benchmark_writes_every_column_for_two_models(four_classes: Path
     assert "finished before, reused" in third.stdout and ": training" not in third.stdout  # not retrained
     assert "ghostnet_050@42: test top-1" in third.stdout and "measured before" not in third.stdout  # measured again
     assert "ghostnet_050@43: no finished run to measure again, skipped" in third.stdout  # a seed never trained
+    record = json.loads((out / "zoo.json").read_text())
+    assert record["timed_apart"] == ["ghostnet_050", "mobilenetv3_small_100"]  # each timed after its own run
+
+    # --retime: every model in the table timed again in one sitting, from an architecture trained for one batch
+    retime = [*command[:command.index("--models") + 1], "ghostnet_050", *command[command.index("--size"):],
+              "--retime", "2"]  # fmt: skip
+    fourth = subprocess.run(retime, cwd=BENCHMARKS, capture_output=True, text=True, timeout=600, env=env)
+    assert fourth.returncode == 0, fourth.stderr[-1500:]
+    assert fourth.stdout.count("retime: round") == 2 and "ghostnet_050@42: measured before" in fourth.stdout
+    record = json.loads((out / "zoo.json").read_text())
+    timed = record["timing"]["latency_ms"]
+    assert sorted(timed) == ["ghostnet_050", "mobilenetv3_small_100"] and record["timed_apart"] == []
+    for r in record["rows"]:
+        assert (r["latency_ms"], r["int8_latency_ms"]) == (timed[r["model"]]["fp32"], timed[r["model"]]["int8"])
+    assert all(len(v) == 2 for v in record["timing"]["round_spread"].values())
+    # the trained rows' own exports were timed in the same rounds, against their untrained architecture
+    assert sorted(record["timing"]["trained_over_untrained"]) == [
+        f"{m}@42:{fmt}" for m in ("ghostnet_050", "mobilenetv3_small_100") for fmt in ("fp32", "int8")]
+    with (out / "zoo.csv").open() as f:  # the CSV carries the sitting's latencies
+        assert all(float(r["latency_ms"]) == timed[r["model"]]["fp32"] for r in csv.DictReader(f))
 
 
 def test_the_choice_per_latency_budget_is_the_frontier_over_models_and_formats(monkeypatch: pytest.MonkeyPatch) -> None:
