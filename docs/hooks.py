@@ -281,7 +281,7 @@ def zoo(name: str = "zoo_odd98.json") -> str:
                 for model, rows in sorted(by_model.items())]  # fmt: skip
     return (
         table(header, lines, right_from=1, right_to=13) + picture + note + provenance(record, name)[1:]
-        + zoo_timing(record) + zoo_leaders(record)
+        + zoo_timing(record) + zoo_int8_speed(by_model) + zoo_leaders(record)
         + "\n\nThe command that reproduces each row (it trains, exports, times and scores; the `carspotter` commands "
         "it runs, with every setting, are under each row's `commands` in the results file):\n\n"
         + table(["model", "reproduce by"], commands, right_from=2)
@@ -308,6 +308,15 @@ def zoo_timing(record: dict[str, Any]) -> str:
         f"machine one file's rounds, minutes apart, differed by up to {spread:.2f}×: latencies from different "
         f"sittings are not compared.{check}{later} Reproduce by: `{timing['command']}`.*"
     )
+
+
+def zoo_int8_speed(by_model: dict[str, list[dict[str, Any]]]) -> str:
+    """Which networks int8 speeds up and which it slows down (mean latencies of the table), by name."""
+    ratio = {m: statistics.fmean(r["latency_ms"] for r in rows) / statistics.fmean(r["int8_latency_ms"] for r in rows)
+             for m, rows in by_model.items()}  # fmt: skip
+    faster = ", ".join(f"`{m}`" for m in sorted(ratio, key=ratio.get, reverse=True) if ratio[m] > 1)
+    slower = ", ".join(f"`{m}`" for m in sorted(ratio, key=ratio.get) if ratio[m] <= 1)
+    return f"\n\n*int8 is faster than fp32 for {faster or 'none'}; as fast or slower for {slower or 'none'}.*"
 
 
 def zoo_leaders(record: dict[str, Any]) -> str:
