@@ -179,9 +179,9 @@ def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> d
     latency is its graph's, not its weights'), exported as its rows are (fp32, and int8 calibrated on the training
     split), and all the files are timed together by ``carspotter bench-infer``, ``rounds`` times in a shuffled
     order, nothing else running; a file's latency is the median of its rounds' medians. Latencies timed in different
-    sittings are not comparable on a shared machine (the same file measured 6 and 10 ms minutes apart): the frontier
-    compares these. Trained rows' own exports still in ``<wd>/exports`` are timed in the same rounds, as a check that
-    the weights do not change the latency (``trained_over_untrained``)."""
+    sittings are not comparable on a shared machine (one file's rounds, minutes apart, differ: ``round_spread``): the
+    frontier compares these. Trained rows' own exports still in ``<wd>/exports`` are timed in the same rounds, as a
+    check that the weights do not change the latency (``trained_over_untrained``)."""
     import random
 
     load_before = load()
