@@ -99,6 +99,11 @@ def dataset_name(prepared_folder: Path) -> str:
 SINGLE_STAGE = ["loss.distillation=null"]
 
 
+def row_name(model: str, seed: int | str) -> str:
+    """A row's name in the workdir (its log, run folder, exports and ``rows/<name>.json``): ``timm-resnet18@43``."""
+    return f"{model.replace('/', '-')}@{seed}"
+
+
 def config_sha256(path: Path, overrides: list[str] | None = None) -> str:
     """The hash of the recipe as it resolves (every key and default), so that editing a comment keeps the rows."""
     resolved = json.dumps(load_config(path, overrides).to_dict(), sort_keys=True)
@@ -174,7 +179,7 @@ def measure(row: str, summary: dict, data: Path, wd: Path, size: int, classes: i
     }
 
 
-def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> dict:
+def retime(rows: list[dict], data: Path, wd: Path, size: int, rounds: int) -> dict:
     """Every model's fp32 and int8 ONNX latency from one sitting: each architecture is trained for one batch (its
     latency is its graph's, not its weights'), exported as its rows are (fp32, and int8 calibrated on the training
     split), and all the files are timed together by ``carspotter bench-infer``, ``rounds`` times in a shuffled
@@ -187,10 +192,12 @@ def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> d
     load_before = load()
     out = wd / "retime"
     out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, tuple[Path, Path]] = {}
+    formats = {"fp32": "", "int8": "-int8"}
+    models = sorted({r["model"] for r in rows})
+    paths: dict[str, Path] = {}  # "model:format" (its untrained architecture) or "row:format" (a trained export)
     commands: dict[str, list[str]] = {}
     for name in models:
-        row = f"{name.replace('/', '-')}@untrained"
+        row = row_name(name, "untrained")
         sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", "logging.loggers=[csv]",
                 "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", *SINGLE_STAGE]  # fmt: skip
         summary = train(row, RECIPES["recommended"], data, size, 1, out, sets, None)
@@ -200,13 +207,15 @@ def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> d
             cli("export", str(ckpt), "--format", "onnx", "--data", str(data), "-o", str(fp32), "--overwrite")
             cli("export", str(ckpt), "--format", "onnx", "--int8", "--calib", str(data), "--min-agreement", "0",
                 "--data", str(data), "-o", str(int8), "--overwrite")  # fmt: skip
-        files[name] = (fp32, int8)
+        paths[f"{name}:fp32"], paths[f"{name}:int8"] = fp32, int8
         commands[name] = [summary["command"]]
-    trained = {f"{r}:{fmt}": wd / "exports" / f"{r}{suffix}.onnx"
-               for r in (p.stem for p in (wd / "exports").glob("*@*.onnx") if not p.stem.endswith("-int8"))
-               for fmt, suffix in (("fp32", ""), ("int8", "-int8"))}  # fmt: skip
-    paths = {f"{m}:{fmt}": f for m, pair in files.items() for fmt, f in zip(("fp32", "int8"), pair, strict=True)}
-    paths.update({k: v for k, v in trained.items() if v.is_file()})
+    beside: dict[str, str] = {}  # a trained row's own export still on disk -> its untrained architecture's
+    for r in rows:
+        for fmt, suffix in formats.items():
+            export = wd / "exports" / f"{row_name(r['model'], r['seed'])}{suffix}.onnx"
+            if export.is_file():
+                key = f"{row_name(r['model'], r['seed'])}:{fmt}"
+                paths[key], beside[key] = export, f"{r['model']}:{fmt}"
     medians: dict[str, list[float]] = {k: [] for k in paths}
     rng = random.Random(0)
     for i in range(rounds):
@@ -218,12 +227,6 @@ def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> d
             medians[key].append(f["median_ms"])
         print(f"[{time.strftime('%H:%M:%S')}] retime: round {i + 1}/{rounds} of {len(paths)} files", flush=True)
     latency = {k: statistics.median(v) for k, v in medians.items()}
-    check = {}
-    for key in trained:
-        row, fmt = key.split(":")
-        model = next((m for m in models if m.replace("/", "-") == row.split("@")[0]), None)
-        if key in latency and model is not None:
-            check[key] = round(latency[key] / latency[f"{model}:{fmt}"], 3)
     return {
         "command": command_line(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -231,9 +234,9 @@ def retime(models: list[str], data: Path, wd: Path, size: int, rounds: int) -> d
         "load_before": load_before,
         "load_after": load(),
         "rounds": rounds,
-        "latency_ms": {m: {fmt: round(latency[f"{m}:{fmt}"], 3) for fmt in ("fp32", "int8")} for m in files},
-        "round_spread": {k: [round(x, 3) for x in v] for k, v in medians.items() if k.split(":")[0] in files},
-        "trained_over_untrained": check,
+        "latency_ms": {m: {fmt: round(latency[f"{m}:{fmt}"], 3) for fmt in formats} for m in models},
+        "round_spread": {k: [round(x, 3) for x in v] for k, v in medians.items() if k not in beside},
+        "trained_over_untrained": {k: round(latency[k] / latency[v], 3) for k, v in beside.items()},
         "untrained_runs": commands,
     }
 
@@ -398,7 +401,7 @@ def main() -> None:
     jobs = []
     for name in models:
         for seed in seeds:
-            row = f"{name.replace('/', '-')}@{seed}"
+            row = row_name(name, seed)
             setting = FAMILY_SETTINGS.get(model_family(name), {})
             sets = [f"model.name={name}", f"model.args={json.dumps(model_args(name))}", f"trainer.seed={seed}",
                     "logging.loggers=[csv]", *SINGLE_STAGE,
@@ -409,8 +412,9 @@ def main() -> None:
     # Rows of an earlier sitting, also from the committed results file when this machine has no workdir: a row
     # measured with the same recipe, size, epochs, seed and setting is not trained again.
     earlier = args.csv.with_suffix(".json")
-    for kept in json.loads(earlier.read_text()).get("rows", []) if earlier.is_file() else []:
-        row_file = wd / "rows" / f"{kept['model'].replace('/', '-')}@{kept['seed']}.json"
+    earlier_record = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    for kept in earlier_record.get("rows", []):
+        row_file = wd / "rows" / f"{row_name(kept['model'], kept['seed'])}.json"
         if not row_file.is_file():
             row_file.write_text(json.dumps(kept, indent=2) + "\n")
 
@@ -459,14 +463,13 @@ def main() -> None:
             and r["epochs"] == args.epochs]  # fmt: skip
     if not rows:
         sys.exit("no row measured")
-    timing = json.loads(earlier.read_text()).get("timing") if earlier.is_file() else None
+    timing = earlier_record.get("timing")
     if args.retime:
-        timing = retime(sorted({r["model"] for r in rows}), data, wd, args.size, args.retime)
+        timing = retime(rows, data, wd, args.size, args.retime)
         for r in rows:
             timed = timing["latency_ms"][r["model"]]
             r.update(latency_ms=timed["fp32"], int8_latency_ms=timed["int8"], latency_timed=timing["date"])
-            row_file = wd / "rows" / f"{r['model'].replace('/', '-')}@{r['seed']}.json"
-            row_file.write_text(json.dumps(r, indent=2) + "\n")
+            (wd / "rows" / f"{row_name(r['model'], r['seed'])}.json").write_text(json.dumps(r, indent=2) + "\n")
     record = {
         "command": command_line(),
         "machine": machine(),
